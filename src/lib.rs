@@ -1,0 +1,23 @@
+//! ip-masq-agent: keeps the node's source-NAT rules equal to the cluster's
+//! non-masquerade list. A drop-in replacement for the Kubernetes agent.
+//!
+//! The flow runs one way (see DESIGN in the README): sources -> `config`
+//! (bytes to a validated `Config`, pure) -> `plan` (desired `Ruleset` per
+//! family, pure) -> `backend` (the only code that runs commands) -> logs.
+#![forbid(unsafe_code)]
+
+/// The agent loop: events in, reconcile, record.
+pub mod agent;
+/// The seam to the kernel, and its iptables implementation.
+pub mod backend;
+/// Go-`flag`-compatible command line parsing.
+pub mod cli;
+/// Config decoding (YAML 1.1 / JSON with Go's binding rules) and validation.
+pub mod config;
+/// Logging setup (text or JSON, klog-style verbosity).
+pub mod logging;
+/// Config + options -> the desired ruleset per address family.
+pub mod plan;
+
+/// The version reported by `--version` and logged at start.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,316 @@
+//! Desired state, per address family, as plain values.
+//!
+//! `plan` turns a validated [`Config`] and the agent's [`Settings`] into one
+//! [`Ruleset`] per enabled family. Nothing here knows about iptables or nft
+//! syntax: a backend renders a `Ruleset` into its own language. Every address
+//! in a `Ruleset` is a typed [`IpNet`] that came through validation, so no text
+//! from the config file can reach a command line.
+
+use std::fmt;
+use std::str::FromStr;
+
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+
+use crate::config::Config;
+
+/// An address family the agent programs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Family {
+    Ipv4,
+    Ipv6,
+}
+
+impl Family {
+    /// Stable lower-case name used in logs and (later) metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Family::Ipv4 => "ipv4",
+            Family::Ipv6 => "ipv6",
+        }
+    }
+
+    /// Whether `net` belongs to this family. Like upstream, an IPv4-mapped
+    /// IPv6 network never reaches here: validation already turned it into v4.
+    pub fn contains(self, net: &IpNet) -> bool {
+        matches!(
+            (self, net),
+            (Family::Ipv4, IpNet::V4(_)) | (Family::Ipv6, IpNet::V6(_))
+        )
+    }
+
+    /// The link-local range that is exempt from masquerading unless the config
+    /// says otherwise (RFC 3927 for IPv4, RFC 4291 for IPv6).
+    pub fn link_local(self) -> IpNet {
+        match self {
+            Family::Ipv4 => IpNet::V4(Ipv4Net::new_assert([169, 254, 0, 0].into(), 16)),
+            Family::Ipv6 => IpNet::V6(Ipv6Net::new_assert(
+                [0xfe80, 0, 0, 0, 0, 0, 0, 0].into(),
+                10,
+            )),
+        }
+    }
+}
+
+impl fmt::Display for Family {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A validated nat chain name (`--masq-chain`).
+///
+/// The rules embed the name in a comment and in restore payloads, so it is
+/// restricted to what iptables accepts as a user chain name and what cannot
+/// break a quoted string: at most 28 printable ASCII characters, no
+/// whitespace, no quotes or backslashes, not starting with `-` or `!`, and not
+/// a built-in target.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ChainName(String);
+
+/// iptables' limit: XT_EXTENSION_MAXNAMELEN (29) including the NUL.
+pub const MAX_CHAIN_NAME_LEN: usize = 28;
+
+const RESERVED_TARGETS: &[&str] = &[
+    "ACCEPT",
+    "DROP",
+    "QUEUE",
+    "RETURN",
+    "MASQUERADE",
+    "SNAT",
+    "DNAT",
+    "REDIRECT",
+    "PREROUTING",
+    "INPUT",
+    "FORWARD",
+    "OUTPUT",
+    "POSTROUTING",
+];
+
+impl ChainName {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for ChainName {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.is_empty() {
+            return Err("chain name must not be empty".into());
+        }
+        if s.len() > MAX_CHAIN_NAME_LEN {
+            return Err(format!(
+                "chain name {s:?} is {} characters long; iptables allows at most {MAX_CHAIN_NAME_LEN}",
+                s.len()
+            ));
+        }
+        if s.starts_with('-') || s.starts_with('!') {
+            return Err(format!(
+                "chain name {s:?} must not start with '-' or '!'"
+            ));
+        }
+        if let Some(c) = s
+            .chars()
+            .find(|c| !c.is_ascii_graphic() || matches!(c, '"' | '\'' | '\\'))
+        {
+            return Err(format!(
+                "chain name {s:?} contains {c:?}; use printable ASCII without whitespace, quotes or backslashes"
+            ));
+        }
+        if RESERVED_TARGETS.contains(&s) {
+            return Err(format!(
+                "chain name {s:?} is a built-in chain or target name"
+            ));
+        }
+        Ok(ChainName(s.to_owned()))
+    }
+}
+
+impl fmt::Display for ChainName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// One source port interval for `--to-ports`, inclusive on both ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortRange {
+    pub first: u16,
+    pub last: u16,
+}
+
+impl PortRange {
+    /// Number of ports in the interval.
+    pub fn size(self) -> u32 {
+        u32::from(self.last) - u32::from(self.first) + 1
+    }
+}
+
+impl fmt::Display for PortRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.first, self.last)
+    }
+}
+
+/// Transport protocols that get explicit `--to-ports` rules, in rule order.
+pub const PORT_PROTOCOLS: [Protocol; 3] = [Protocol::Tcp, Protocol::Udp, Protocol::Sctp];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+    Sctp,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+            Protocol::Sctp => "sctp",
+        }
+    }
+}
+
+/// Agent-wide settings that shape the rules (from flags, not from the config
+/// file). Passed in explicitly; nothing reads flags from globals.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    pub chain: ChainName,
+    pub enable_ipv6: bool,
+    pub random_fully: bool,
+    pub to_ports: Vec<PortRange>,
+}
+
+/// One port share of the masquerade: connections of `protocol` that reach
+/// this rule are sent to `range` with probability `probability` (None for the
+/// last share of a protocol, which takes all that remain).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PortShare {
+    pub protocol: Protocol,
+    pub range: PortRange,
+    pub probability: Option<f64>,
+}
+
+/// Everything a backend needs to program one address family.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Ruleset {
+    pub family: Family,
+    pub chain: ChainName,
+    /// Destinations that keep their source address, in evaluation order: the
+    /// link-local range first (unless masqueraded), then the config's CIDRs of
+    /// this family in config order, duplicates kept (upstream writes them all).
+    pub no_masquerade: Vec<IpNet>,
+    /// Add `--random-fully` (fully randomised source ports) if the backend
+    /// supports it.
+    pub random_fully: bool,
+    /// Explicit source port shares, before the catch-all masquerade.
+    pub port_shares: Vec<PortShare>,
+}
+
+/// The families the agent programs with these settings, in sync order.
+pub fn families(settings: &Settings) -> Vec<Family> {
+    if settings.enable_ipv6 {
+        vec![Family::Ipv4, Family::Ipv6]
+    } else {
+        vec![Family::Ipv4]
+    }
+}
+
+/// Plan the desired state of one family.
+pub fn plan(config: &Config, settings: &Settings, family: Family) -> Ruleset {
+    let masq_link_local = match family {
+        Family::Ipv4 => config.masq_link_local,
+        Family::Ipv6 => config.masq_link_local_ipv6,
+    };
+    let mut no_masquerade = Vec::with_capacity(config.non_masquerade_cidrs.len() + 1);
+    if !masq_link_local {
+        no_masquerade.push(family.link_local());
+    }
+    no_masquerade.extend(
+        config
+            .non_masquerade_cidrs
+            .iter()
+            .filter(|net| family.contains(net))
+            .copied(),
+    );
+    Ruleset {
+        family,
+        chain: settings.chain.clone(),
+        no_masquerade,
+        random_fully: settings.random_fully,
+        port_shares: port_shares(&settings.to_ports),
+    }
+}
+
+/// Split connections over the port intervals in proportion to their sizes.
+///
+/// Rules are evaluated in order, so the rule for interval i must take
+/// size(i) / (size(i) + size(i+1) + ...) of what reaches it; the last
+/// interval of each protocol takes the rest unconditionally.
+pub fn port_shares(ranges: &[PortRange]) -> Vec<PortShare> {
+    let mut shares = Vec::with_capacity(ranges.len() * PORT_PROTOCOLS.len());
+    for protocol in PORT_PROTOCOLS {
+        let mut remaining: u64 = ranges.iter().map(|r| u64::from(r.size())).sum();
+        for (i, range) in ranges.iter().enumerate() {
+            let size = u64::from(range.size());
+            let probability = if i + 1 < ranges.len() {
+                Some(size as f64 / remaining as f64)
+            } else {
+                None
+            };
+            remaining -= size;
+            shares.push(PortShare {
+                protocol,
+                range: *range,
+                probability,
+            });
+        }
+    }
+    shares
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pr(first: u16, last: u16) -> PortRange {
+        PortRange { first, last }
+    }
+
+    #[test]
+    fn chain_name_rules() {
+        assert!("IP-MASQ-AGENT".parse::<ChainName>().is_ok());
+        assert!("IP-MASQ".parse::<ChainName>().is_ok());
+        assert!("A".repeat(28).parse::<ChainName>().is_ok());
+        for bad in ["", "-X", "!X", "A B", "A\"B", "A\\B", "RETURN", "MASQUERADE"] {
+            assert!(bad.parse::<ChainName>().is_err(), "{bad:?} accepted");
+        }
+        assert!("A".repeat(29).parse::<ChainName>().is_err());
+    }
+
+    #[test]
+    fn port_shares_split_by_size() {
+        let shares = port_shares(&[pr(1024, 29999), pr(32768, 65535)]);
+        assert_eq!(shares.len(), 6);
+        assert_eq!(shares[0].protocol, Protocol::Tcp);
+        assert_eq!(shares[0].probability, Some(28976.0 / 61744.0));
+        assert_eq!(format!("{}", shares[0].probability.unwrap()), "0.469292562840114");
+        assert_eq!(shares[1].probability, None);
+        assert_eq!(shares[2].protocol, Protocol::Udp);
+        assert_eq!(shares[4].protocol, Protocol::Sctp);
+    }
+
+    #[test]
+    fn three_way_split_is_uniform_over_ports() {
+        let shares = port_shares(&[pr(1, 10), pr(11, 20), pr(21, 30)]);
+        let p: Vec<_> = shares[..3].iter().map(|s| s.probability).collect();
+        assert_eq!(p, vec![Some(1.0 / 3.0), Some(0.5), None]);
+    }
+
+    #[test]
+    fn no_ranges_no_shares() {
+        assert!(port_shares(&[]).is_empty());
+    }
+}
