@@ -1,7 +1,44 @@
-//! (in progress) Config contract; decoding and validation land here.
+//! The agent's config: the file upstream's users already have, read with
+//! upstream's exact semantics, checked, and handed on as a typed [`Config`].
+//!
+//! The flow is one way and, but for [`read`], free of I/O:
+//! bytes → `decode` (JSON or YAML 1.1 into an untyped tree, within size,
+//! depth and alias budgets) → `bind` (Go `encoding/json` rules onto the
+//! defaults) → `validate` (upstream's checks and messages, in upstream's
+//! order) → [`Config`]. Where upstream is defective (a zero resync interval
+//! spins; no size or alias limits) we fix it and say so in
+//! [`Loaded::warnings`] or an error. The contract is COMPAT.md §1-3.
+
+use std::io::Read as _;
+use std::path::Path;
 use std::time::Duration;
 
-use ipnet::IpNet;
+use ipnet::{IpNet, Ipv4Net};
+
+mod bind;
+mod cidr;
+mod configmap;
+mod decode;
+pub mod duration;
+mod error;
+mod gostr;
+mod json;
+mod validate;
+mod value;
+mod yaml;
+mod yaml11;
+
+#[cfg(test)]
+mod tests;
+
+pub use duration::DurationError;
+pub use error::ConfigError;
+
+/// Where upstream (and the DaemonSet's ConfigMap volume) puts the file.
+pub const DEFAULT_PATH: &str = "/etc/config/ip-masq-agent";
+
+/// Largest config accepted: the ConfigMap size limit (1 MiB).
+pub const MAX_CONFIG_BYTES: usize = 1 << 20;
 
 /// A validated agent config. CIDRs are parsed once, here, and never again.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -13,4 +50,189 @@ pub struct Config {
     pub masq_link_local_ipv6: bool,
     /// Already floored to the 1 s minimum.
     pub resync_interval: Duration,
+}
+
+/// Flags that change how a config file is read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// `--nomasq-all-reserved-ranges`: the default list is every reserved
+    /// IPv4 range instead of RFC 1918 only.
+    pub all_reserved_ranges: bool,
+    /// `--enable-ipv6`: IPv6 CIDRs are allowed.
+    pub enable_ipv6: bool,
+}
+
+/// Where a loaded config came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// Read from the config file.
+    File,
+    /// No file: the defaults (upstream behaviour, not an error).
+    Absent,
+}
+
+/// A config accepted for use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Loaded {
+    pub config: Config,
+    pub source: Source,
+    /// Things we corrected rather than rejected, worth logging.
+    pub warnings: Vec<String>,
+}
+
+/// The default non-masquerade ranges, as (address, prefix).
+const RFC1918: [([u8; 4], u8); 3] = [
+    ([10, 0, 0, 0], 8),     // RFC 1918
+    ([172, 16, 0, 0], 12),  // RFC 1918
+    ([192, 168, 0, 0], 16), // RFC 1918
+];
+const OTHER_RESERVED: [([u8; 4], u8); 8] = [
+    ([100, 64, 0, 0], 10),   // RFC 6598 shared address space
+    ([192, 0, 0, 0], 24),    // RFC 6890 IETF protocol assignments
+    ([192, 0, 2, 0], 24),    // RFC 5737 TEST-NET-1
+    ([192, 88, 99, 0], 24),  // RFC 7526 6to4 relay anycast
+    ([198, 18, 0, 0], 15),   // RFC 6815 benchmarking
+    ([198, 51, 100, 0], 24), // RFC 5737 TEST-NET-2
+    ([203, 0, 113, 0], 24),  // RFC 5737 TEST-NET-3
+    ([240, 0, 0, 0], 4),     // RFC 5735 former class E
+];
+
+const DEFAULT_CIDR_LIMIT: i64 = 64;
+const DEFAULT_RESYNC: Duration = Duration::from_secs(60);
+
+impl Config {
+    /// Upstream's defaults, used when there is no file and as the base a
+    /// file's keys are bound onto.
+    pub fn defaults(all_reserved_ranges: bool) -> Config {
+        let extra: &[([u8; 4], u8)] = if all_reserved_ranges {
+            &OTHER_RESERVED
+        } else {
+            &[]
+        };
+        let non_masquerade_cidrs = RFC1918
+            .iter()
+            .chain(extra)
+            .filter_map(|&(addr, prefix)| Ipv4Net::new(addr.into(), prefix).ok())
+            .map(IpNet::V4)
+            .collect();
+        Config {
+            non_masquerade_cidrs,
+            cidr_limit: DEFAULT_CIDR_LIMIT,
+            masq_link_local: false,
+            masq_link_local_ipv6: false,
+            resync_interval: DEFAULT_RESYNC,
+        }
+    }
+
+    /// Compact JSON with upstream's key names and order, the duration in
+    /// Go's `Duration.String` form.
+    pub fn to_json(&self) -> String {
+        let cidrs: Vec<String> = self
+            .non_masquerade_cidrs
+            .iter()
+            .map(|net| format!("\"{net}\""))
+            .collect();
+        let nanos = i64::try_from(self.resync_interval.as_nanos()).unwrap_or(i64::MAX);
+        format!(
+            "{{\"nonMasqueradeCIDRs\":[{}],\"cidrLimit\":{},\"masqLinkLocal\":{},\"masqLinkLocalIPv6\":{},\"resyncInterval\":\"{}\"}}",
+            cidrs.join(","),
+            self.cidr_limit,
+            self.masq_link_local,
+            self.masq_link_local_ipv6,
+            duration::format(nanos)
+        )
+    }
+
+    /// A short, stable identifier of this config (FNV-1a 64 of
+    /// [`Config::to_json`], 16 hex digits) for logs and metrics.
+    pub fn fingerprint(&self) -> String {
+        let hash = self
+            .to_json()
+            .bytes()
+            .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+                (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+            });
+        format!("{hash:016x}")
+    }
+}
+
+/// The defaults as the binder's starting point (CIDRs as text).
+fn raw_defaults(all_reserved_ranges: bool) -> bind::Raw {
+    let defaults = Config::defaults(all_reserved_ranges);
+    bind::Raw {
+        cidrs: defaults
+            .non_masquerade_cidrs
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
+        cidr_limit: defaults.cidr_limit,
+        masq_link_local: defaults.masq_link_local,
+        masq_link_local_ipv6: defaults.masq_link_local_ipv6,
+        resync_nanos: i64::try_from(defaults.resync_interval.as_nanos()).unwrap_or(i64::MAX),
+    }
+}
+
+/// Pure: the bytes of a config file to a validated config. No I/O.
+pub fn parse(bytes: &[u8], opts: &LoadOptions) -> Result<Loaded, ConfigError> {
+    if bytes.len() > MAX_CONFIG_BYTES {
+        return Err(ConfigError::TooLarge {
+            len: bytes.len(),
+            max: MAX_CONFIG_BYTES,
+        });
+    }
+    let tree = decode::decode(bytes)?;
+    let raw = bind::bind(&tree, raw_defaults(opts.all_reserved_ranges))?;
+    let (config, warnings) = validate::validate(raw, opts)?;
+    Ok(Loaded {
+        config,
+        source: Source::File,
+        warnings,
+    })
+}
+
+/// Read the config file: `None` if it does not exist (a dangling symlink
+/// included). A file over [`MAX_CONFIG_BYTES`] is refused after reading at
+/// most one byte more than that.
+pub fn read(path: &Path) -> Result<Option<Vec<u8>>, ConfigError> {
+    let read_error = |source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    let file = match std::fs::File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(read_error(e)),
+    };
+    let mut bytes = Vec::new();
+    file.take(MAX_CONFIG_BYTES as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(read_error)?;
+    if bytes.len() > MAX_CONFIG_BYTES {
+        return Err(ConfigError::FileTooLarge {
+            path: path.to_owned(),
+            max: MAX_CONFIG_BYTES,
+        });
+    }
+    Ok(Some(bytes))
+}
+
+/// [`read`] then [`parse`]; no file gives the defaults with
+/// [`Source::Absent`].
+pub fn load(path: &Path, opts: &LoadOptions) -> Result<Loaded, ConfigError> {
+    match read(path)? {
+        Some(bytes) => parse(&bytes, opts),
+        None => Ok(Loaded {
+            config: Config::defaults(opts.all_reserved_ranges),
+            source: Source::Absent,
+            warnings: Vec::new(),
+        }),
+    }
+}
+
+/// For `ip-masq-agent check FILE`: if `bytes` are a Kubernetes ConfigMap
+/// manifest (a YAML or JSON object with `kind: ConfigMap`, possibly one of
+/// several YAML documents), the bytes of `data[key]`, or an error naming the
+/// key if it is missing; `None` for anything else (a bare config file).
+pub fn configmap_data(bytes: &[u8], key: &str) -> Result<Option<Vec<u8>>, ConfigError> {
+    configmap::data(bytes, key)
 }

@@ -1,0 +1,126 @@
+//! Recognising a Kubernetes ConfigMap manifest, so `ip-masq-agent check`
+//! can be pointed at the manifest that will be applied as well as at the
+//! mounted config file itself.
+//!
+//! A manifest is a JSON object, or one document of a YAML stream (manifests
+//! often hold several, `---`-separated), with `kind: ConfigMap`; the config
+//! is the string under `data.<key>`. Anything else is taken to be a bare
+//! config file, left for the config parser to judge.
+
+use super::ConfigError;
+use super::decode;
+use super::value::Value;
+
+/// See [`super::configmap_data`].
+pub(crate) fn data(bytes: &[u8], key: &str) -> Result<Option<Vec<u8>>, ConfigError> {
+    let found = decode::find_document(bytes, |doc| {
+        matches!(doc.get("kind"), Some(Value::Str(s)) if s.text == "ConfigMap")
+            .then(|| lookup(doc, key))
+    });
+    match found {
+        Ok(Some(result)) => result.map(Some),
+        // Not a manifest, or not decodable at all: a bare config file, which
+        // the config parser will accept or explain.
+        Ok(None) | Err(_) => Ok(None),
+    }
+}
+
+fn lookup(doc: &Value, key: &str) -> Result<Vec<u8>, ConfigError> {
+    let data = doc.get("data");
+    match data.and_then(|d| d.get(key)) {
+        Some(Value::Str(s)) => Ok(s.text.clone().into_bytes()),
+        Some(other) => Err(ConfigError::ConfigMapKey {
+            key: key.to_owned(),
+            problem: format!("holds {}, not a string", other.describe()),
+        }),
+        None => {
+            let present: Vec<&str> = match data {
+                Some(Value::Map(entries)) => entries.iter().map(|(k, _)| k.as_str()).collect(),
+                _ => Vec::new(),
+            };
+            let problem = if present.is_empty() {
+                "is missing (the ConfigMap has no data)".to_owned()
+            } else {
+                format!("is missing (data has: {})", present.join(", "))
+            };
+            Err(ConfigError::ConfigMapKey {
+                key: key.to_owned(),
+                problem,
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MANIFEST: &str = "\
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: ip-masq-agent
+  namespace: kube-system
+data:
+  config: |
+    nonMasqueradeCIDRs:
+      - 10.0.0.0/8
+    masqLinkLocal: true
+";
+
+    #[test]
+    fn extracts_the_key_from_a_yaml_manifest() {
+        let got = data(MANIFEST.as_bytes(), "config").unwrap();
+        assert_eq!(
+            got.as_deref(),
+            Some(b"nonMasqueradeCIDRs:\n  - 10.0.0.0/8\nmasqLinkLocal: true\n".as_slice())
+        );
+    }
+
+    #[test]
+    fn finds_the_configmap_among_several_documents() {
+        let text =
+            format!("apiVersion: apps/v1\nkind: DaemonSet\n---\n{MANIFEST}---\nkind: Other\n");
+        assert!(data(text.as_bytes(), "config").unwrap().is_some());
+    }
+
+    #[test]
+    fn json_manifest() {
+        let text = r#"{"kind": "ConfigMap", "data": {"config": "{\"cidrLimit\": 5}"}}"#;
+        assert_eq!(
+            data(text.as_bytes(), "config").unwrap().as_deref(),
+            Some(br#"{"cidrLimit": 5}"#.as_slice())
+        );
+    }
+
+    #[test]
+    fn missing_key_is_named() {
+        let err = data(MANIFEST.as_bytes(), "ip-masq-agent").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            r#"ConfigMap data key "ip-masq-agent" is missing (data has: config)"#
+        );
+        let err = data(b"kind: ConfigMap\nmetadata: {name: x}\n", "config").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            r#"ConfigMap data key "config" is missing (the ConfigMap has no data)"#
+        );
+        let err = data(b"kind: ConfigMap\ndata: {config: [1]}\n", "config").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            r#"ConfigMap data key "config" holds a list, not a string"#
+        );
+    }
+
+    #[test]
+    fn bare_configs_are_not_manifests() {
+        assert_eq!(
+            data(b"nonMasqueradeCIDRs: [10.0.0.0/8]\n", "config").unwrap(),
+            None
+        );
+        assert_eq!(data(b"{\"cidrLimit\": 5}", "config").unwrap(), None);
+        assert_eq!(data(b"", "config").unwrap(), None);
+        assert_eq!(data(b"kind: configmap\n", "config").unwrap(), None);
+        assert_eq!(data(b"a: [\n", "config").unwrap(), None);
+    }
+}

@@ -1,0 +1,103 @@
+//! Everything that can go wrong turning a config file into a [`Config`].
+//!
+//! The validation messages are upstream's texts byte for byte (operators
+//! grep for them); the others are ours and say what was wrong and where.
+//!
+//! [`Config`]: super::Config
+
+use std::path::PathBuf;
+
+use thiserror::Error;
+
+use super::gostr::quote;
+
+/// Why a config file could not be read, decoded or accepted.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    #[error("cannot read config file {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "config file {} is larger than {max} bytes (the ConfigMap size limit); refusing to read it",
+        path.display()
+    )]
+    FileTooLarge { path: PathBuf, max: usize },
+    #[error("config is {len} bytes, larger than the {max}-byte limit (the ConfigMap size limit)")]
+    TooLarge { len: usize, max: usize },
+    #[error("config is not valid UTF-8 (at byte {offset}); save it as UTF-8")]
+    NotUtf8 { offset: usize },
+    #[error(
+        "config contains the control character U+{code:04X} at byte {offset}, which YAML does not allow"
+    )]
+    ControlChar { code: u32, offset: usize },
+    #[error("invalid YAML: {message}")]
+    Yaml { message: String },
+    #[error("invalid JSON at line {line}, column {column}: {message}")]
+    Json {
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("config nests lists and mappings deeper than {max} levels")]
+    TooDeep { max: usize },
+    #[error(
+        "config holds more than {max_nodes} values or {max_bytes} bytes of text (YAML aliases counted as expanded); refusing it"
+    )]
+    TooComplex { max_nodes: usize, max_bytes: usize },
+    #[error("config must be a mapping of settings (such as `cidrLimit: 64`), got {got}")]
+    NotAMapping { got: String },
+    /// A field of the wrong type, or a bad `resyncInterval`.
+    #[error("config field {}: {message}", quote(.field))]
+    Field { field: String, message: String },
+
+    // Upstream's validation texts, verbatim.
+    #[error(
+        "the daemon can only accept up to {limit} CIDRs (excluding link-local), but got {count} CIDRs (excluding link local)"
+    )]
+    TooManyCidrs { limit: i64, count: usize },
+    #[error("CIDR {} could not be parsed, invalid CIDR address: {cidr}", quote(.cidr))]
+    UnparsableCidr { cidr: String },
+    #[error(
+        "CIDR {} is not aligned to a CIDR block, ip: {} network: {}",
+        quote(.cidr),
+        quote(.ip),
+        quote(.network)
+    )]
+    MisalignedCidr {
+        cidr: String,
+        ip: String,
+        network: String,
+    },
+    #[error(
+        "ipv6 is not enabled, but ipv6 cidr {cidr} provided. Enable ipv6 using --enable-ipv6 agent flag"
+    )]
+    Ipv6NotEnabled { cidr: String },
+
+    #[error("ConfigMap data key {} {problem}", quote(.key))]
+    ConfigMapKey { key: String, problem: String },
+}
+
+impl ConfigError {
+    /// A stable, low-cardinality label for metrics and structured logs.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            ConfigError::Read { .. } => "read",
+            ConfigError::FileTooLarge { .. } | ConfigError::TooLarge { .. } => "too_large",
+            ConfigError::NotUtf8 { .. }
+            | ConfigError::ControlChar { .. }
+            | ConfigError::Yaml { .. }
+            | ConfigError::Json { .. } => "syntax",
+            ConfigError::TooDeep { .. } | ConfigError::TooComplex { .. } => "too_complex",
+            ConfigError::NotAMapping { .. } | ConfigError::Field { .. } => "type",
+            ConfigError::TooManyCidrs { .. }
+            | ConfigError::UnparsableCidr { .. }
+            | ConfigError::MisalignedCidr { .. }
+            | ConfigError::Ipv6NotEnabled { .. } => "invalid",
+            ConfigError::ConfigMapKey { .. } => "configmap",
+        }
+    }
+}
