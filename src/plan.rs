@@ -106,9 +106,7 @@ impl FromStr for ChainName {
             ));
         }
         if s.starts_with('-') || s.starts_with('!') {
-            return Err(format!(
-                "chain name {s:?} must not start with '-' or '!'"
-            ));
+            return Err(format!("chain name {s:?} must not start with '-' or '!'"));
         }
         if let Some(c) = s
             .chars()
@@ -284,7 +282,16 @@ mod tests {
         assert!("IP-MASQ-AGENT".parse::<ChainName>().is_ok());
         assert!("IP-MASQ".parse::<ChainName>().is_ok());
         assert!("A".repeat(28).parse::<ChainName>().is_ok());
-        for bad in ["", "-X", "!X", "A B", "A\"B", "A\\B", "RETURN", "MASQUERADE"] {
+        for bad in [
+            "",
+            "-X",
+            "!X",
+            "A B",
+            "A\"B",
+            "A\\B",
+            "RETURN",
+            "MASQUERADE",
+        ] {
             assert!(bad.parse::<ChainName>().is_err(), "{bad:?} accepted");
         }
         assert!("A".repeat(29).parse::<ChainName>().is_err());
@@ -296,7 +303,10 @@ mod tests {
         assert_eq!(shares.len(), 6);
         assert_eq!(shares[0].protocol, Protocol::Tcp);
         assert_eq!(shares[0].probability, Some(28976.0 / 61744.0));
-        assert_eq!(format!("{}", shares[0].probability.unwrap()), "0.469292562840114");
+        assert_eq!(
+            format!("{}", shares[0].probability.unwrap()),
+            "0.469292562840114"
+        );
         assert_eq!(shares[1].probability, None);
         assert_eq!(shares[2].protocol, Protocol::Udp);
         assert_eq!(shares[4].protocol, Protocol::Sctp);

@@ -1,1 +1,117 @@
-//! (in progress)
+//! The seam between the agent and the kernel.
+//!
+//! A backend has one job: make the kernel hold a [`Ruleset`] for one family,
+//! touching nothing but what the agent owns. `reconcile` observes the live
+//! state first and writes only when it differs, in one atomic transaction;
+//! `render` shows the transaction a fresh node would get; `cleanup` removes
+//! what we own. Everything above this module speaks `Ruleset`, never iptables
+//! text, so a native nftables backend can slot in beside `iptables`.
+
+pub mod exec;
+pub mod iptables;
+
+use std::fmt;
+
+use crate::plan::{ChainName, Family, Ruleset};
+
+/// What a reconcile found and did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Outcome {
+    /// Whether anything was written to the kernel.
+    pub wrote: bool,
+    /// What differed from the desired state (empty when unchanged), in words
+    /// an operator can act on, e.g. "jump from POSTROUTING missing".
+    pub differences: Vec<String>,
+    /// Rules we do not own that also jump to our chain (reported, never touched).
+    pub foreign_jumps: Vec<String>,
+}
+
+/// Why a backend call failed, so callers (and metrics) ask a question
+/// instead of matching strings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The tool is not installed.
+    NotFound,
+    /// Another process held the xtables lock past our wait.
+    LockHeld,
+    /// Not allowed (not root / missing NET_ADMIN).
+    Permission,
+    /// The tool rejected what we sent.
+    Rejected,
+    /// The tool did not answer in time.
+    Timeout,
+    /// Spawning or talking to the tool failed.
+    Io,
+    /// The live state reads back differently from what we just wrote.
+    Verify,
+}
+
+impl ErrorKind {
+    /// A short stable label (logs, metrics).
+    pub fn label(self) -> &'static str {
+        match self {
+            ErrorKind::NotFound => "not_found",
+            ErrorKind::LockHeld => "lock_held",
+            ErrorKind::Permission => "permission",
+            ErrorKind::Rejected => "rejected",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::Io => "io",
+            ErrorKind::Verify => "verify",
+        }
+    }
+}
+
+/// A failed kernel operation: which command, and what it said.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendError {
+    pub kind: ErrorKind,
+    pub command: String,
+    pub detail: String,
+}
+
+impl BackendError {
+    pub fn new(kind: ErrorKind, command: &str, detail: impl Into<String>) -> Self {
+        BackendError {
+            kind,
+            command: command.to_owned(),
+            detail: detail.into(),
+        }
+    }
+}
+
+impl fmt::Display for BackendError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} ({}): {}",
+            self.command,
+            self.kind.label(),
+            self.detail
+        )
+    }
+}
+
+impl std::error::Error for BackendError {}
+
+/// What `cleanup` removed, one line per object, for the operator.
+pub type CleanupReport = Vec<String>;
+
+/// The kernel seam. One value serves both families.
+#[allow(async_fn_in_trait)] // used generically inside this crate only
+pub trait Backend {
+    /// e.g. "iptables (nf_tables) v1.8.9"; logged at start.
+    fn describe(&self) -> String;
+
+    /// The transaction a node without any of our state would receive.
+    fn render(&self, desired: &Ruleset) -> String;
+
+    /// Make the kernel hold `desired`; write nothing if it already does.
+    async fn reconcile(&mut self, desired: &Ruleset) -> Result<Outcome, BackendError>;
+
+    /// Remove our jump(s) and chain for `family`.
+    async fn cleanup(
+        &mut self,
+        family: Family,
+        chain: &ChainName,
+    ) -> Result<CleanupReport, BackendError>;
+}
