@@ -1,1 +1,559 @@
-//! (in progress)
+//! The agent loop: triggers in, reconcile, record.
+//!
+//! Invariants an operator relies on:
+//! - The last valid config is enforced until a new valid one replaces it; an
+//!   invalid config is reported once per distinct error and never written.
+//! - Every resync observes the kernel and writes only when it differs, so an
+//!   unchanged node sees no writes (and no xtables lock contention).
+//! - The resync period runs start to start, whatever a sync costs.
+//! - A failed kernel write is retried with backoff; the loop never exits on it.
+//! - SIGTERM/SIGINT stop the loop promptly, even mid-sync, and leave the rules
+//!   in place (a rolling update must not change traffic). SIGHUP reloads now.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::time::{Instant, MissedTickBehavior};
+use tracing::{debug, error, info, warn};
+
+use crate::backend::{Backend, BackendError};
+use crate::config::{self, Config, LoadOptions, Source};
+use crate::plan::{self, Family, Ruleset, Settings};
+
+/// How often the config file's identity is checked between resyncs, so an
+/// edit (or a fix after an invalid file) is picked up within this delay.
+pub const FILE_POLL: Duration = Duration::from_secs(1);
+
+/// Why a reload happened (logs; later also metrics labels).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    Startup,
+    Resync,
+    FileChange,
+    Signal,
+    Retry,
+}
+
+impl Trigger {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Startup => "startup",
+            Trigger::Resync => "resync",
+            Trigger::FileChange => "file_change",
+            Trigger::Signal => "signal",
+            Trigger::Retry => "retry",
+        }
+    }
+}
+
+/// Retry delays after a failed sync: 0.8 s doubling to 30 s, with jitter,
+/// reset after a success (the shape kube-runtime's watcher uses).
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    failures: u32,
+}
+
+impl Backoff {
+    const INITIAL: Duration = Duration::from_millis(800);
+    const MAX: Duration = Duration::from_secs(30);
+
+    pub fn new() -> Self {
+        Backoff { failures: 0 }
+    }
+
+    /// The delay before the next attempt, given how many failed in a row.
+    pub fn next_delay(&mut self) -> Duration {
+        let exp = self.failures.min(8);
+        self.failures = self.failures.saturating_add(1);
+        let base = Self::INITIAL.saturating_mul(1 << exp).min(Self::MAX);
+        // Up to +25 % jitter so a fleet does not retry in lockstep.
+        let nanos = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let jitter = base.mul_f64(f64::from(nanos % 1000) / 4000.0);
+        (base + jitter).min(Self::MAX)
+    }
+
+    pub fn reset(&mut self) {
+        self.failures = 0;
+    }
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Identity of the config file as the kubelet changes it: a ConfigMap update
+/// swaps a symlink, so the resolved inode changes even if size and mtime match.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum FileStamp {
+    Absent,
+    Present {
+        dev: u64,
+        ino: u64,
+        len: u64,
+        modified: Option<SystemTime>,
+    },
+    Unreadable(String),
+}
+
+fn stamp(path: &Path) -> FileStamp {
+    use std::os::unix::fs::MetadataExt;
+    match std::fs::metadata(path) {
+        Ok(meta) => FileStamp::Present {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            len: meta.len(),
+            modified: meta.modified().ok(),
+        },
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => FileStamp::Absent,
+        Err(err) => FileStamp::Unreadable(err.kind().to_string()),
+    }
+}
+
+/// What the last sync of all families came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SyncResult {
+    /// Nothing to enforce yet (no valid config ever loaded).
+    NoConfig,
+    Ok,
+    Failed(BackendError),
+}
+
+/// The agent: settings, the backend, and what it has learned so far.
+pub struct Agent<B: Backend> {
+    settings: Settings,
+    load_options: LoadOptions,
+    config_path: PathBuf,
+    backend: B,
+    config: Option<Config>,
+    last_config_error: Option<String>,
+    last_warnings: Vec<String>,
+    applied: HashMap<Family, Ruleset>,
+    foreign_jumps: HashMap<Family, Vec<String>>,
+    file_stamp: Option<FileStamp>,
+}
+
+impl<B: Backend> Agent<B> {
+    pub fn new(
+        settings: Settings,
+        load_options: LoadOptions,
+        config_path: PathBuf,
+        backend: B,
+    ) -> Self {
+        Agent {
+            settings,
+            load_options,
+            config_path,
+            backend,
+            config: None,
+            last_config_error: None,
+            last_warnings: Vec::new(),
+            applied: HashMap::new(),
+            foreign_jumps: HashMap::new(),
+            file_stamp: None,
+        }
+    }
+
+    /// The config being enforced, if any valid one was ever loaded.
+    pub fn config(&self) -> Option<&Config> {
+        self.config.as_ref()
+    }
+
+    /// Re-read the config file. Returns whether the enforced config changed.
+    /// An invalid file keeps the previous config and is logged once per
+    /// distinct error.
+    pub fn reload(&mut self, trigger: Trigger) -> bool {
+        self.file_stamp = Some(stamp(&self.config_path));
+        match config::load(&self.config_path, &self.load_options) {
+            Ok(loaded) => {
+                if let Some(previous) = self.last_config_error.take() {
+                    info!(trigger = trigger.as_str(), previous_error = %previous, "config is valid again");
+                }
+                if loaded.warnings != self.last_warnings {
+                    for warning in &loaded.warnings {
+                        warn!(path = %self.config_path.display(), "{warning}");
+                    }
+                    self.last_warnings = loaded.warnings;
+                }
+                if self.config.as_ref() == Some(&loaded.config) {
+                    return false;
+                }
+                let source = match loaded.source {
+                    Source::File => "file",
+                    Source::Absent => "defaults (no config file)",
+                };
+                info!(
+                    trigger = trigger.as_str(),
+                    path = %self.config_path.display(),
+                    source,
+                    fingerprint = %loaded.config.fingerprint(),
+                    config = %loaded.config.to_json(),
+                    "using config"
+                );
+                self.config = Some(loaded.config);
+                true
+            }
+            Err(err) => {
+                let text = err.to_string();
+                if self.last_config_error.as_deref() != Some(text.as_str()) {
+                    match &self.config {
+                        Some(current) => error!(
+                            trigger = trigger.as_str(),
+                            path = %self.config_path.display(),
+                            keeping = %current.fingerprint(),
+                            "Error syncing configuration: {text}; keeping the last valid config"
+                        ),
+                        None => error!(
+                            trigger = trigger.as_str(),
+                            path = %self.config_path.display(),
+                            "Error syncing configuration: {text}; no valid config yet, writing nothing"
+                        ),
+                    }
+                    self.last_config_error = Some(text);
+                }
+                false
+            }
+        }
+    }
+
+    /// Whether the config file looks different from when it was last read.
+    fn file_changed(&self) -> bool {
+        self.file_stamp.as_ref() != Some(&stamp(&self.config_path))
+    }
+
+    /// Reconcile every family with the enforced config. IPv6 is skipped in a
+    /// cycle where IPv4 failed, as upstream does.
+    pub async fn sync(&mut self, trigger: Trigger) -> SyncResult {
+        let Some(config) = self.config.clone() else {
+            return SyncResult::NoConfig;
+        };
+        for family in plan::families(&self.settings) {
+            let desired = plan::plan(&config, &self.settings, family);
+            let started = Instant::now();
+            match self.backend.reconcile(&desired).await {
+                Ok(outcome) => {
+                    let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+                    if outcome.wrote {
+                        let reason = match self.applied.get(&family) {
+                            None => "initial",
+                            Some(previous) if *previous == desired => "drift",
+                            Some(_) => "config change",
+                        };
+                        let what = outcome.differences.join("; ");
+                        if reason == "drift" {
+                            warn!(family = %family, trigger = trigger.as_str(), result = "applied", elapsed_ms, "drift repaired: {what}");
+                        } else {
+                            info!(family = %family, trigger = trigger.as_str(), result = "applied", reason, elapsed_ms, "rules applied: {what}");
+                        }
+                    } else {
+                        debug!(family = %family, trigger = trigger.as_str(), result = "unchanged", elapsed_ms, "rules unchanged");
+                    }
+                    let known = self.foreign_jumps.entry(family).or_default();
+                    if *known != outcome.foreign_jumps {
+                        for jump in &outcome.foreign_jumps {
+                            warn!(family = %family, rule = %jump, "another rule we do not own also jumps to {}; traffic may traverse it twice", self.settings.chain);
+                        }
+                        *known = outcome.foreign_jumps;
+                    }
+                    self.applied.insert(family, desired);
+                }
+                Err(err) => {
+                    error!(family = %family, trigger = trigger.as_str(), result = "failed", kind = err.kind.label(), "sync failed: {err}");
+                    return SyncResult::Failed(err);
+                }
+            }
+        }
+        SyncResult::Ok
+    }
+
+    fn resync_period(&self) -> Duration {
+        self.config
+            .as_ref()
+            .map(|c| c.resync_interval)
+            .unwrap_or_else(|| Config::defaults(false).resync_interval)
+    }
+
+    /// Run until SIGTERM or SIGINT.
+    pub async fn run(mut self) -> std::io::Result<()> {
+        let mut sigterm = signal(SignalKind::terminate())?;
+        let mut sigint = signal(SignalKind::interrupt())?;
+        let mut sighup = signal(SignalKind::hangup())?;
+
+        let mut backoff = Backoff::new();
+        let mut retry_at: Option<Instant>;
+        let mut period = self.resync_period();
+        let mut resync = new_ticker(period);
+        let mut poll = tokio::time::interval(FILE_POLL);
+        poll.set_missed_tick_behavior(MissedTickBehavior::Skip);
+
+        let mut trigger = Trigger::Startup;
+        loop {
+            // Every wake-up: re-read when asked to, then reconcile.
+            if trigger != Trigger::Retry {
+                self.reload(trigger);
+            }
+            let result = tokio::select! {
+                result = self.sync(trigger) => result,
+                _ = sigterm.recv() => return stopping("SIGTERM"),
+                _ = sigint.recv() => return stopping("SIGINT"),
+            };
+            match result {
+                SyncResult::Failed(_) => {
+                    let delay = backoff.next_delay();
+                    info!(
+                        retry_in_ms = delay.as_millis() as u64,
+                        "will retry the sync"
+                    );
+                    retry_at = Some(Instant::now() + delay);
+                }
+                SyncResult::Ok | SyncResult::NoConfig => {
+                    backoff.reset();
+                    retry_at = None;
+                }
+            }
+            if self.resync_period() != period {
+                period = self.resync_period();
+                info!(resync_interval = %config::duration::format(period.as_nanos().min(i64::MAX as u128) as i64), "resync interval changed");
+                resync = new_ticker(period);
+            }
+
+            trigger = loop {
+                let retry = async {
+                    match retry_at {
+                        Some(at) => tokio::time::sleep_until(at).await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    _ = sigterm.recv() => return stopping("SIGTERM"),
+                    _ = sigint.recv() => return stopping("SIGINT"),
+                    _ = sighup.recv() => {
+                        info!("SIGHUP: reloading now");
+                        break Trigger::Signal;
+                    }
+                    _ = resync.tick() => break Trigger::Resync,
+                    _ = retry => break Trigger::Retry,
+                    _ = poll.tick() => {
+                        if self.file_changed() {
+                            break Trigger::FileChange;
+                        }
+                    }
+                }
+            };
+        }
+    }
+}
+
+fn new_ticker(period: Duration) -> tokio::time::Interval {
+    // Start to start: the first tick is one period from now (the sync that
+    // just ran counts as this period's), and a slow sync delays only itself.
+    let mut ticker = tokio::time::interval_at(Instant::now() + period, period);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    ticker
+}
+
+fn stopping(signal: &str) -> std::io::Result<()> {
+    info!(signal, "stopping; rules stay in place");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use crate::backend::{CleanupReport, ErrorKind, Outcome};
+    use crate::plan::ChainName;
+
+    /// A backend that keeps "the kernel" in memory and applies all or nothing,
+    /// so the loop above the seam is tested without root.
+    #[derive(Default)]
+    struct Fake {
+        kernel: HashMap<Family, Ruleset>,
+        writes: usize,
+        fail: Option<ErrorKind>,
+    }
+
+    impl Backend for Fake {
+        fn describe(&self) -> String {
+            "fake".into()
+        }
+        fn render(&self, desired: &Ruleset) -> String {
+            format!("{desired:?}")
+        }
+        async fn reconcile(&mut self, desired: &Ruleset) -> Result<Outcome, BackendError> {
+            if let Some(kind) = self.fail {
+                return Err(BackendError::new(kind, "fake-restore", "refused"));
+            }
+            if self.kernel.get(&desired.family) == Some(desired) {
+                return Ok(Outcome::default());
+            }
+            self.kernel.insert(desired.family, desired.clone());
+            self.writes += 1;
+            Ok(Outcome {
+                wrote: true,
+                differences: vec!["differs".into()],
+                foreign_jumps: Vec::new(),
+            })
+        }
+        async fn cleanup(
+            &mut self,
+            family: Family,
+            _: &ChainName,
+        ) -> Result<CleanupReport, BackendError> {
+            self.kernel.remove(&family);
+            Ok(Vec::new())
+        }
+    }
+
+    fn agent(dir: &Path, ipv6: bool) -> Agent<Fake> {
+        Agent::new(
+            Settings {
+                chain: "IP-MASQ-AGENT".parse().unwrap(),
+                enable_ipv6: ipv6,
+                random_fully: true,
+                to_ports: Vec::new(),
+            },
+            LoadOptions {
+                all_reserved_ranges: false,
+                enable_ipv6: ipv6,
+            },
+            dir.join("ip-masq-agent"),
+            Fake::default(),
+        )
+    }
+
+    fn cidrs(agent: &Agent<Fake>, family: Family) -> Vec<String> {
+        agent.backend.kernel[&family]
+            .no_masquerade
+            .iter()
+            .map(|n| n.to_string())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn writes_once_then_only_on_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("ip-masq-agent");
+        std::fs::write(&file, "nonMasqueradeCIDRs: [10.0.0.0/8]\n").unwrap();
+        let mut a = agent(dir.path(), false);
+        assert!(a.reload(Trigger::Startup));
+        assert_eq!(a.sync(Trigger::Startup).await, SyncResult::Ok);
+        assert_eq!(a.backend.writes, 1);
+        assert_eq!(cidrs(&a, Family::Ipv4), ["169.254.0.0/16", "10.0.0.0/8"]);
+        assert!(!a.reload(Trigger::Resync));
+        a.sync(Trigger::Resync).await;
+        assert_eq!(a.backend.writes, 1, "an unchanged node must see no write");
+        std::fs::write(
+            &file,
+            "nonMasqueradeCIDRs: [10.0.0.0/8, 192.168.0.0/16]\nmasqLinkLocal: true\n",
+        )
+        .unwrap();
+        assert!(a.reload(Trigger::FileChange));
+        a.sync(Trigger::FileChange).await;
+        assert_eq!(a.backend.writes, 2);
+        assert_eq!(cidrs(&a, Family::Ipv4), ["10.0.0.0/8", "192.168.0.0/16"]);
+    }
+
+    #[tokio::test]
+    async fn invalid_config_keeps_enforcing_the_last_good_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("ip-masq-agent");
+        std::fs::write(&file, "nonMasqueradeCIDRs: [10.0.0.0/8]\n").unwrap();
+        let mut a = agent(dir.path(), false);
+        a.reload(Trigger::Startup);
+        a.sync(Trigger::Startup).await;
+        std::fs::write(&file, "nonMasqueradeCIDRs: [10.0.0.1/8]\n").unwrap();
+        assert!(!a.reload(Trigger::FileChange));
+        assert!(
+            a.last_config_error
+                .as_deref()
+                .unwrap()
+                .contains("is not aligned")
+        );
+        // Someone flushes the rules: the last good config is put back.
+        a.backend.kernel.clear();
+        a.sync(Trigger::Resync).await;
+        assert_eq!(cidrs(&a, Family::Ipv4), ["169.254.0.0/16", "10.0.0.0/8"]);
+        assert_eq!(a.backend.writes, 2);
+    }
+
+    #[tokio::test]
+    async fn invalid_at_start_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ip-masq-agent"), "cidrLimit: \"64\"\n").unwrap();
+        let mut a = agent(dir.path(), false);
+        assert!(!a.reload(Trigger::Startup));
+        assert_eq!(a.sync(Trigger::Startup).await, SyncResult::NoConfig);
+        assert_eq!(a.backend.writes, 0);
+        std::fs::write(dir.path().join("ip-masq-agent"), "cidrLimit: 64\n").unwrap();
+        assert!(a.file_changed() || a.reload(Trigger::Resync));
+    }
+
+    #[tokio::test]
+    async fn absent_file_means_defaults_and_ipv6_follows_ipv4() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut a = agent(dir.path(), true);
+        assert!(a.reload(Trigger::Startup));
+        a.sync(Trigger::Startup).await;
+        assert_eq!(
+            cidrs(&a, Family::Ipv4),
+            [
+                "169.254.0.0/16",
+                "10.0.0.0/8",
+                "172.16.0.0/12",
+                "192.168.0.0/16"
+            ]
+        );
+        assert_eq!(cidrs(&a, Family::Ipv6), ["fe80::/10"]);
+    }
+
+    #[tokio::test]
+    async fn ipv4_failure_skips_ipv6() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut a = agent(dir.path(), true);
+        a.reload(Trigger::Startup);
+        a.backend.fail = Some(ErrorKind::LockHeld);
+        assert!(
+            matches!(a.sync(Trigger::Startup).await, SyncResult::Failed(e) if e.kind == ErrorKind::LockHeld)
+        );
+        assert!(a.backend.kernel.is_empty());
+    }
+
+    #[test]
+    fn backoff_grows_and_caps() {
+        let mut b = Backoff::new();
+        let first = b.next_delay();
+        assert!(first >= Duration::from_millis(800) && first <= Duration::from_millis(1000));
+        let second = b.next_delay();
+        assert!(second >= Duration::from_millis(1600) && second <= Duration::from_millis(2000));
+        for _ in 0..20 {
+            assert!(b.next_delay() <= Duration::from_secs(30));
+        }
+        b.reset();
+        assert!(b.next_delay() <= Duration::from_millis(1000));
+    }
+
+    #[test]
+    fn stamp_sees_a_symlink_swap() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a");
+        let b = dir.path().join("b");
+        std::fs::write(&a, "x").unwrap();
+        std::fs::write(&b, "y").unwrap();
+        let link = dir.path().join("config");
+        std::os::unix::fs::symlink(&a, &link).unwrap();
+        let first = stamp(&link);
+        let tmp = dir.path().join("tmp");
+        std::os::unix::fs::symlink(&b, &tmp).unwrap();
+        std::fs::rename(&tmp, &link).unwrap();
+        assert_ne!(first, stamp(&link));
+        std::fs::remove_file(&link).unwrap();
+        assert_eq!(stamp(&link), FileStamp::Absent);
+    }
+}

@@ -5,6 +5,8 @@
 //! (bytes to a validated `Config`, pure) -> `plan` (desired `Ruleset` per
 //! family, pure) -> `backend` (the only code that runs commands) -> logs.
 #![forbid(unsafe_code)]
+// Input and I/O errors are handled, never unwrapped, outside tests.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 /// The agent loop: events in, reconcile, record.
 pub mod agent;
@@ -12,6 +14,8 @@ pub mod agent;
 pub mod backend;
 /// Go-`flag`-compatible command line parsing.
 pub mod cli;
+/// The subcommands (check, render, sync, cleanup, the daemon).
+pub mod commands;
 /// Config decoding (YAML 1.1 / JSON with Go's binding rules) and validation.
 pub mod config;
 /// Logging setup (text or JSON, klog-style verbosity).

@@ -1,0 +1,265 @@
+//! The subcommands: each turns parsed options into an exit code, writing its
+//! result to stdout and its diagnostics to the log (stderr).
+
+use std::io::Write;
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use tracing::{info, warn};
+
+use crate::agent::Agent;
+use crate::backend::iptables::{self, Iptables, Variant};
+use crate::backend::{Backend, ErrorKind};
+use crate::cli::{Command, Invocation, IptablesMode, Options};
+use crate::config::{self, Config, LoadOptions, Loaded, Source};
+use crate::plan::{self, Family, Settings};
+
+/// Dispatch one invocation.
+pub async fn run(invocation: Invocation) -> Result<ExitCode> {
+    let Invocation {
+        options,
+        command,
+        flags,
+    } = invocation;
+    match command {
+        Command::Version => {
+            println!("ip-masq-agent {}", crate::VERSION);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Check { file } => check(&options, file.as_deref()).await,
+        Command::Render => render(&options).await,
+        Command::Sync => sync(&options).await,
+        Command::Cleanup => cleanup(&options).await,
+        Command::Run => {
+            info!(version = crate::VERSION, "ip-masq-agent starting");
+            for (name, value) in &flags {
+                info!("FLAG: --{name}={}", crate::cli::go_quote(value));
+            }
+            daemon(&options).await
+        }
+    }
+}
+
+/// The rule-shaping settings from the flags.
+pub fn settings(options: &Options) -> Settings {
+    Settings {
+        chain: options.masq_chain.clone(),
+        enable_ipv6: options.enable_ipv6,
+        random_fully: options.random_fully,
+        to_ports: options.to_ports.clone(),
+    }
+}
+
+pub fn load_options(options: &Options) -> LoadOptions {
+    LoadOptions {
+        all_reserved_ranges: options.nomasq_all_reserved_ranges,
+        enable_ipv6: options.enable_ipv6,
+    }
+}
+
+/// The iptables variant to use: the flag's, or what the node uses.
+pub async fn choose_backend(mode: IptablesMode) -> Iptables {
+    let variant = match mode {
+        IptablesMode::Nft => Variant::Nft,
+        IptablesMode::Legacy => Variant::Legacy,
+        IptablesMode::Auto => {
+            let (variant, evidence) = iptables::detect_variant().await;
+            info!(
+                variant = variant.label(),
+                nft_kubelet_chains = evidence.nft_kubelet_chains,
+                legacy_kubelet_chains = evidence.legacy_kubelet_chains,
+                nft_rules = evidence.nft_rules,
+                legacy_rules = evidence.legacy_rules,
+                "iptables mode detected"
+            );
+            variant
+        }
+    };
+    Iptables::new(variant)
+}
+
+async fn daemon(options: &Options) -> Result<ExitCode> {
+    let mut backend = choose_backend(options.iptables_mode).await;
+    match backend.probe_version().await {
+        Ok(_) => info!(backend = %backend.describe(), "kernel backend ready"),
+        // Not fatal: the loop retries, and a fixed image or node recovers.
+        Err(err) => warn!(error = %err, "cannot run iptables yet; will keep retrying"),
+    }
+    let agent = Agent::new(
+        settings(options),
+        load_options(options),
+        options.config.clone(),
+        backend,
+    );
+    agent.run().await.context("installing signal handlers")?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn sync(options: &Options) -> Result<ExitCode> {
+    let loaded = config::load(&options.config, &load_options(options))
+        .with_context(|| format!("loading {}", options.config.display()))?;
+    log_loaded(&loaded, &options.config);
+    let settings = settings(options);
+    let mut backend = choose_backend(options.iptables_mode).await;
+    let mut ok = true;
+    for family in plan::families(&settings) {
+        let desired = plan::plan(&loaded.config, &settings, family);
+        let result = backend.reconcile(&desired).await;
+        if let Ok(outcome) = &result {
+            for jump in &outcome.foreign_jumps {
+                warn!(family = %family, rule = %jump, "another rule we do not own also jumps to {}; traffic may traverse it twice", settings.chain);
+            }
+        }
+        match result {
+            Ok(outcome) if outcome.wrote => {
+                info!(family = %family, result = "applied", "rules applied: {}", outcome.differences.join("; "))
+            }
+            Ok(_) => info!(family = %family, result = "unchanged", "rules unchanged"),
+            Err(err) => {
+                tracing::error!(family = %family, result = "failed", "sync failed: {err}");
+                ok = false;
+                // IPv6 is not attempted after an IPv4 failure, as upstream.
+                break;
+            }
+        }
+    }
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn log_loaded(loaded: &Loaded, path: &Path) {
+    for warning in &loaded.warnings {
+        warn!("{warning}");
+    }
+    if let Source::Absent = loaded.source {
+        info!(path = %path.display(), "no config file; using the defaults");
+    }
+}
+
+/// Render every family's transaction as `render` and `check` print it.
+async fn rendered(options: &Options, config: &Config) -> String {
+    let settings = settings(options);
+    let mut backend = Iptables::new(match options.iptables_mode {
+        IptablesMode::Legacy => Variant::Legacy,
+        _ => Variant::Nft,
+    });
+    // The version decides --random-fully; without iptables here, assume a
+    // current release (rendering needs neither root nor the tools).
+    let _ = backend.probe_version().await;
+    let mut out = String::new();
+    for family in plan::families(&settings) {
+        let desired = plan::plan(config, &settings, family);
+        let tool = match family {
+            Family::Ipv4 => "iptables-restore",
+            Family::Ipv6 => "ip6tables-restore",
+        };
+        out.push_str(&format!("# {family}: {tool} --noflush\n"));
+        out.push_str(&backend.render(&desired));
+    }
+    out
+}
+
+async fn render(options: &Options) -> Result<ExitCode> {
+    let loaded = config::load(&options.config, &load_options(options))
+        .with_context(|| format!("loading {}", options.config.display()))?;
+    log_loaded(&loaded, &options.config);
+    print(&rendered(options, &loaded.config).await)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn check(options: &Options, file: Option<&Path>) -> Result<ExitCode> {
+    let path = file.unwrap_or(&options.config);
+    let bytes = config::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let loaded = match bytes {
+        Some(bytes) => {
+            let (text, origin) = match config::configmap_data(&bytes, "config")
+                .with_context(|| format!("reading ConfigMap {}", path.display()))?
+            {
+                Some(data) => (data, "ConfigMap data.config"),
+                None => (bytes, "config file"),
+            };
+            match config::parse(&text, &load_options(options)) {
+                Ok(loaded) => {
+                    print(&format!("{}: valid {origin}\n", path.display()))?;
+                    loaded
+                }
+                Err(err) => {
+                    eprintln!("{}: invalid {origin}: {err}", path.display());
+                    return Ok(ExitCode::FAILURE);
+                }
+            }
+        }
+        None if file.is_some() => {
+            eprintln!("{}: no such file", path.display());
+            return Ok(ExitCode::FAILURE);
+        }
+        None => {
+            print(&format!(
+                "{}: no config file; the agent uses the defaults\n",
+                path.display()
+            ))?;
+            config::parse(b"", &load_options(options))?
+        }
+    };
+    let mut out = String::new();
+    for warning in &loaded.warnings {
+        out.push_str(&format!("warning: {warning}\n"));
+    }
+    out.push_str(&format!(
+        "effective config: {}\n\n",
+        loaded.config.to_json()
+    ));
+    out.push_str(&rendered(options, &loaded.config).await);
+    print(&out)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn cleanup(options: &Options) -> Result<ExitCode> {
+    let chain = &options.masq_chain;
+    let mut failed = false;
+    let mut removed_any = false;
+    for variant in [Variant::Nft, Variant::Legacy] {
+        let mut backend = Iptables::new(variant);
+        for family in [Family::Ipv4, Family::Ipv6] {
+            match backend.cleanup(family, chain).await {
+                Ok(report) => {
+                    for line in report {
+                        removed_any = true;
+                        print(&format!("{line}\n"))?;
+                    }
+                }
+                Err(err) if err.kind == ErrorKind::NotFound => {}
+                Err(err) => {
+                    tracing::error!(variant = variant.label(), family = %family, "cleanup failed: {err}");
+                    failed = true;
+                }
+            }
+        }
+    }
+    if !removed_any && !failed {
+        print(&format!(
+            "nothing to remove: no {chain} chain or jump found\n"
+        ))?;
+    }
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// Write to stdout, treating a closed pipe (`| head`) as the end, not a crash.
+fn print(text: &str) -> Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other.context("writing to stdout"),
+    }
+}
