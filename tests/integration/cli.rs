@@ -1,0 +1,343 @@
+//! The command line: `check`, `render`, flag errors and `--version`, against
+//! the contract's exit codes and COMPAT's texts. No root is needed.
+//!
+//! Safety: a binary whose flag parsing is broken could fall through into the
+//! daemon and program iptables. So as root every invocation runs inside a
+//! throwaway namespace; without root it cannot change iptables anyway. Every
+//! invocation names a harmless subcommand where the flags allow one.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use serde_json::Value;
+use tempfile::TempDir;
+
+use crate::support::env::{is_root, kernel_available};
+use crate::support::process::{describe, run_bounded, texts};
+use crate::support::text::contains_block;
+use crate::support::{Netns, agent_bin, assert_text_eq};
+
+/// A broken binary stuck in its daemon loop is killed after this.
+const CLI_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn cli(args: &[&str]) -> Output {
+    if is_root() {
+        if kernel_available().is_ok() {
+            let ns = Netns::new();
+            return crate::support::oneshot(&ns, args);
+        }
+        // Root without namespaces: hide the iptables tools instead.
+        let mut cmd = Command::new(agent_bin());
+        cmd.args(args).env("PATH", "/nonexistent");
+        return run_bounded(&mut cmd, CLI_TIMEOUT);
+    }
+    run_bounded(Command::new(agent_bin()).args(args), CLI_TIMEOUT)
+}
+
+/// A config file in a fresh directory (kept alive by the returned guard).
+fn file(text: &str) -> (TempDir, PathBuf) {
+    let dir = tempfile::Builder::new()
+        .prefix("imqa-cli-")
+        .tempdir()
+        .expect("temp dir");
+    let path = dir.path().join("config");
+    std::fs::write(&path, text).expect("write the config");
+    (dir, path)
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("UTF-8 path")
+}
+
+/// A path that does not exist, so `render` uses the defaults and never reads
+/// the machine's own /etc/config/ip-masq-agent.
+const NO_CONFIG: &str = "/nonexistent/imqa/ip-masq-agent";
+
+fn expect_exit(out: &Output, code: i32, what: &str) -> (String, String) {
+    assert_eq!(out.status.code(), Some(code), "{}", describe(what, out));
+    texts(out)
+}
+
+/// `render` for no config file and default flags: COMPAT §4 step 3 with the
+/// RFC 1918 list, after the family header.
+const RENDER_DEFAULTS: &str = r#"# ipv4: iptables-restore --noflush
+*nat
+:IP-MASQ-AGENT - [0:0]
+-A IP-MASQ-AGENT -m comment --comment "ip-masq-agent: local traffic is not subject to MASQUERADE" -d 169.254.0.0/16 -j RETURN
+-A IP-MASQ-AGENT -m comment --comment "ip-masq-agent: local traffic is not subject to MASQUERADE" -d 10.0.0.0/8 -j RETURN
+-A IP-MASQ-AGENT -m comment --comment "ip-masq-agent: local traffic is not subject to MASQUERADE" -d 172.16.0.0/12 -j RETURN
+-A IP-MASQ-AGENT -m comment --comment "ip-masq-agent: local traffic is not subject to MASQUERADE" -d 192.168.0.0/16 -j RETURN
+-A IP-MASQ-AGENT -m comment --comment "ip-masq-agent: outbound traffic is subject to MASQUERADE (must be last in chain)" -j MASQUERADE --random-fully
+COMMIT
+"#;
+
+/// The COMPAT §4 example config, as a bare file.
+const EXAMPLE: &str = "nonMasqueradeCIDRs: [10.0.0.0/8, 192.168.0.0/16]\nmasqLinkLocal: true\n";
+
+/// `render` (and the rules part of `check`) for `EXAMPLE`.
+const RENDER_EXAMPLE: &str = r#"# ipv4: iptables-restore --noflush
+*nat
+:IP-MASQ-AGENT - [0:0]
+-A IP-MASQ-AGENT -m comment --comment "ip-masq-agent: local traffic is not subject to MASQUERADE" -d 10.0.0.0/8 -j RETURN
+-A IP-MASQ-AGENT -m comment --comment "ip-masq-agent: local traffic is not subject to MASQUERADE" -d 192.168.0.0/16 -j RETURN
+-A IP-MASQ-AGENT -m comment --comment "ip-masq-agent: outbound traffic is subject to MASQUERADE (must be last in chain)" -j MASQUERADE --random-fully
+COMMIT
+"#;
+
+#[test]
+fn render_defaults_is_the_compat_payload() {
+    let out = cli(&["--config", NO_CONFIG, "render"]);
+    let (stdout, _) = expect_exit(&out, 0, "render");
+    assert_text_eq("render, defaults", &stdout, RENDER_DEFAULTS);
+}
+
+#[test]
+fn render_custom_config_is_the_compat_payload() {
+    let (_dir, path) = file(EXAMPLE);
+    let out = cli(&["--config", s(&path), "render"]);
+    let (stdout, _) = expect_exit(&out, 0, "render");
+    assert_text_eq("render, COMPAT example", &stdout, RENDER_EXAMPLE);
+}
+
+#[test]
+fn render_ipv6_prints_both_families() {
+    let (_dir, path) = file("nonMasqueradeCIDRs:\n  - 10.0.0.0/8\n  - fd00::/8\n");
+    let out = cli(&["--config", s(&path), "--enable-ipv6", "render"]);
+    let (stdout, _) = expect_exit(&out, 0, "render --enable-ipv6");
+    assert_text_eq(
+        "render --enable-ipv6",
+        &stdout,
+        r#"# ipv4: iptables-restore --noflush
+*nat
+:IP-MASQ-AGENT - [0:0]
+-A IP-MASQ-AGENT -m comment --comment "ip-masq-agent: local traffic is not subject to MASQUERADE" -d 169.254.0.0/16 -j RETURN
+-A IP-MASQ-AGENT -m comment --comment "ip-masq-agent: local traffic is not subject to MASQUERADE" -d 10.0.0.0/8 -j RETURN
+-A IP-MASQ-AGENT -m comment --comment "ip-masq-agent: outbound traffic is subject to MASQUERADE (must be last in chain)" -j MASQUERADE --random-fully
+COMMIT
+# ipv6: ip6tables-restore --noflush
+*nat
+:IP-MASQ-AGENT - [0:0]
+-A IP-MASQ-AGENT -m comment --comment "ip-masq-agent: local traffic is not subject to MASQUERADE" -d fe80::/10 -j RETURN
+-A IP-MASQ-AGENT -m comment --comment "ip-masq-agent: local traffic is not subject to MASQUERADE" -d fd00::/8 -j RETURN
+-A IP-MASQ-AGENT -m comment --comment "ip-masq-agent: outbound traffic is subject to MASQUERADE (must be last in chain)" -j MASQUERADE --random-fully
+COMMIT
+"#,
+    );
+}
+
+#[test]
+fn render_to_ports_weights_the_intervals() {
+    // COMPAT §4.4: P = 28976 / (28976 + 32768), shortest round-trip form.
+    let out = cli(&[
+        "--config",
+        NO_CONFIG,
+        "--to-ports=1024-29999,32768-65535",
+        "render",
+    ]);
+    let (stdout, _) = expect_exit(&out, 0, "render --to-ports");
+    assert_text_eq(
+        "render --to-ports",
+        &stdout,
+        r#"# ipv4: iptables-restore --noflush
+*nat
+:IP-MASQ-AGENT - [0:0]
+-A IP-MASQ-AGENT -m comment --comment "ip-masq-agent: local traffic is not subject to MASQUERADE" -d 169.254.0.0/16 -j RETURN
+-A IP-MASQ-AGENT -m comment --comment "ip-masq-agent: local traffic is not subject to MASQUERADE" -d 10.0.0.0/8 -j RETURN
+-A IP-MASQ-AGENT -m comment --comment "ip-masq-agent: local traffic is not subject to MASQUERADE" -d 172.16.0.0/12 -j RETURN
+-A IP-MASQ-AGENT -m comment --comment "ip-masq-agent: local traffic is not subject to MASQUERADE" -d 192.168.0.0/16 -j RETURN
+-A IP-MASQ-AGENT -m comment --comment "ip-masq-agent: outbound traffic is subject to MASQUERADE (must be last in chain)" -j MASQUERADE --random-fully -p tcp -m statistic --mode random --probability 0.469292562840114 --to-ports 1024-29999
+-A IP-MASQ-AGENT -m comment --comment "ip-masq-agent: outbound traffic is subject to MASQUERADE (must be last in chain)" -j MASQUERADE --random-fully -p tcp --to-ports 32768-65535
+-A IP-MASQ-AGENT -m comment --comment "ip-masq-agent: outbound traffic is subject to MASQUERADE (must be last in chain)" -j MASQUERADE --random-fully -p udp -m statistic --mode random --probability 0.469292562840114 --to-ports 1024-29999
+-A IP-MASQ-AGENT -m comment --comment "ip-masq-agent: outbound traffic is subject to MASQUERADE (must be last in chain)" -j MASQUERADE --random-fully -p udp --to-ports 32768-65535
+-A IP-MASQ-AGENT -m comment --comment "ip-masq-agent: outbound traffic is subject to MASQUERADE (must be last in chain)" -j MASQUERADE --random-fully -p sctp -m statistic --mode random --probability 0.469292562840114 --to-ports 1024-29999
+-A IP-MASQ-AGENT -m comment --comment "ip-masq-agent: outbound traffic is subject to MASQUERADE (must be last in chain)" -j MASQUERADE --random-fully -p sctp --to-ports 32768-65535
+-A IP-MASQ-AGENT -m comment --comment "ip-masq-agent: outbound traffic is subject to MASQUERADE (must be last in chain)" -j MASQUERADE --random-fully
+COMMIT
+"#,
+    );
+}
+
+#[test]
+fn render_accepts_flags_after_the_subcommand() {
+    let out = cli(&[
+        "render",
+        "--config",
+        NO_CONFIG,
+        "--masq-chain=IP-MASQ",
+        "--random-fully=false",
+    ]);
+    let (stdout, _) = expect_exit(&out, 0, "render with flags after it");
+    assert_text_eq(
+        "render --masq-chain=IP-MASQ --random-fully=false",
+        &stdout,
+        r#"# ipv4: iptables-restore --noflush
+*nat
+:IP-MASQ - [0:0]
+-A IP-MASQ -m comment --comment "ip-masq-agent: local traffic is not subject to MASQUERADE" -d 169.254.0.0/16 -j RETURN
+-A IP-MASQ -m comment --comment "ip-masq-agent: local traffic is not subject to MASQUERADE" -d 10.0.0.0/8 -j RETURN
+-A IP-MASQ -m comment --comment "ip-masq-agent: local traffic is not subject to MASQUERADE" -d 172.16.0.0/12 -j RETURN
+-A IP-MASQ -m comment --comment "ip-masq-agent: local traffic is not subject to MASQUERADE" -d 192.168.0.0/16 -j RETURN
+-A IP-MASQ -m comment --comment "ip-masq-agent: outbound traffic is subject to MASQUERADE (must be last in chain)" -j MASQUERADE
+COMMIT
+"#,
+    );
+}
+
+/// The first JSON object in `stdout` (check prints the effective config as
+/// JSON, then the rules).
+fn first_json(stdout: &str) -> Value {
+    let start = stdout
+        .find('{')
+        .unwrap_or_else(|| panic!("no JSON object in check's output:\n{stdout}"));
+    serde_json::Deserializer::from_str(&stdout[start..])
+        .into_iter::<Value>()
+        .next()
+        .and_then(Result::ok)
+        .unwrap_or_else(|| panic!("check's JSON does not parse:\n{stdout}"))
+}
+
+/// A key of the effective config. The contract fixes no spelling, so the
+/// config file's own key names are matched ignoring case.
+fn key<'a>(json: &'a Value, name: &str) -> &'a Value {
+    json.as_object()
+        .and_then(|o| o.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)))
+        .map(|(_, v)| v)
+        .unwrap_or_else(|| panic!("no key {name:?} in check's JSON:\n{json:#}"))
+}
+
+#[test]
+fn check_valid_file_prints_effective_config_and_rules() {
+    let (_dir, path) = file(EXAMPLE);
+    let out = cli(&["check", s(&path)]);
+    let (stdout, _) = expect_exit(&out, 0, "check on a valid file");
+    let json = first_json(&stdout);
+    assert_eq!(
+        key(&json, "nonMasqueradeCIDRs"),
+        &serde_json::json!(["10.0.0.0/8", "192.168.0.0/16"]),
+        "{json:#}"
+    );
+    assert_eq!(key(&json, "masqLinkLocal"), &Value::Bool(true), "{json:#}");
+    assert_eq!(
+        key(&json, "masqLinkLocalIPv6"),
+        &Value::Bool(false),
+        "{json:#}"
+    );
+    assert_eq!(key(&json, "cidrLimit"), &serde_json::json!(64), "{json:#}");
+    // Present, but its spelling ("60s" or Go's "1m0s") is not in the contract.
+    let _ = key(&json, "resyncInterval");
+    assert!(
+        contains_block(&stdout, RENDER_EXAMPLE),
+        "check's output lacks the rules render prints:\n{stdout}"
+    );
+}
+
+#[test]
+fn check_without_file_reads_the_config_flag() {
+    let (_dir, path) = file(EXAMPLE);
+    let out = cli(&["--config", s(&path), "check"]);
+    let (stdout, _) = expect_exit(&out, 0, "check with --config");
+    assert!(contains_block(&stdout, RENDER_EXAMPLE), "{stdout}");
+}
+
+#[test]
+fn check_invalid_file_exits_1_with_the_upstream_error() {
+    // COMPAT §3's texts, one per kind of error.
+    let cases = [
+        (
+            "nonMasqueradeCIDRs: [10.0.0.1/8]\n",
+            r#"CIDR "10.0.0.1/8" is not aligned to a CIDR block, ip: "10.0.0.1" network: "10.0.0.0/8""#,
+        ),
+        (
+            "nonMasqueradeCIDRs: [abcdefg]\n",
+            r#"CIDR "abcdefg" could not be parsed, invalid CIDR address: abcdefg"#,
+        ),
+        (
+            "nonMasqueradeCIDRs:\n  - fc00::/7\n",
+            "ipv6 is not enabled, but ipv6 cidr fc00::/7 provided. Enable ipv6 using --enable-ipv6 agent flag",
+        ),
+        (
+            "cidrLimit: 2\nnonMasqueradeCIDRs: [10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16]\n",
+            "the daemon can only accept up to 2 CIDRs (excluding link-local), but got 3 CIDRs (excluding link local)",
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (config, error) in cases {
+        let (_dir, path) = file(config);
+        let out = cli(&["check", s(&path)]);
+        let (_, stderr) = texts(&out);
+        if out.status.code() != Some(1) || !stderr.contains(error) {
+            failures.push(format!(
+                "config {config:?}: want exit 1 and {error:?} on stderr\n{}",
+                describe("check", &out)
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+const MANIFEST: &str = r#"apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: ip-masq-agent
+  namespace: kube-system
+data:
+  config: |
+    nonMasqueradeCIDRs:
+      - 10.0.0.0/8
+      - 192.168.0.0/16
+    masqLinkLocal: true
+"#;
+
+#[test]
+fn check_configmap_manifest_uses_data_config() {
+    let (_dir, path) = file(MANIFEST);
+    let out = cli(&["check", s(&path)]);
+    let (stdout, _) = expect_exit(&out, 0, "check on a ConfigMap manifest");
+    assert!(
+        contains_block(&stdout, RENDER_EXAMPLE),
+        "the manifest's data.config was not what check used:\n{stdout}"
+    );
+
+    let broken = MANIFEST.replace("10.0.0.0/8", "10.0.0.1/8");
+    let (_dir2, path2) = file(&broken);
+    let out = cli(&["check", s(&path2)]);
+    let (_, stderr) = expect_exit(&out, 1, "check on an invalid ConfigMap manifest");
+    assert!(
+        stderr.contains(r#"CIDR "10.0.0.1/8" is not aligned to a CIDR block, ip: "10.0.0.1" network: "10.0.0.0/8""#),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn unknown_flag_exits_2_like_go_flag() {
+    for args in [&["--bogus", "render"][..], &["render", "-bogus"][..]] {
+        let out = cli(args);
+        let (_, stderr) = expect_exit(&out, 2, &format!("{args:?}"));
+        assert!(
+            stderr.contains("flag provided but not defined: -bogus"),
+            "{args:?}:\n{stderr}"
+        );
+    }
+}
+
+#[test]
+fn inverted_to_ports_exits_1() {
+    let out = cli(&["--config", NO_CONFIG, "--to-ports", "30000-1024", "render"]);
+    let (stdout, stderr) = expect_exit(&out, 1, "--to-ports 30000-1024");
+    assert!(!stderr.trim().is_empty(), "no error message on stderr");
+    assert!(
+        !stdout.contains("*nat"),
+        "rules printed despite the error:\n{stdout}"
+    );
+}
+
+#[test]
+fn version_flag_and_subcommand_print_the_version() {
+    let want = format!("ip-masq-agent {}", env!("CARGO_PKG_VERSION"));
+    for args in [&["--version"][..], &["version"][..]] {
+        let out = cli(args);
+        let (stdout, _) = expect_exit(&out, 0, &format!("{args:?}"));
+        assert_eq!(stdout.trim(), want, "{args:?}");
+    }
+}

@@ -1,0 +1,21 @@
+//! Integration tests: the real `ip-masq-agent` binary against the real kernel.
+//!
+//! One test binary (`tests/integration/main.rs`, ripgrep's layout), so the
+//! harness is compiled once:
+//! - `support`: the harness (namespaces, kubelet-style config volumes, the
+//!   agent runner, normalised `iptables-save`, bounded waits, text diffs);
+//! - `harness`: tests of the harness itself, so a red kernel test is never
+//!   the harness's fault;
+//! - `cli`: the command line, needing no root;
+//! - `kernel`: rules written by `sync`, the daemon loop, and `cleanup`, each in
+//!   a network namespace of its own and run once per iptables backend.
+//!
+//! Kernel tests need root and the tools (see `support::env`). Outside CI they
+//! skip with a printed reason; under `CI=true` they fail instead, because a
+//! skipped kernel test is a hidden red. `IP_MASQ_AGENT_BIN` may point the
+//! suite at another build of the binary (e.g. a colleague's work tree).
+
+mod cli;
+mod harness;
+mod kernel;
+mod support;

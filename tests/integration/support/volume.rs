@@ -1,0 +1,106 @@
+//! A config directory laid out exactly as kubelet mounts a ConfigMap volume.
+//!
+//! The agent must follow kubelet's atomic updates, so the tests reproduce
+//! them step by step rather than rewriting a file in place:
+//! ```text
+//! DIR/..2026_11_26_10_00_00.123/ip-masq-agent   the data
+//! DIR/..data -> ..2026_11_26_10_00_00.123        swapped atomically on update
+//! DIR/ip-masq-agent -> ..data/ip-masq-agent      what --config points at
+//! ```
+//! An update writes a new timestamped directory, points a `..data_tmp`
+//! symlink at it, renames that over `..data`, then deletes the old directory.
+//! A removed key loses its user-visible symlink the same way.
+
+use std::fs;
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+
+use tempfile::TempDir;
+
+/// The ConfigMap key upstream reads, i.e. the file name under the mount.
+pub const KEY: &str = "ip-masq-agent";
+
+#[derive(Debug)]
+pub struct ConfigVolume {
+    dir: TempDir,
+    /// Name of the timestamped directory `..data` points at.
+    current: Option<String>,
+    /// Makes every timestamped name unique within this volume.
+    generation: u32,
+}
+
+impl ConfigVolume {
+    /// A mounted optional volume whose ConfigMap has no `ip-masq-agent` key:
+    /// `--config` points at a path that does not exist (the agent must use
+    /// the defaults).
+    pub fn empty() -> ConfigVolume {
+        let mut v = ConfigVolume {
+            dir: tempfile::Builder::new()
+                .prefix("imqa-volume-")
+                .tempdir()
+                .expect("temp dir for the config volume"),
+            current: None,
+            generation: 0,
+        };
+        v.write(None);
+        v
+    }
+
+    /// A volume holding `text` under the key.
+    pub fn with(text: &str) -> ConfigVolume {
+        let mut v = ConfigVolume::empty();
+        v.update(text);
+        v
+    }
+
+    /// The directory (the volume's mount point).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// What to pass as `--config`: `DIR/ip-masq-agent`, a symlink while the
+    /// key exists.
+    pub fn path(&self) -> PathBuf {
+        self.dir.path().join(KEY)
+    }
+
+    /// kubelet's update after the ConfigMap changed to `text`.
+    pub fn update(&mut self, text: &str) {
+        self.write(Some(text));
+    }
+
+    /// kubelet's update after the key (or the whole optional ConfigMap) was
+    /// deleted: the user-visible symlink disappears.
+    pub fn remove(&mut self) {
+        self.write(None);
+    }
+
+    fn write(&mut self, content: Option<&str>) {
+        let root = self.dir.path();
+        self.generation += 1;
+        let g = self.generation;
+        // kubelet's format: ..YYYY_MM_DD_HH_MM_SS.<nanos>; only uniqueness
+        // matters to the reader.
+        let stamp = format!("..2026_11_26_10_{:02}_{:02}.{:09}", g / 60, g % 60, 123 + g);
+        let new_dir = root.join(&stamp);
+        fs::create_dir(&new_dir).expect("create the timestamped directory");
+        if let Some(text) = content {
+            fs::write(new_dir.join(KEY), text).expect("write the config into the new directory");
+        }
+        let tmp = root.join("..data_tmp");
+        symlink(&stamp, &tmp).expect("create ..data_tmp");
+        fs::rename(&tmp, root.join("..data")).expect("rename ..data_tmp over ..data");
+        let visible = root.join(KEY);
+        let exists = visible.symlink_metadata().is_ok();
+        match (content.is_some(), exists) {
+            (true, false) => {
+                symlink(format!("..data/{KEY}"), &visible).expect("create the key's symlink")
+            }
+            (false, true) => fs::remove_file(&visible).expect("remove the key's symlink"),
+            _ => {}
+        }
+        if let Some(old) = self.current.replace(stamp) {
+            fs::remove_dir_all(root.join(old)).expect("delete the old timestamped directory");
+        }
+    }
+}
