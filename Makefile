@@ -1,0 +1,55 @@
+# ip-masq-agent developer targets. `make help` lists them.
+# `make test` is the one test command (CI runs it through .ci/run); it ends
+# with cargo-nextest so that the last line printed is the whole suite's summary.
+
+CARGO ?= cargo
+FUZZ_TARGETS := config_bytes duration flags
+FUZZ_SECONDS ?= 20
+.DEFAULT_GOAL := build
+
+.PHONY: help build deps lint test demo fuzz-smoke render clean
+
+help:
+	@echo "build       cargo build (agent and examples)"
+	@echo "test        install test packages, fmt + clippy, then every test with cargo-nextest (needs root)"
+	@echo "lint        cargo fmt --check and clippy with warnings denied"
+	@echo "demo        the VPN failure and its fix, in throw-away network namespaces (needs root)"
+	@echo "fuzz-smoke  each fuzz target for $(FUZZ_SECONDS) s (needs the nightly toolchain)"
+	@echo "render      print the rules for the built-in defaults"
+	@echo "clean       cargo clean"
+
+build:
+	$(CARGO) build --bins --examples
+
+deps:
+	bash scripts/install-deps.sh
+
+lint:
+	$(CARGO) fmt --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+# Spelled out in order (not as prerequisites) so `make -j` cannot reorder it.
+test:
+	bash scripts/install-deps.sh
+	$(CARGO) fmt --check
+	$(CARGO) clippy --all-targets -- -D warnings
+	@$(CARGO) nextest --version >/dev/null 2>&1 || $(CARGO) install --locked cargo-nextest
+	$(CARGO) nextest run --all-targets --no-fail-fast
+
+demo:
+	bash scripts/install-deps.sh
+	$(CARGO) build --bins --examples
+	bash scripts/demo.sh
+
+fuzz-smoke:
+	@command -v cargo-fuzz >/dev/null 2>&1 || $(CARGO) install --locked cargo-fuzz
+	for target in $(FUZZ_TARGETS); do \
+		$(CARGO) +nightly fuzz run "$$target" -- -max_total_time=$(FUZZ_SECONDS) || exit 1; \
+	done
+
+# No config file at that path means the built-in defaults.
+render:
+	$(CARGO) run --quiet -- render --config /nonexistent/ip-masq-agent
+
+clean:
+	$(CARGO) clean
