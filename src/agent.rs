@@ -12,6 +12,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use tokio::signal::unix::{SignalKind, signal};
@@ -19,12 +20,18 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tracing::{debug, error, info, warn};
 
 use crate::backend::{Backend, BackendError};
-use crate::config::{self, Config, LoadOptions, Source};
+use crate::config::{self, Config, LoadOptions, Loaded, Source};
+use crate::metrics::{Health, Metrics, SyncOutcome};
 use crate::plan::{self, Family, Ruleset, Settings};
+use crate::watch::ConfigWatch;
 
 /// How often the config file's identity is checked between resyncs, so an
 /// edit (or a fix after an invalid file) is picked up within this delay.
 pub const FILE_POLL: Duration = Duration::from_secs(1);
+
+/// After a directory event, wait this long for the rest of the burst (a
+/// kubelet update is several renames and unlinks within microseconds).
+pub const COALESCE: Duration = Duration::from_millis(5);
 
 /// Why a reload happened (logs; later also metrics labels).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,7 +48,7 @@ impl Trigger {
         match self {
             Trigger::Startup => "startup",
             Trigger::Resync => "resync",
-            Trigger::FileChange => "file_change",
+            Trigger::FileChange => "file_event",
             Trigger::Signal => "signal",
             Trigger::Retry => "retry",
         }
@@ -125,12 +132,23 @@ pub enum SyncResult {
     Failed(BackendError),
 }
 
+/// Where the agent reports: metrics and the probes' state.
+#[derive(Clone, Default)]
+pub struct Telemetry {
+    pub metrics: Arc<Metrics>,
+    pub health: Health,
+}
+
 /// The agent: settings, the backend, and what it has learned so far.
 pub struct Agent<B: Backend> {
     settings: Settings,
     load_options: LoadOptions,
     config_path: PathBuf,
     backend: B,
+    telemetry: Telemetry,
+    /// The bytes last read (`Some(None)`: no file), so an event that leaves
+    /// the content as it was costs no parse and no sync.
+    last_bytes: Option<Option<Vec<u8>>>,
     config: Option<Config>,
     last_config_error: Option<String>,
     last_warnings: Vec<String>,
@@ -145,12 +163,15 @@ impl<B: Backend> Agent<B> {
         load_options: LoadOptions,
         config_path: PathBuf,
         backend: B,
+        telemetry: Telemetry,
     ) -> Self {
         Agent {
             settings,
             load_options,
             config_path,
             backend,
+            telemetry,
+            last_bytes: None,
             config: None,
             last_config_error: None,
             last_warnings: Vec::new(),
@@ -166,60 +187,101 @@ impl<B: Backend> Agent<B> {
     }
 
     /// Re-read the config file. Returns whether the enforced config changed.
-    /// An invalid file keeps the previous config and is logged once per
-    /// distinct error.
+    /// Unchanged bytes are not parsed again; an invalid file keeps the
+    /// previous config and is logged once per distinct error.
     pub fn reload(&mut self, trigger: Trigger) -> bool {
         self.file_stamp = Some(stamp(&self.config_path));
-        match config::load(&self.config_path, &self.load_options) {
-            Ok(loaded) => {
-                if let Some(previous) = self.last_config_error.take() {
-                    info!(trigger = trigger.as_str(), previous_error = %previous, "config is valid again");
-                }
-                if loaded.warnings != self.last_warnings {
-                    for warning in &loaded.warnings {
-                        warn!(path = %self.config_path.display(), "{warning}");
-                    }
-                    self.last_warnings = loaded.warnings;
-                }
-                if self.config.as_ref() == Some(&loaded.config) {
-                    return false;
-                }
-                let source = match loaded.source {
-                    Source::File => "file",
-                    Source::Absent => "defaults (no config file)",
-                };
-                info!(
-                    trigger = trigger.as_str(),
-                    path = %self.config_path.display(),
-                    source,
-                    fingerprint = %loaded.config.fingerprint(),
-                    config = %loaded.config.to_json(),
-                    "using config"
-                );
-                self.config = Some(loaded.config);
-                true
-            }
+        let bytes = match config::read(&self.config_path) {
+            Ok(bytes) => bytes,
             Err(err) => {
-                let text = err.to_string();
-                if self.last_config_error.as_deref() != Some(text.as_str()) {
-                    match &self.config {
-                        Some(current) => error!(
-                            trigger = trigger.as_str(),
-                            path = %self.config_path.display(),
-                            keeping = %current.fingerprint(),
-                            "Error syncing configuration: {text}; keeping the last valid config"
-                        ),
-                        None => error!(
-                            trigger = trigger.as_str(),
-                            path = %self.config_path.display(),
-                            "Error syncing configuration: {text}; no valid config yet, writing nothing"
-                        ),
-                    }
-                    self.last_config_error = Some(text);
-                }
+                self.rejected(trigger, err.to_string());
+                return false;
+            }
+        };
+        if self.last_bytes.as_ref() == Some(&bytes) {
+            return false;
+        }
+        let result = match &bytes {
+            Some(bytes) => config::parse(bytes, &self.load_options),
+            None => Ok(Loaded {
+                config: Config::defaults(self.load_options.all_reserved_ranges),
+                source: Source::Absent,
+                warnings: Vec::new(),
+            }),
+        };
+        self.last_bytes = Some(bytes);
+        match result {
+            Ok(loaded) => self.accepted(trigger, loaded),
+            Err(err) => {
+                self.rejected(trigger, err.to_string());
                 false
             }
         }
+    }
+
+    fn accepted(&mut self, trigger: Trigger, loaded: Loaded) -> bool {
+        self.telemetry.metrics.config_load(true, trigger.as_str());
+        if let Some(previous) = self.last_config_error.take() {
+            info!(trigger = trigger.as_str(), previous_error = %previous, "config is valid again");
+        }
+        if loaded.warnings != self.last_warnings {
+            for warning in &loaded.warnings {
+                warn!(path = %self.config_path.display(), "{warning}");
+            }
+            self.last_warnings = loaded.warnings;
+        }
+        if self.config.as_ref() == Some(&loaded.config) {
+            return false;
+        }
+        let source = match loaded.source {
+            Source::File => "file",
+            Source::Absent => "defaults (no config file)",
+        };
+        let fingerprint = loaded.config.fingerprint();
+        info!(
+            trigger = trigger.as_str(),
+            path = %self.config_path.display(),
+            source,
+            fingerprint = %fingerprint,
+            config = %loaded.config.to_json(),
+            "using config"
+        );
+        let count = |family: Family| {
+            loaded
+                .config
+                .non_masquerade_cidrs
+                .iter()
+                .filter(|net| family.contains(net))
+                .count()
+        };
+        self.telemetry.metrics.config_enforced(
+            &fingerprint,
+            count(Family::Ipv4),
+            count(Family::Ipv6),
+        );
+        self.config = Some(loaded.config);
+        true
+    }
+
+    fn rejected(&mut self, trigger: Trigger, text: String) {
+        self.telemetry.metrics.config_load(false, trigger.as_str());
+        if self.last_config_error.as_deref() == Some(text.as_str()) {
+            return;
+        }
+        match &self.config {
+            Some(current) => error!(
+                trigger = trigger.as_str(),
+                path = %self.config_path.display(),
+                keeping = %current.fingerprint(),
+                "Error syncing configuration: {text}; keeping the last valid config"
+            ),
+            None => error!(
+                trigger = trigger.as_str(),
+                path = %self.config_path.display(),
+                "Error syncing configuration: {text}; no valid config yet, writing nothing"
+            ),
+        }
+        self.last_config_error = Some(text);
     }
 
     /// Whether the config file looks different from when it was last read.
@@ -231,15 +293,24 @@ impl<B: Backend> Agent<B> {
     /// cycle where IPv4 failed, as upstream does.
     pub async fn sync(&mut self, trigger: Trigger) -> SyncResult {
         let Some(config) = self.config.clone() else {
+            let reason = self
+                .last_config_error
+                .clone()
+                .unwrap_or_else(|| "not loaded".to_owned());
+            self.telemetry.health.no_config(reason);
             return SyncResult::NoConfig;
         };
         for family in plan::families(&self.settings) {
             let desired = plan::plan(&config, &self.settings, family);
             let started = Instant::now();
-            match self.backend.reconcile(&desired).await {
+            let result = self.backend.reconcile(&desired).await;
+            let elapsed = started.elapsed();
+            let elapsed_ms = elapsed.as_secs_f64() * 1000.0;
+            let metrics = &self.telemetry.metrics;
+            match result {
                 Ok(outcome) => {
-                    let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
                     if outcome.wrote {
+                        metrics.sync(family, SyncOutcome::Applied, elapsed, None);
                         let reason = match self.applied.get(&family) {
                             None => "initial",
                             Some(previous) if *previous == desired => "drift",
@@ -247,11 +318,13 @@ impl<B: Backend> Agent<B> {
                         };
                         let what = outcome.differences.join("; ");
                         if reason == "drift" {
+                            metrics.drift_repaired(family);
                             warn!(family = %family, trigger = trigger.as_str(), result = "applied", elapsed_ms, "drift repaired: {what}");
                         } else {
                             info!(family = %family, trigger = trigger.as_str(), result = "applied", reason, elapsed_ms, "rules applied: {what}");
                         }
                     } else {
+                        metrics.sync(family, SyncOutcome::Unchanged, elapsed, None);
                         debug!(family = %family, trigger = trigger.as_str(), result = "unchanged", elapsed_ms, "rules unchanged");
                     }
                     let known = self.foreign_jumps.entry(family).or_default();
@@ -264,11 +337,16 @@ impl<B: Backend> Agent<B> {
                     self.applied.insert(family, desired);
                 }
                 Err(err) => {
+                    metrics.sync(family, SyncOutcome::Failed, elapsed, Some(err.kind.label()));
                     error!(family = %family, trigger = trigger.as_str(), result = "failed", kind = err.kind.label(), "sync failed: {err}");
+                    self.telemetry
+                        .health
+                        .sync_failed(format!("{family}: {err}"));
                     return SyncResult::Failed(err);
                 }
             }
         }
+        self.telemetry.health.sync_succeeded();
         SyncResult::Ok
     }
 
@@ -284,6 +362,8 @@ impl<B: Backend> Agent<B> {
         let mut sigterm = signal(SignalKind::terminate())?;
         let mut sigint = signal(SignalKind::interrupt())?;
         let mut sighup = signal(SignalKind::hangup())?;
+        let (mut watch, mut file_events) = ConfigWatch::new(&self.config_path);
+        watch.ensure();
 
         let mut backoff = Backoff::new();
         let mut retry_at: Option<Instant>;
@@ -294,32 +374,38 @@ impl<B: Backend> Agent<B> {
 
         let mut trigger = Trigger::Startup;
         loop {
-            // Every wake-up: re-read when asked to, then reconcile.
-            if trigger != Trigger::Retry {
-                self.reload(trigger);
-            }
-            let result = tokio::select! {
-                result = self.sync(trigger) => result,
-                _ = sigterm.recv() => return stopping("SIGTERM"),
-                _ = sigint.recv() => return stopping("SIGINT"),
-            };
-            match result {
-                SyncResult::Failed(_) => {
-                    let delay = backoff.next_delay();
-                    info!(
-                        retry_in_ms = delay.as_millis() as u64,
-                        "will retry the sync"
-                    );
-                    retry_at = Some(Instant::now() + delay);
+            self.telemetry.health.beat();
+            let changed = trigger != Trigger::Retry && self.reload(trigger);
+            // A file event that left the content as it was needs no sync;
+            // the resync timer keeps checking the kernel.
+            let skip = trigger == Trigger::FileChange && !changed;
+            if !skip {
+                let result = tokio::select! {
+                    result = self.sync(trigger) => result,
+                    _ = sigterm.recv() => return stopping("SIGTERM"),
+                    _ = sigint.recv() => return stopping("SIGINT"),
+                };
+                match result {
+                    SyncResult::Failed(_) => {
+                        let delay = backoff.next_delay();
+                        info!(
+                            retry_in_ms = delay.as_millis() as u64,
+                            "will retry the sync"
+                        );
+                        retry_at = Some(Instant::now() + delay);
+                    }
+                    SyncResult::Ok | SyncResult::NoConfig => {
+                        backoff.reset();
+                        retry_at = None;
+                    }
                 }
-                SyncResult::Ok | SyncResult::NoConfig => {
-                    backoff.reset();
-                    retry_at = None;
-                }
+            } else {
+                retry_at = None;
             }
             if self.resync_period() != period {
                 period = self.resync_period();
-                info!(resync_interval = %config::duration::format(period.as_nanos().min(i64::MAX as u128) as i64), "resync interval changed");
+                let nanos = i64::try_from(period.as_nanos()).unwrap_or(i64::MAX);
+                info!(resync_interval = %config::duration::format(nanos), "resync interval changed");
                 resync = new_ticker(period);
             }
 
@@ -337,10 +423,18 @@ impl<B: Backend> Agent<B> {
                         info!("SIGHUP: reloading now");
                         break Trigger::Signal;
                     }
+                    Some(()) = file_events.recv() => {
+                        tokio::time::sleep(COALESCE).await;
+                        while file_events.try_recv().is_ok() {}
+                        break Trigger::FileChange;
+                    }
                     _ = resync.tick() => break Trigger::Resync,
                     _ = retry => break Trigger::Retry,
                     _ = poll.tick() => {
-                        if self.file_changed() {
+                        self.telemetry.health.beat();
+                        // Re-watch a directory that appeared or was replaced,
+                        // and poll the file itself as the fallback.
+                        if watch.ensure() || self.file_changed() {
                             break Trigger::FileChange;
                         }
                     }
@@ -425,6 +519,7 @@ mod tests {
             },
             dir.join("ip-masq-agent"),
             Fake::default(),
+            Telemetry::default(),
         )
     }
 

@@ -8,11 +8,12 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use tracing::{info, warn};
 
-use crate::agent::Agent;
+use crate::agent::{Agent, Telemetry};
 use crate::backend::iptables::{self, Iptables, Variant};
 use crate::backend::{Backend, ErrorKind};
 use crate::cli::{Command, Invocation, IptablesMode, Options};
 use crate::config::{self, Config, LoadOptions, Loaded, Source};
+use crate::metrics;
 use crate::plan::{self, Family, Settings};
 
 /// Dispatch one invocation.
@@ -80,6 +81,23 @@ pub async fn choose_backend(mode: IptablesMode) -> Iptables {
 }
 
 async fn daemon(options: &Options) -> Result<ExitCode> {
+    let telemetry = Telemetry::default();
+    if let Some(address) = options.metrics_address {
+        match metrics::bind(address).await {
+            Ok(listener) => {
+                info!(%address, "serving /metrics, /healthz and /readyz");
+                let (metrics, health) = (telemetry.metrics.clone(), telemetry.health.clone());
+                tokio::spawn(async move {
+                    if let Err(err) = metrics::serve(listener, metrics, health).await {
+                        tracing::error!(error = %err, "metrics endpoint stopped");
+                    }
+                });
+            }
+            // Rules matter more than observability: keep enforcing them. The
+            // missing readiness endpoint makes the problem visible.
+            Err(err) => tracing::error!(%address, error = %err, "cannot serve metrics and probes"),
+        }
+    }
     let mut backend = choose_backend(options.iptables_mode).await;
     match backend.probe_version().await {
         Ok(_) => info!(backend = %backend.describe(), "kernel backend ready"),
@@ -91,6 +109,7 @@ async fn daemon(options: &Options) -> Result<ExitCode> {
         load_options(options),
         options.config.clone(),
         backend,
+        telemetry,
     );
     agent.run().await.context("installing signal handlers")?;
     Ok(ExitCode::SUCCESS)

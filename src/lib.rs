@@ -20,8 +20,12 @@ pub mod commands;
 pub mod config;
 /// Logging setup (text or JSON, klog-style verbosity).
 pub mod logging;
+/// Prometheus metrics and the health probes, served over HTTP.
+pub mod metrics;
 /// Config + options -> the desired ruleset per address family.
 pub mod plan;
+/// Watching the config file's directory for kubelet's updates.
+pub mod watch;
 
 /// The version reported by `--version` and logged at start.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

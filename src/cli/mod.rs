@@ -14,11 +14,16 @@
 mod strconv;
 
 use std::fmt;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use crate::plan::{ChainName, PortRange};
 
 pub use strconv::quote as go_quote;
+
+/// Default listen address of the metrics and health endpoints: all addresses,
+/// since the pod shares the node's network.
+pub const DEFAULT_METRICS_ADDRESS: &str = ":9557";
 use strconv::{atoi, parse_bool, parse_int, parse_uint, quote};
 
 /// The program name Go's usage text starts with.
@@ -85,6 +90,8 @@ pub struct Options {
     /// klog's `-v`, negative values as 0 and large ones as 255.
     pub verbosity: u8,
     pub iptables_mode: IptablesMode,
+    /// Where to serve metrics and probes; `None` when disabled (empty flag).
+    pub metrics_address: Option<SocketAddr>,
 }
 
 /// What the invocation asks for.
@@ -174,6 +181,7 @@ enum Flag {
     LogFileMaxSize,
     LogToStderr,
     MasqChain,
+    MetricsAddress,
     NomasqAllReservedRanges,
     OneOutput,
     RandomFully,
@@ -211,9 +219,12 @@ impl Flag {
             | Flag::SkipHeaders
             | Flag::SkipLogHeaders
             | Flag::Version => Kind::Bool,
-            Flag::Config | Flag::LogDir | Flag::LogFile | Flag::MasqChain | Flag::ToPorts => {
-                Kind::String
-            }
+            Flag::Config
+            | Flag::LogDir
+            | Flag::LogFile
+            | Flag::MasqChain
+            | Flag::MetricsAddress
+            | Flag::ToPorts => Kind::String,
             Flag::LogFileMaxSize => Kind::Uint,
             Flag::IptablesMode
             | Flag::LogFormat
@@ -250,7 +261,7 @@ struct FlagSpec {
 const KLOG_IGNORED: &str = "klog flag, accepted for compatibility; no effect";
 
 /// Sorted by name (byte order), which is the order Go prints and visits.
-const FLAGS: [FlagSpec; 23] = [
+const FLAGS: [FlagSpec; 24] = [
     FlagSpec {
         flag: Flag::AddDirHeader,
         name: "add_dir_header",
@@ -315,6 +326,11 @@ const FLAGS: [FlagSpec; 23] = [
         flag: Flag::MasqChain,
         name: "masq-chain",
         help: "Name of the nat `chain` that holds the masquerade rules",
+    },
+    FlagSpec {
+        flag: Flag::MetricsAddress,
+        name: "metrics-address",
+        help: "Listen `address` for /metrics, /healthz and /readyz (HOST:PORT, or :PORT for all addresses); empty disables",
     },
     FlagSpec {
         flag: Flag::NomasqAllReservedRanges,
@@ -390,6 +406,7 @@ struct Values {
     log_file_max_size: u64,
     logtostderr: bool,
     masq_chain: String,
+    metrics_address: String,
     nomasq_all_reserved_ranges: bool,
     one_output: bool,
     random_fully: bool,
@@ -420,6 +437,7 @@ impl Default for Values {
             log_file_max_size: 1800,
             logtostderr: true,
             masq_chain: "IP-MASQ-AGENT".into(),
+            metrics_address: DEFAULT_METRICS_ADDRESS.into(),
             nomasq_all_reserved_ranges: false,
             one_output: false,
             random_fully: true,
@@ -464,6 +482,7 @@ impl Values {
             Flag::LogDir => self.log_dir = value.to_owned(),
             Flag::LogFile => self.log_file = value.to_owned(),
             Flag::MasqChain => self.masq_chain = value.to_owned(),
+            Flag::MetricsAddress => self.metrics_address = value.to_owned(),
             Flag::ToPorts => self.to_ports = value.to_owned(),
             // Go's uint64 flag: base 0, strconv detail hidden.
             Flag::LogFileMaxSize => {
@@ -517,6 +536,7 @@ impl Values {
             Flag::LogDir => self.log_dir.clone(),
             Flag::LogFile => self.log_file.clone(),
             Flag::MasqChain => self.masq_chain.clone(),
+            Flag::MetricsAddress => self.metrics_address.clone(),
             Flag::ToPorts => self.to_ports.clone(),
             Flag::LogFileMaxSize => self.log_file_max_size.to_string(),
             Flag::V => self.v.to_string(),
@@ -787,6 +807,15 @@ fn options(values: &Values) -> Result<Options, CliError> {
             quote(&values.to_ports)
         ))
     })?;
+    let metrics_address = if values.metrics_address.is_empty() {
+        None
+    } else {
+        Some(
+            crate::metrics::parse_address(&values.metrics_address).map_err(|e| {
+                CliError::Invalid(format!("invalid value for --metrics-address: {e}"))
+            })?,
+        )
+    };
     // An empty path would read as "no file" and silently mean defaults.
     if values.config.is_empty() {
         return Err(CliError::Invalid(
@@ -803,6 +832,7 @@ fn options(values: &Values) -> Result<Options, CliError> {
         log_format: values.log_format,
         verbosity: u8::try_from(values.v.clamp(0, i32::from(u8::MAX))).unwrap_or(u8::MAX),
         iptables_mode: values.iptables_mode,
+        metrics_address,
     })
 }
 
@@ -1512,6 +1542,7 @@ mod tests {
                 "log_file_max_size",
                 "logtostderr",
                 "masq-chain",
+                "metrics-address",
                 "nomasq-all-reserved-ranges",
                 "one_output",
                 "random-fully",
@@ -1540,6 +1571,7 @@ mod tests {
             ("log_backtrace_at", ":0"),
             ("log-format", "text"),
             ("iptables-mode", "auto"),
+            ("metrics-address", ":9557"),
             ("version", "false"),
         ] {
             assert!(
