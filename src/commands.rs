@@ -229,8 +229,9 @@ async fn check(options: &Options, file: Option<&Path>) -> Result<ExitCode> {
         out.push_str(&format!("warning: {warning}\n"));
     }
     out.push_str(&format!(
-        "effective config: {}\n\n",
-        loaded.config.to_json()
+        "effective config: {}\nfingerprint: {} (the ip_masq_agent_config metric of a node enforcing it)\n\n",
+        loaded.config.to_json(),
+        loaded.config.fingerprint()
     ));
     out.push_str(&rendered(options, &loaded.config).await);
     print(&out)?;
