@@ -116,6 +116,13 @@ impl ConfigWatch {
         let lost = Arc::clone(&self.lost);
         let dir = self.dir.clone();
         let handler = move |event: notify::Result<notify::Event>| {
+            // Opening or reading the file (our own reload does) changes
+            // nothing; reacting to it would make every read trigger the next.
+            if let Ok(event) = &event
+                && event.kind.is_access()
+            {
+                return;
+            }
             if let Ok(event) = &event
                 && event.kind.is_remove()
                 && event.paths.contains(&dir)
@@ -179,6 +186,20 @@ mod tests {
         std::os::unix::fs::symlink("..v2", root.join("..data_tmp")).unwrap();
         std::fs::rename(root.join("..data_tmp"), root.join("..data")).unwrap();
         assert!(next(&mut rx).await, "no event for the swap");
+    }
+
+    #[tokio::test]
+    async fn reading_the_file_is_not_a_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("ip-masq-agent");
+        std::fs::write(&file, "a").unwrap();
+        let (mut watch, mut rx) = ConfigWatch::new(&file);
+        assert!(watch.ensure());
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "a");
+        let quiet = tokio::time::timeout(Duration::from_millis(300), rx.recv()).await;
+        assert!(quiet.is_err(), "a read was reported as a change");
+        std::fs::write(&file, "b").unwrap();
+        assert!(next(&mut rx).await);
     }
 
     #[tokio::test]
