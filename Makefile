@@ -7,13 +7,14 @@ FUZZ_TARGETS := config_bytes duration flags
 FUZZ_SECONDS ?= 20
 .DEFAULT_GOAL := build
 
-.PHONY: help build deps lint test demo fuzz-smoke render clean
+.PHONY: help build deps lint test demo bench-reload fuzz-smoke render clean
 
 help:
 	@echo "build       cargo build (agent and examples)"
 	@echo "test        install test packages, fmt + clippy, then every test with cargo-nextest (needs root)"
 	@echo "lint        cargo fmt --check and clippy with warnings denied"
 	@echo "demo        the VPN failure and its fix, in throw-away network namespaces (needs root)"
+	@echo "bench-reload ConfigMap swap to rules live: median/p99 vs upstream's resync wait (needs root; SWAPS=N MODE=legacy)"
 	@echo "fuzz-smoke  each fuzz target for $(FUZZ_SECONDS) s (needs the nightly toolchain)"
 	@echo "render      print the rules for the built-in defaults"
 	@echo "clean       cargo clean"
@@ -34,12 +35,24 @@ test:
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
 	@$(CARGO) nextest --version >/dev/null 2>&1 || $(CARGO) install --locked cargo-nextest
-	$(CARGO) nextest run --all-targets --no-fail-fast
+	$(CARGO) nextest run --lib --bins --tests --examples --no-fail-fast
 
 demo:
 	bash scripts/install-deps.sh
 	$(CARGO) build --bins --examples
 	bash scripts/demo.sh
+
+# Reload latency, release build, in a throw-away network namespace. Knobs (environment
+# or make variables): SWAPS (60), MODE (nft|legacy), UPSTREAM_RESYNC_SECONDS (60),
+# IP_MASQ_AGENT (binary), AGENT_V and AGENT_LOG (agent's -v and kept log), VERBOSE=1.
+bench-reload:
+	@if [ "$$(id -u)" -ne 0 ]; then \
+		echo "bench-reload needs root (network namespaces, iptables): sudo make bench-reload" >&2; \
+		echo '(if sudo cannot find cargo: sudo env "PATH=$$PATH" make bench-reload)' >&2; \
+		exit 1; \
+	fi
+	$(CARGO) build --release --bins
+	$(CARGO) bench --bench reload
 
 fuzz-smoke:
 	@command -v cargo-fuzz >/dev/null 2>&1 || $(CARGO) install --locked cargo-fuzz

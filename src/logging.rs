@@ -2,6 +2,10 @@
 //! `-v=N` mapped onto levels so existing DaemonSet args keep their meaning.
 
 use tracing::level_filters::LevelFilter;
+use tracing_subscriber::Layer;
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::cli::LogFormat;
 
@@ -15,18 +19,37 @@ pub fn level_for(verbosity: u8) -> LevelFilter {
     }
 }
 
+/// Our own events at `verbosity`'s level; libraries (notify, axum, tokio)
+/// never below info, or `-v=4` drowns the agent's lines in theirs.
+pub fn filter(verbosity: u8) -> Targets {
+    let level = level_for(verbosity);
+    Targets::new()
+        .with_target("ip_masq_agent", level)
+        .with_default(level.min(LevelFilter::INFO))
+}
+
 /// Install the global subscriber. Safe to call once per process.
 pub fn init(format: LogFormat, verbosity: u8) {
-    let builder = tracing_subscriber::fmt()
+    // Colour codes only help a human at a terminal, never a log pipeline.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let layer = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
-        .with_max_level(level_for(verbosity))
         .with_target(false)
-        // Colour codes only help a human at a terminal, never a log pipeline.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+        .with_ansi(ansi);
+    let registry = tracing_subscriber::registry();
     // A second init (tests) keeps the first subscriber; that is fine.
     let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Text => registry
+            .with(layer.with_filter(filter(verbosity)))
+            .try_init(),
+        LogFormat::Json => registry
+            .with(
+                layer
+                    .json()
+                    .flatten_event(true)
+                    .with_filter(filter(verbosity)),
+            )
+            .try_init(),
     };
 }
 
@@ -39,5 +62,14 @@ mod tests {
         assert_eq!(level_for(0), LevelFilter::INFO);
         assert_eq!(level_for(2), LevelFilter::DEBUG);
         assert_eq!(level_for(9), LevelFilter::TRACE);
+    }
+
+    #[test]
+    fn libraries_stay_at_info() {
+        let f = filter(9);
+        assert!(f.would_enable("ip_masq_agent::agent", &tracing::Level::TRACE));
+        assert!(!f.would_enable("notify::inotify", &tracing::Level::DEBUG));
+        assert!(f.would_enable("notify::inotify", &tracing::Level::INFO));
+        assert!(!filter(0).would_enable("ip_masq_agent::agent", &tracing::Level::DEBUG));
     }
 }
