@@ -5,9 +5,11 @@
 CARGO ?= cargo
 FUZZ_TARGETS := config_bytes duration flags
 FUZZ_SECONDS ?= 20
+CONTAINER_ENGINE ?= docker
+VERSION ?= $(shell sed -n 's/^version = "\(.*\)"$$/\1/p' Cargo.toml | head -n 1)
 .DEFAULT_GOAL := build
 
-.PHONY: help build deps lint test demo bench-reload fuzz-smoke render clean
+.PHONY: help build deps lint test demo bench-reload fuzz-smoke render image clean
 
 help:
 	@echo "build       cargo build (agent and examples)"
@@ -17,6 +19,7 @@ help:
 	@echo "bench-reload ConfigMap swap to rules live: median/p99 vs upstream's resync wait (needs root; SWAPS=N MODE=legacy)"
 	@echo "fuzz-smoke  each fuzz target for $(FUZZ_SECONDS) s (needs the nightly toolchain)"
 	@echo "render      print the rules for the built-in defaults"
+	@echo "image       build the container image ip-masq-agent:$(VERSION) (needs a container engine)"
 	@echo "clean       cargo clean"
 
 build:
@@ -63,6 +66,16 @@ fuzz-smoke:
 # No config file at that path means the built-in defaults.
 render:
 	$(CARGO) run --quiet -- render --config /nonexistent/ip-masq-agent
+
+# `docker info` fails when only the client is installed (no engine answers).
+image:
+	@if $(CONTAINER_ENGINE) info >/dev/null 2>&1; then \
+		echo "$(CONTAINER_ENGINE) build -t ip-masq-agent:$(VERSION) ."; \
+		$(CONTAINER_ENGINE) build -t ip-masq-agent:$(VERSION) .; \
+	else \
+		echo "make image: no container engine answers ('$(CONTAINER_ENGINE) info' failed); nothing built" >&2; \
+		exit 1; \
+	fi
 
 clean:
 	$(CARGO) clean
