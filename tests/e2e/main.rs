@@ -1,0 +1,66 @@
+//! End-to-end tests: the real agent on a node namespace, real TCP
+//! connections from a pod namespace, and peers that report the source
+//! address they saw. They prove what an operator cares about (can the pod
+//! reach the VPN peer, does the VPC still see pod addresses) rather than
+//! which rules were written, though they check those too.
+//!
+//! - `sandbox`: the topology (pod, node, VPC, VPN, internet host), the
+//!   servers, the config volume and the agent, all behind one drop guard;
+//! - `client`: long-lived connection loops in the pod, for the swap test;
+//! - `configs`: the configs applied and the nat tables they produce;
+//! - `incident`, `live_config`, `repair`: the scenarios (a) to (g) of the
+//!   issue, each once per iptables backend (h), named
+//!   `<file>::<letter>_<what>::nft` or `...::legacy`;
+//! - `cleanup`: the sandbox leaves nothing behind when a step fails.
+//!
+//! The harness is the integration suite's (`support`), compiled in here.
+//! Like the kernel tests, these need root, the tools and the `netcheck`
+//! example; outside CI they skip without root or tools, under `CI=true` they
+//! fail. A missing `netcheck` always fails: it is built by
+//! `cargo build --examples` (and by `cargo test`/`cargo nextest run`).
+
+#[allow(dead_code)]
+mod support;
+
+mod client;
+mod configs;
+mod sandbox;
+
+/// `per_mode!(scenario);` next to `fn scenario(mode: Mode)` declares
+/// `mod scenario { #[test] fn nft(); #[test] fn legacy() }`, each test
+/// checking the prerequisites first, so a failure names the scenario and
+/// the backend: `live_config::c_configmap_edit_flips_masquerading_live::nft`.
+macro_rules! per_mode {
+    ($name:ident) => {
+        mod $name {
+            #[test]
+            fn nft() {
+                if crate::prerequisites() {
+                    super::$name(crate::support::iptables::Mode::Nft);
+                }
+            }
+
+            #[test]
+            fn legacy() {
+                if crate::prerequisites() {
+                    super::$name(crate::support::iptables::Mode::Legacy);
+                }
+            }
+        }
+    };
+}
+
+mod cleanup;
+mod incident;
+mod live_config;
+mod repair;
+
+/// Root, the tools and namespaces (skip outside CI, fail under `CI=true`),
+/// then the probe binary (always a failure when missing).
+fn prerequisites() -> bool {
+    if !support::env::require_root_and_tools() {
+        return false;
+    }
+    sandbox::require_netcheck();
+    true
+}
