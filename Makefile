@@ -38,6 +38,8 @@ test:
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
 	@$(CARGO) nextest --version >/dev/null 2>&1 || $(CARGO) install --locked cargo-nextest
+	# The e2e suite runs the netcheck example as a real program.
+	$(CARGO) build --bins --examples
 	$(CARGO) nextest run --lib --bins --tests --examples --no-fail-fast
 
 demo:
