@@ -33,12 +33,12 @@ lint:
 	$(CARGO) clippy --all-targets -- -D warnings
 
 # Spelled out in order (not as prerequisites) so `make -j` cannot reorder it.
+# The examples are built first: the e2e suite runs netcheck as a real program.
 test:
 	bash scripts/install-deps.sh
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
 	@$(CARGO) nextest --version >/dev/null 2>&1 || $(CARGO) install --locked cargo-nextest
-	# The e2e suite runs the netcheck example as a real program.
 	$(CARGO) build --bins --examples
 	$(CARGO) nextest run --lib --bins --tests --examples --no-fail-fast
 
