@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Installs the Debian packages that the demo and the kernel tests need:
 # iptables (both the nft and the legacy variants), nftables, iproute2 (ip,
-# network namespaces) and procps (sysctl). Idempotent: packages already
+# network namespaces), procps (sysctl), and for the telemetry tests curl and
+# prometheus (prometheus and promtool). Idempotent: packages already
 # installed are skipped, and nothing is fetched when all are present.
 set -euo pipefail
 
-packages=(iptables nftables iproute2 procps)
-commands=(iptables iptables-legacy iptables-nft nft ip sysctl)
+packages=(iptables nftables iproute2 procps curl prometheus)
+commands=(iptables iptables-legacy iptables-nft nft ip sysctl curl prometheus promtool)
 
 if ! command -v dpkg-query >/dev/null 2>&1; then
     # Not Debian: check the commands themselves and leave installing to the user.
@@ -47,3 +48,11 @@ echo "install-deps: installing ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends "${missing[@]}"
+
+# The tests run their own prometheus inside a network namespace and need only
+# the binaries. On a host running systemd, Debian's package also enables and
+# starts a system-wide Prometheus (listening on :9090); when this script is
+# what installed the package, stop and disable that service again.
+if [[ " ${missing[*]} " == *" prometheus "* ]] && [[ -d /run/systemd/system ]]; then
+    systemctl disable --now prometheus.service >/dev/null 2>&1 || true
+fi

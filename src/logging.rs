@@ -20,12 +20,13 @@ pub fn level_for(verbosity: u8) -> LevelFilter {
 }
 
 /// Our own events at `verbosity`'s level; libraries (notify, axum, tokio)
-/// never below info, or `-v=4` drowns the agent's lines in theirs.
+/// only from warn up: their info lines (e.g. notify on a vanished watch)
+/// confuse more than they tell, and at `-v=4` they would drown ours.
 pub fn filter(verbosity: u8) -> Targets {
     let level = level_for(verbosity);
     Targets::new()
         .with_target("ip_masq_agent", level)
-        .with_default(level.min(LevelFilter::INFO))
+        .with_default(level.min(LevelFilter::WARN))
 }
 
 /// Install the global subscriber. Safe to call once per process.
@@ -68,8 +69,8 @@ mod tests {
     fn libraries_stay_at_info() {
         let f = filter(9);
         assert!(f.would_enable("ip_masq_agent::agent", &tracing::Level::TRACE));
-        assert!(!f.would_enable("notify::inotify", &tracing::Level::DEBUG));
-        assert!(f.would_enable("notify::inotify", &tracing::Level::INFO));
+        assert!(!f.would_enable("notify::inotify", &tracing::Level::INFO));
+        assert!(f.would_enable("notify::inotify", &tracing::Level::WARN));
         assert!(!filter(0).would_enable("ip_masq_agent::agent", &tracing::Level::DEBUG));
     }
 }

@@ -68,11 +68,18 @@ fn no_namespace_of_this_run_outlives_its_guard() {
     }
     // Other tests run in parallel, so their live namespaces may be listed;
     // any other name with this run's prefix was leaked by a finished test.
+    // A guard may be between its bookkeeping and `ip netns delete` (or
+    // `add`) while we look, so a name counts as leaked only if two listings
+    // show it and it is live in neither snapshot taken around them.
     let mine = own_prefix();
-    let leaked: Vec<String> = listed()
+    let live_before = live_names();
+    let first = listed();
+    let second = listed();
+    let live_after = live_names();
+    let leaked: Vec<String> = first
         .into_iter()
-        .filter(|n| n.starts_with(&mine))
-        .filter(|n| !live_names().contains(n))
+        .filter(|n| n.starts_with(&mine) && second.contains(n))
+        .filter(|n| !live_before.contains(n) && !live_after.contains(n))
         .collect();
     assert!(
         leaked.is_empty(),

@@ -37,9 +37,12 @@ macro_rules! both_modes {
     };
 }
 
+pub(crate) use both_modes;
+
 mod cleanup;
 mod daemon;
 mod node_state;
+mod reload;
 mod rules;
 
 /// The nat table of a namespace nobody wrote to, as both backends print it

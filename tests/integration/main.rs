@@ -7,8 +7,12 @@
 //! - `harness`: tests of the harness itself, so a red kernel test is never
 //!   the harness's fault;
 //! - `cli`: the command line, needing no root;
-//! - `kernel`: rules written by `sync`, the daemon loop, and `cleanup`, each in
-//!   a network namespace of its own and run once per iptables backend.
+//! - `kernel`: rules written by `sync`, the daemon loop, live reload and
+//!   `cleanup`, each in a network namespace of its own and run once per
+//!   iptables backend;
+//! - `telemetry`: the metrics and probe endpoints, checked with `promtool` and
+//!   scraped by a real Prometheus server inside the namespace;
+//! - `harness_telemetry`: tests of the HTTP helpers, needing no root.
 //!
 //! Kernel tests need root and the tools (see `support::env`). Outside CI they
 //! skip with a printed reason; under `CI=true` they fail instead, because a
@@ -17,5 +21,7 @@
 
 mod cli;
 mod harness;
+mod harness_telemetry;
 mod kernel;
 mod support;
+mod telemetry;

@@ -8,6 +8,7 @@
 
 pub mod agent;
 pub mod env;
+pub mod http;
 pub mod iptables;
 pub mod netns;
 pub mod process;
@@ -16,9 +17,9 @@ pub mod volume;
 pub mod wait;
 
 pub use agent::{Agent, agent_bin, oneshot, sync_ok};
-pub use env::require_root_and_tools;
+pub use env::{require_root_and_tools, require_tools};
 pub use iptables::{Family, Mode, ipt, save, save_with_counters};
 pub use netns::Netns;
 pub use text::assert_text_eq;
 pub use volume::ConfigVolume;
-pub use wait::{DEADLINE, wait_for_text, wait_until};
+pub use wait::{DEADLINE, hold_for, wait_for_text, wait_until};

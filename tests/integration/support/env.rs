@@ -65,6 +65,28 @@ pub fn require_root_and_tools() -> bool {
     }
 }
 
+/// For a kernel test that also runs other programs (`curl`, `promtool`,
+/// `prometheus`): `require_root_and_tools`, then `tools` on PATH too. Skips
+/// (returns false, saying why) or, under `CI=true`, fails.
+pub fn require_tools(tools: &[&str]) -> bool {
+    if !require_root_and_tools() {
+        return false;
+    }
+    let missing: Vec<&str> = tools.iter().copied().filter(|t| !on_path(t)).collect();
+    if missing.is_empty() {
+        return true;
+    }
+    let why = format!(
+        "missing tools on PATH: {} (Debian packages curl, prometheus; see scripts/install-deps.sh)",
+        missing.join(", ")
+    );
+    if in_ci() {
+        panic!("CI=true, so this kernel test fails instead of skipping: {why}");
+    }
+    eprintln!("SKIPPED (kernel test): {why}; under CI=true this is a failure");
+    false
+}
+
 fn check() -> Result<(), String> {
     if !is_root() {
         return Err("not running as root".into());

@@ -10,6 +10,9 @@
 //! An update writes a new timestamped directory, points a `..data_tmp`
 //! symlink at it, renames that over `..data`, then deletes the old directory.
 //! A removed key loses its user-visible symlink the same way.
+//!
+//! For the live-reload tests the directory itself can also be missing at
+//! start (`missing`), vanish (`delete_dir`) and come back (`create_dir`).
 
 use std::fs;
 use std::os::unix::fs::symlink;
@@ -22,11 +25,22 @@ pub const KEY: &str = "ip-masq-agent";
 
 #[derive(Debug)]
 pub struct ConfigVolume {
-    dir: TempDir,
+    /// Owns the temporary directory (deleted on drop). The volume is this
+    /// directory itself, or for `missing()` a subdirectory of it.
+    _base: TempDir,
+    /// The volume's directory (the mount point); it may not exist.
+    dir: PathBuf,
     /// Name of the timestamped directory `..data` points at.
     current: Option<String>,
     /// Makes every timestamped name unique within this volume.
     generation: u32,
+}
+
+fn temp_base() -> TempDir {
+    tempfile::Builder::new()
+        .prefix("imqa-volume-")
+        .tempdir()
+        .expect("temp dir for the config volume")
 }
 
 impl ConfigVolume {
@@ -34,16 +48,29 @@ impl ConfigVolume {
     /// `--config` points at a path that does not exist (the agent must use
     /// the defaults).
     pub fn empty() -> ConfigVolume {
+        let base = temp_base();
+        let dir = base.path().to_owned();
         let mut v = ConfigVolume {
-            dir: tempfile::Builder::new()
-                .prefix("imqa-volume-")
-                .tempdir()
-                .expect("temp dir for the config volume"),
+            _base: base,
+            dir,
             current: None,
             generation: 0,
         };
         v.write(None);
         v
+    }
+
+    /// A volume whose directory does not exist (yet): `--config` points into
+    /// a missing directory. `create_dir` makes it appear.
+    pub fn missing() -> ConfigVolume {
+        let base = temp_base();
+        let dir = base.path().join("volume");
+        ConfigVolume {
+            _base: base,
+            dir,
+            current: None,
+            generation: 0,
+        }
     }
 
     /// A volume holding `text` under the key.
@@ -55,13 +82,13 @@ impl ConfigVolume {
 
     /// The directory (the volume's mount point).
     pub fn dir(&self) -> &Path {
-        self.dir.path()
+        &self.dir
     }
 
     /// What to pass as `--config`: `DIR/ip-masq-agent`, a symlink while the
     /// key exists.
     pub fn path(&self) -> PathBuf {
-        self.dir.path().join(KEY)
+        self.dir.join(KEY)
     }
 
     /// kubelet's update after the ConfigMap changed to `text`.
@@ -75,8 +102,23 @@ impl ConfigVolume {
         self.write(None);
     }
 
+    /// The whole volume directory disappears (unmounted, or deleted by
+    /// someone): the directory and everything in it.
+    pub fn delete_dir(&mut self) {
+        fs::remove_dir_all(&self.dir).expect("delete the volume directory");
+        self.current = None;
+    }
+
+    /// The volume directory (re)appears as kubelet lays out a fresh volume
+    /// without the key: the directory, a timestamped directory and `..data`.
+    /// `update` then adds the key as usual.
+    pub fn create_dir(&mut self) {
+        fs::create_dir(&self.dir).expect("create the volume directory");
+        self.write(None);
+    }
+
     fn write(&mut self, content: Option<&str>) {
-        let root = self.dir.path();
+        let root = self.dir.as_path();
         self.generation += 1;
         let g = self.generation;
         // kubelet's format: ..YYYY_MM_DD_HH_MM_SS.<nanos>; only uniqueness

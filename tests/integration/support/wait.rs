@@ -45,6 +45,30 @@ pub fn wait_for_text(
     }
 }
 
+/// The opposite of `wait_until`, for asserting that something does *not*
+/// happen: observes every poll period for the whole of `period` and panics,
+/// naming `what` and showing the observation, as soon as `ok` rejects one.
+/// Use only after a positive sign that the cause has had its chance (and
+/// say why the period is long enough), since absence alone proves little.
+pub fn hold_for<T: Display>(
+    period: Duration,
+    what: &str,
+    mut observe: impl FnMut() -> T,
+    mut ok: impl FnMut(&T) -> bool,
+) {
+    let deadline = Instant::now() + period;
+    loop {
+        let value = observe();
+        if !ok(&value) {
+            panic!("{what} no longer holds; observed:\n{value}");
+        }
+        if Instant::now() >= deadline {
+            return;
+        }
+        thread::sleep(POLL);
+    }
+}
+
 fn poll<T>(
     timeout: Duration,
     mut observe: impl FnMut() -> T,
