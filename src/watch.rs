@@ -98,14 +98,7 @@ impl ConfigWatch {
                 true
             }
             Err(err) => {
-                let reason = match &err.kind {
-                    notify::ErrorKind::MaxFilesWatch => {
-                        "the node's inotify watch limit is reached (fs.inotify.max_user_watches)"
-                            .to_owned()
-                    }
-                    _ => format!("cannot watch {}: {err}", self.dir.display()),
-                };
-                self.set_mode(Mode::Polling(reason));
+                self.set_mode(Mode::Polling(polling_reason(&err, &self.dir)));
                 false
             }
         }
@@ -156,6 +149,23 @@ impl ConfigWatch {
     }
 }
 
+/// Why a watch could not be set up, in words that point at the fix.
+fn polling_reason(err: &notify::Error, dir: &Path) -> String {
+    let limit = matches!(err.kind, notify::ErrorKind::MaxFilesWatch)
+        || matches!(&err.kind, notify::ErrorKind::Io(io) if io.raw_os_error() == Some(libc_emfile()));
+    if limit {
+        "the node's inotify limits are reached (fs.inotify.max_user_watches / max_user_instances)"
+            .to_owned()
+    } else {
+        format!("cannot watch {}: {err}", dir.display())
+    }
+}
+
+/// EMFILE: inotify_init fails with it when max_user_instances is reached.
+const fn libc_emfile() -> i32 {
+    24
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -186,6 +196,17 @@ mod tests {
         std::os::unix::fs::symlink("..v2", root.join("..data_tmp")).unwrap();
         std::fs::rename(root.join("..data_tmp"), root.join("..data")).unwrap();
         assert!(next(&mut rx).await, "no event for the swap");
+    }
+
+    #[test]
+    fn inotify_limits_are_named() {
+        let dir = Path::new("/etc/config");
+        let watches = notify::Error::new(notify::ErrorKind::MaxFilesWatch);
+        assert!(polling_reason(&watches, dir).contains("inotify limits are reached"));
+        let instances = notify::Error::io(std::io::Error::from_raw_os_error(24));
+        assert!(polling_reason(&instances, dir).contains("inotify limits are reached"));
+        let other = notify::Error::path_not_found();
+        assert!(polling_reason(&other, dir).starts_with("cannot watch /etc/config"));
     }
 
     #[tokio::test]

@@ -240,3 +240,31 @@ both_modes! {
         agent.assert_running();
     }
 }
+
+both_modes! {
+    /// The iptables tools are missing (a broken image, a node without the
+    /// package): the daemon logs the failure with its cause, retries with
+    /// backoff, stays alive and writes nothing. It must never exit on it.
+    fn missing_iptables_is_retried_never_fatal(mode) {
+        let ns = Netns::new();
+        ns.exec(&["ip", "link", "set", "lo", "up"]);
+        let volume = ConfigVolume::with(DEFAULTS_FAST);
+        let mut agent = Agent::start_with_env(
+            &ns,
+            mode,
+            &volume,
+            &["--metrics-address=127.0.0.1:9561"],
+            &[("PATH", "/nonexistent")],
+        );
+        agent.wait_for_log("not_found");
+        // A second failure proves the retry (backoff starts at 0.8 s).
+        agent.wait_for_lines("will retry the sync", 2);
+        agent.assert_running();
+        assert_nat(&ns, mode, V4, EMPTY_NAT);
+        let ready = ns.exec(&[
+            "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "5",
+            "http://127.0.0.1:9561/readyz",
+        ]);
+        assert_eq!(String::from_utf8_lossy(&ready.stdout), "503", "readyz while iptables is missing");
+    }
+}

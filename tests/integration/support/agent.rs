@@ -86,6 +86,18 @@ impl Agent {
     /// FLAGS...` in `ns`. `-v=2` makes every sync result visible in the log
     /// (the `unchanged` lines some tests count).
     pub fn start(ns: &Netns, mode: Mode, volume: &ConfigVolume, flags: &[&str]) -> Agent {
+        Self::start_with_env(ns, mode, volume, flags, &[])
+    }
+
+    /// As [`Agent::start`], with extra environment variables for the agent
+    /// (through `env`, so `ip netns exec` itself still finds its tools).
+    pub fn start_with_env(
+        ns: &Netns,
+        mode: Mode,
+        volume: &ConfigVolume,
+        flags: &[&str],
+        env: &[(&str, &str)],
+    ) -> Agent {
         let logs = tempfile::Builder::new()
             .prefix("imqa-agent-log-")
             .tempdir()
@@ -99,7 +111,14 @@ impl Agent {
             "-v=2".into(),
         ];
         args.extend(flags.iter().map(|s| s.to_string()));
-        let mut cmd = agent_command(ns);
+        let mut cmd = if env.is_empty() {
+            agent_command(ns)
+        } else {
+            let mut cmd = ns.command("env");
+            cmd.args(env.iter().map(|(k, v)| format!("{k}={v}")))
+                .arg(agent_bin());
+            cmd
+        };
         cmd.args(&args)
             .stdin(Stdio::null())
             .stdout(stdout)
