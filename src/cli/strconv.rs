@@ -214,63 +214,9 @@ fn underscore_ok(s: &str) -> bool {
     saw != b'_'
 }
 
-/// Go's `strconv.Quote` (what `%q` prints for a string): double quotes,
-/// Go's backslash escapes for quotes, backslashes and control characters,
-/// printable characters kept as they are.
-///
-/// Exact for ASCII. For other characters Rust's standard library has no
-/// copy of Go's `unicode.IsPrint`, so this escapes the classes that matter
-/// in practice (controls, spaces other than ' ', invisible format
-/// characters, private use) and keeps the rest; an unassigned code point is
-/// printed raw where Go would escape it.
-pub fn quote(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            ' '..='~' => out.push(c),
-            '\u{7}' => out.push_str("\\a"),
-            '\u{8}' => out.push_str("\\b"),
-            '\u{c}' => out.push_str("\\f"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            '\u{b}' => out.push_str("\\v"),
-            '\0'..='\u{1f}' | '\u{7f}' => out.push_str(&format!("\\x{:02x}", u32::from(c))),
-            _ if go_prints(c) => out.push(c),
-            _ if u32::from(c) < 0x10000 => out.push_str(&format!("\\u{:04x}", u32::from(c))),
-            _ => out.push_str(&format!("\\U{:08x}", u32::from(c))),
-        }
-    }
-    out.push('"');
-    out
-}
-
-/// An approximation of Go's `unicode.IsPrint` for non-ASCII characters.
-fn go_prints(c: char) -> bool {
-    let cp = u32::from(c);
-    let format_char = matches!(
-        cp,
-        0xAD | 0x600..=0x605
-            | 0x61C
-            | 0x6DD
-            | 0x70F
-            | 0x180E
-            | 0x200B..=0x200F
-            | 0x202A..=0x202E
-            | 0x2060..=0x2064
-            | 0x2066..=0x206F
-            | 0xFEFF
-            | 0xFFF9..=0xFFFB
-            | 0xE0001
-            | 0xE0020..=0xE007F
-    );
-    let private_use = matches!(cp, 0xE000..=0xF8FF | 0xF0000..=0x10FFFF);
-    let noncharacter = matches!(cp, 0xFDD0..=0xFDEF) || (cp & 0xFFFE) == 0xFFFE;
-    !(c.is_control() || c.is_whitespace() || format_char || private_use || noncharacter)
-}
+/// Go's `strconv.Quote` (what `%q` prints): one implementation serves the
+/// flag errors here and the config errors.
+pub use crate::config::gostr::quote;
 
 #[cfg(test)]
 mod tests {

@@ -21,7 +21,7 @@ mod configmap;
 mod decode;
 pub mod duration;
 mod error;
-mod gostr;
+pub(crate) mod gostr;
 mod json;
 mod validate;
 mod value;
