@@ -10,8 +10,9 @@ use tracing::{info, warn};
 
 use crate::agent::{Agent, Telemetry};
 use crate::backend::iptables::{self, Iptables, Variant};
-use crate::backend::{Backend, ErrorKind};
-use crate::cli::{Command, Invocation, IptablesMode, Options};
+use crate::backend::nftables::{self, Nftables};
+use crate::backend::{Backend, CleanupReport, ErrorKind, Selected};
+use crate::cli::{BackendKind, Command, Invocation, IptablesMode, Options};
 use crate::config::{self, Config, LoadOptions, Loaded, Source};
 use crate::metrics;
 use crate::plan::{self, Family, Settings};
@@ -80,6 +81,63 @@ pub async fn choose_backend(mode: IptablesMode) -> Iptables {
     Iptables::new(variant)
 }
 
+/// The backend `--backend` asks for, ready to use.
+pub async fn select_backend(options: &Options) -> Selected {
+    match options.backend {
+        BackendKind::Iptables => Selected::Iptables(choose_backend(options.iptables_mode).await),
+        BackendKind::Nftables => Selected::Nftables(Nftables::new()),
+    }
+}
+
+/// Remove what the backend not chosen left behind (a node switching
+/// backends), before the chosen one writes: two backends masquerading the
+/// same traffic would be harmless, but a stale exemption list in the other
+/// one would not follow config changes. Only what is present is touched;
+/// a failure is logged and does not stop enforcement.
+async fn remove_other_backend(options: &Options) {
+    let chain = &options.masq_chain;
+    let mut removed = Vec::new();
+    match options.backend {
+        BackendKind::Nftables => {
+            for variant in [Variant::Nft, Variant::Legacy] {
+                let mut other = Iptables::new(variant);
+                for family in [Family::Ipv4, Family::Ipv6] {
+                    collect_removed(other.cleanup(family, chain).await, &mut removed, || {
+                        format!("iptables ({}) {family}", variant.label())
+                    });
+                }
+            }
+        }
+        BackendKind::Iptables => {
+            let mut other = Nftables::new();
+            for family in [Family::Ipv4, Family::Ipv6] {
+                collect_removed(other.cleanup(family, chain).await, &mut removed, || {
+                    format!("nftables {family}")
+                });
+            }
+        }
+    }
+    for line in removed {
+        info!(backend = %options.backend, "removed the other backend's state: {line}");
+    }
+}
+
+fn collect_removed(
+    result: Result<CleanupReport, crate::backend::BackendError>,
+    removed: &mut Vec<String>,
+    what: impl FnOnce() -> String,
+) {
+    match result {
+        Ok(report) => removed.extend(report),
+        // The other backend's tool is not installed: it wrote nothing here.
+        Err(err) if err.kind == ErrorKind::NotFound => {}
+        Err(err) => warn!(
+            "cannot remove the other backend's state ({}): {err}",
+            what()
+        ),
+    }
+}
+
 async fn daemon(options: &Options) -> Result<ExitCode> {
     let telemetry = Telemetry::default();
     if let Some(address) = options.metrics_address {
@@ -98,12 +156,13 @@ async fn daemon(options: &Options) -> Result<ExitCode> {
             Err(err) => tracing::error!(%address, error = %err, "cannot serve metrics and probes"),
         }
     }
-    let mut backend = choose_backend(options.iptables_mode).await;
-    match backend.probe_version().await {
+    let mut backend = select_backend(options).await;
+    match backend.probe().await {
         Ok(_) => info!(backend = %backend.describe(), "kernel backend ready"),
         // Not fatal: the loop retries, and a fixed image or node recovers.
-        Err(err) => warn!(error = %err, "cannot run iptables yet; will keep retrying"),
+        Err(err) => warn!(error = %err, "cannot run {} yet; will keep retrying", options.backend),
     }
+    remove_other_backend(options).await;
     let agent = Agent::new(
         settings(options),
         load_options(options),
@@ -120,7 +179,8 @@ async fn sync(options: &Options) -> Result<ExitCode> {
         .with_context(|| format!("loading {}", options.config.display()))?;
     log_loaded(&loaded, &options.config);
     let settings = settings(options);
-    let mut backend = choose_backend(options.iptables_mode).await;
+    let mut backend = select_backend(options).await;
+    remove_other_backend(options).await;
     let mut ok = true;
     for family in plan::families(&settings) {
         let desired = plan::plan(&loaded.config, &settings, family);
@@ -162,21 +222,29 @@ fn log_loaded(loaded: &Loaded, path: &Path) {
 /// Render every family's transaction as `render` and `check` print it.
 async fn rendered(options: &Options, config: &Config) -> String {
     let settings = settings(options);
-    let mut backend = Iptables::new(match options.iptables_mode {
-        IptablesMode::Legacy => Variant::Legacy,
-        _ => Variant::Nft,
-    });
-    // The version decides --random-fully; without iptables here, assume a
-    // current release (rendering needs neither root nor the tools).
-    let _ = backend.probe_version().await;
+    let backend = match options.backend {
+        BackendKind::Iptables => {
+            let mut backend = Iptables::new(match options.iptables_mode {
+                IptablesMode::Legacy => Variant::Legacy,
+                _ => Variant::Nft,
+            });
+            // The version decides --random-fully; without iptables here,
+            // assume a current release (rendering needs neither root nor
+            // the tools).
+            let _ = backend.probe_version().await;
+            Selected::Iptables(backend)
+        }
+        BackendKind::Nftables => Selected::Nftables(Nftables::new()),
+    };
     let mut out = String::new();
     for family in plan::families(&settings) {
         let desired = plan::plan(config, &settings, family);
-        let tool = match family {
-            Family::Ipv4 => "iptables-restore",
-            Family::Ipv6 => "ip6tables-restore",
+        let tool = match (options.backend, family) {
+            (BackendKind::Nftables, _) => "nft -f -",
+            (BackendKind::Iptables, Family::Ipv4) => "iptables-restore --noflush",
+            (BackendKind::Iptables, Family::Ipv6) => "ip6tables-restore --noflush",
         };
-        out.push_str(&format!("# {family}: {tool} --noflush\n"));
+        out.push_str(&format!("# {family}: {tool}\n"));
         out.push_str(&backend.render(&desired));
     }
     out
@@ -260,9 +328,27 @@ async fn cleanup(options: &Options) -> Result<ExitCode> {
             }
         }
     }
+    let mut backend = Nftables::new();
+    for family in [Family::Ipv4, Family::Ipv6] {
+        match backend.cleanup(family, chain).await {
+            Ok(report) => {
+                for line in report {
+                    removed_any = true;
+                    print(&format!("{line}\n"))?;
+                }
+            }
+            // Without nft installed, no table of ours can exist.
+            Err(err) if err.kind == ErrorKind::NotFound => {}
+            Err(err) => {
+                tracing::error!(backend = "nftables", family = %family, "cleanup failed: {err}");
+                failed = true;
+            }
+        }
+    }
     if !removed_any && !failed {
         print(&format!(
-            "nothing to remove: no {chain} chain or jump found\n"
+            "nothing to remove: no {chain} chain or jump and no {} table found\n",
+            nftables::TABLE
         ))?;
     }
     Ok(if failed {

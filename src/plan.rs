@@ -242,6 +242,17 @@ pub fn plan(config: &Config, settings: &Settings, family: Family) -> Ruleset {
     }
 }
 
+/// The non-masquerade list as one interval set holds it: overlapping and
+/// adjacent networks merged, duplicates gone, sorted by address.
+///
+/// An nftables interval set rejects overlapping elements (without
+/// `auto-merge`, which we avoid so the kernel's set is exactly what we
+/// computed and a delta against it is exact). Matching is unchanged: an
+/// address is in the result iff it is in one of `nets`.
+pub fn aggregate_for_set(nets: &[IpNet]) -> Vec<IpNet> {
+    IpNet::aggregate(&nets.to_vec())
+}
+
 /// Split connections over the port intervals in proportion to their sizes.
 ///
 /// Rules are evaluated in order, so the rule for interval i must take
@@ -317,6 +328,39 @@ mod tests {
         let shares = port_shares(&[pr(1, 10), pr(11, 20), pr(21, 30)]);
         let p: Vec<_> = shares[..3].iter().map(|s| s.probability).collect();
         assert_eq!(p, vec![Some(1.0 / 3.0), Some(0.5), None]);
+    }
+
+    fn nets(list: &[&str]) -> Vec<IpNet> {
+        list.iter().map(|n| n.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn aggregation_merges_halves_overlaps_and_duplicates() {
+        assert_eq!(
+            aggregate_for_set(&nets(&["10.0.0.0/9", "10.128.0.0/9"])),
+            nets(&["10.0.0.0/8"])
+        );
+        assert_eq!(
+            aggregate_for_set(&nets(&[
+                "192.168.0.0/16",
+                "169.254.0.0/16",
+                "10.0.0.0/8",
+                "10.1.0.0/16",
+                "10.0.0.0/8",
+                "192.168.4.0/24",
+            ])),
+            nets(&["10.0.0.0/8", "169.254.0.0/16", "192.168.0.0/16"])
+        );
+        // Adjacent but not a single prefix: two elements, no gap, no overlap.
+        assert_eq!(
+            aggregate_for_set(&nets(&["10.0.0.0/8", "11.0.0.0/8", "12.0.0.0/8"])),
+            nets(&["10.0.0.0/7", "12.0.0.0/8"])
+        );
+        assert_eq!(
+            aggregate_for_set(&nets(&["fe80::/10", "fd00::/8", "fd00::/16"])),
+            nets(&["fd00::/8", "fe80::/10"])
+        );
+        assert!(aggregate_for_set(&[]).is_empty());
     }
 
     #[test]

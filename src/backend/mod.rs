@@ -6,9 +6,12 @@
 //! `render` shows the transaction a fresh node would get; `cleanup` removes
 //! what we own. Everything above this module speaks `Ruleset`, never iptables
 //! text, so a native nftables backend can slot in beside `iptables`.
+//! `nftables` is that backend; [`Selected`] is whichever one `--backend`
+//! chose.
 
 pub mod exec;
 pub mod iptables;
+pub mod nftables;
 
 use std::fmt;
 
@@ -114,4 +117,57 @@ pub trait Backend {
         family: Family,
         chain: &ChainName,
     ) -> Result<CleanupReport, BackendError>;
+}
+
+/// The backend `--backend` chose, so the agent loop stays generic over one
+/// type while either implementation runs underneath.
+#[derive(Debug)]
+pub enum Selected {
+    Iptables(iptables::Iptables),
+    Nftables(nftables::Nftables),
+}
+
+impl Selected {
+    /// Ask the tool for its version (logged at start; iptables also needs it
+    /// to decide `--random-fully`).
+    pub async fn probe(&mut self) -> Result<(), BackendError> {
+        match self {
+            Selected::Iptables(b) => b.probe_version().await.map(drop),
+            Selected::Nftables(b) => b.probe_version().await.map(drop),
+        }
+    }
+}
+
+impl Backend for Selected {
+    fn describe(&self) -> String {
+        match self {
+            Selected::Iptables(b) => b.describe(),
+            Selected::Nftables(b) => b.describe(),
+        }
+    }
+
+    fn render(&self, desired: &Ruleset) -> String {
+        match self {
+            Selected::Iptables(b) => b.render(desired),
+            Selected::Nftables(b) => b.render(desired),
+        }
+    }
+
+    async fn reconcile(&mut self, desired: &Ruleset) -> Result<Outcome, BackendError> {
+        match self {
+            Selected::Iptables(b) => b.reconcile(desired).await,
+            Selected::Nftables(b) => b.reconcile(desired).await,
+        }
+    }
+
+    async fn cleanup(
+        &mut self,
+        family: Family,
+        chain: &ChainName,
+    ) -> Result<CleanupReport, BackendError> {
+        match self {
+            Selected::Iptables(b) => b.cleanup(family, chain).await,
+            Selected::Nftables(b) => b.cleanup(family, chain).await,
+        }
+    }
 }

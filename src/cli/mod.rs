@@ -76,6 +76,30 @@ impl fmt::Display for IptablesMode {
     }
 }
 
+/// Which kernel backend programs the rules (`--backend`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendKind {
+    /// The upstream agent's iptables rules (the drop-in default).
+    Iptables,
+    /// A native nftables table with the list in an interval set.
+    Nftables,
+}
+
+impl BackendKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendKind::Iptables => "iptables",
+            BackendKind::Nftables => "nftables",
+        }
+    }
+}
+
+impl fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Validated settings from the command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Options {
@@ -90,6 +114,7 @@ pub struct Options {
     /// klog's `-v`, negative values as 0 and large ones as 255.
     pub verbosity: u8,
     pub iptables_mode: IptablesMode,
+    pub backend: BackendKind,
     /// Where to serve metrics and probes; `None` when disabled (empty flag).
     pub metrics_address: Option<SocketAddr>,
 }
@@ -170,6 +195,7 @@ impl std::error::Error for CliError {}
 enum Flag {
     AddDirHeader,
     AlsoLogToStderr,
+    Backend,
     Config,
     EnableIpv6,
     IptablesMode,
@@ -226,7 +252,8 @@ impl Flag {
             | Flag::MetricsAddress
             | Flag::ToPorts => Kind::String,
             Flag::LogFileMaxSize => Kind::Uint,
-            Flag::IptablesMode
+            Flag::Backend
+            | Flag::IptablesMode
             | Flag::LogFormat
             | Flag::LogBacktraceAt
             | Flag::StderrThreshold
@@ -261,7 +288,7 @@ struct FlagSpec {
 const KLOG_IGNORED: &str = "klog flag, accepted for compatibility; no effect";
 
 /// Sorted by name (byte order), which is the order Go prints and visits.
-const FLAGS: [FlagSpec; 24] = [
+const FLAGS: [FlagSpec; 25] = [
     FlagSpec {
         flag: Flag::AddDirHeader,
         name: "add_dir_header",
@@ -271,6 +298,12 @@ const FLAGS: [FlagSpec; 24] = [
         flag: Flag::AlsoLogToStderr,
         name: "alsologtostderr",
         help: KLOG_IGNORED,
+    },
+    FlagSpec {
+        flag: Flag::Backend,
+        name: "backend",
+        help: "Kernel `backend`: iptables (the upstream agent's rules) or nftables \
+               (a native table with the list in an interval set)",
     },
     FlagSpec {
         flag: Flag::Config,
@@ -394,6 +427,7 @@ fn lookup(name: &str) -> Option<&'static FlagSpec> {
 struct Values {
     add_dir_header: bool,
     alsologtostderr: bool,
+    backend: BackendKind,
     config: String,
     enable_ipv6: bool,
     iptables_mode: IptablesMode,
@@ -426,6 +460,7 @@ impl Default for Values {
         Values {
             add_dir_header: false,
             alsologtostderr: false,
+            backend: BackendKind::Iptables,
             config: "/etc/config/ip-masq-agent".into(),
             enable_ipv6: false,
             iptables_mode: IptablesMode::Auto,
@@ -505,6 +540,13 @@ impl Values {
                     _ => return Err("must be text or json".into()),
                 }
             }
+            Flag::Backend => {
+                self.backend = match value {
+                    "iptables" => BackendKind::Iptables,
+                    "nftables" => BackendKind::Nftables,
+                    _ => return Err("must be iptables or nftables".into()),
+                }
+            }
             Flag::IptablesMode => {
                 self.iptables_mode = match value {
                     "auto" => IptablesMode::Auto,
@@ -552,6 +594,7 @@ impl Values {
             }
             Flag::LogFormat => self.log_format.as_str().to_owned(),
             Flag::IptablesMode => self.iptables_mode.as_str().to_owned(),
+            Flag::Backend => self.backend.as_str().to_owned(),
         }
     }
 }
@@ -832,6 +875,7 @@ fn options(values: &Values) -> Result<Options, CliError> {
         log_format: values.log_format,
         verbosity: u8::try_from(values.v.clamp(0, i32::from(u8::MAX))).unwrap_or(u8::MAX),
         iptables_mode: values.iptables_mode,
+        backend: values.backend,
         metrics_address,
     })
 }
@@ -991,6 +1035,7 @@ mod tests {
         assert_eq!(o.log_format, LogFormat::Text);
         assert_eq!(o.verbosity, 0);
         assert_eq!(o.iptables_mode, IptablesMode::Auto);
+        assert_eq!(o.backend, BackendKind::Iptables);
     }
 
     #[test]
@@ -1386,6 +1431,18 @@ mod tests {
             opts(&["-iptables-mode", "legacy"]).iptables_mode,
             IptablesMode::Legacy
         );
+        assert_eq!(opts(&["--backend=nftables"]).backend, BackendKind::Nftables);
+        assert_eq!(
+            opts(&["-backend", "iptables"]).backend,
+            BackendKind::Iptables
+        );
+        assert_eq!(
+            fail(&["--backend=nft"]),
+            (
+                "invalid value \"nft\" for flag -backend: must be iptables or nftables".into(),
+                2
+            )
+        );
         assert_eq!(
             fail(&["--log-format=xml"]),
             (
@@ -1531,6 +1588,7 @@ mod tests {
             vec![
                 "add_dir_header",
                 "alsologtostderr",
+                "backend",
                 "config",
                 "enable-ipv6",
                 "iptables-mode",
@@ -1571,6 +1629,7 @@ mod tests {
             ("log_backtrace_at", ":0"),
             ("log-format", "text"),
             ("iptables-mode", "auto"),
+            ("backend", "iptables"),
             ("metrics-address", ":9557"),
             ("version", "false"),
         ] {
@@ -1603,6 +1662,7 @@ mod tests {
         for expected in [
             "  -config file\n    \tPath of the config file (YAML or JSON); if it is absent, defaults apply (default \"/etc/config/ip-masq-agent\")\n",
             "  -enable-ipv6\n    \tAlso program IPv6 rules (ip6tables) and accept IPv6 CIDRs in the config\n",
+            "  -backend backend\n    \tKernel backend: iptables (the upstream agent's rules) or nftables (a native table with the list in an interval set) (default iptables)\n",
             "  -iptables-mode mode\n    \tiptables mode: auto (use what the node uses), nft or legacy (default auto)\n",
             "  -log_file_max_size uint\n    \tklog flag, accepted for compatibility; no effect (default 1800)\n",
             "  -logtostderr\n    \tklog flag, accepted for compatibility; logs always go to standard error (default true)\n",

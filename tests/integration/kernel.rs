@@ -41,6 +41,7 @@ pub(crate) use both_modes;
 
 mod cleanup;
 mod daemon;
+mod nft;
 mod node_state;
 mod reload;
 mod rules;
