@@ -5,22 +5,20 @@ use std::time::Duration;
 
 use crate::client::Client;
 use crate::configs::vpn_example;
+use crate::kernel::Kernel;
 use crate::sandbox::{Peer, Sandbox, process_alive};
-use crate::support::iptables::Mode;
 use crate::support::netns::listed;
+
+per_kernel!(sandbox_removes_namespaces_and_processes_when_a_step_fails);
 
 /// A step fails (here: a deliberate panic) with the whole sandbox running,
 /// agent and client loops included: afterwards none of its namespaces is
 /// listed and none of its processes is alive.
-#[test]
-fn sandbox_removes_namespaces_and_processes_when_a_step_fails() {
-    if !crate::prerequisites() {
-        return;
-    }
+fn sandbox_removes_namespaces_and_processes_when_a_step_fails(kernel: Kernel) {
     let mut names = Vec::new();
     let mut pids = Vec::new();
     let result = panic::catch_unwind(panic::AssertUnwindSafe(|| {
-        let mut sandbox = Sandbox::new(Mode::Nft, &vpn_example());
+        let mut sandbox = Sandbox::new(kernel, &vpn_example());
         sandbox.start_agent();
         let client = Client::start(&sandbox, &[Peer::Vpc], 2, 1000, Duration::from_secs(30));
         names = sandbox.namespace_names();

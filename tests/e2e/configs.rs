@@ -3,13 +3,43 @@
 //! The VPN config is the shipped example itself (`configmap-examples/vpn.yaml`,
 //! its `data.config`), so the suite proves what operators are told to apply.
 //! Expected `iptables-save` texts are spelled out here from COMPAT §4's rule
-//! lines, never taken from the agent's own constants.
+//! lines, and expected `nft list table` texts as literals (what the kernel
+//! printed for the nftables backend, reviewed: the CIDRs plus link-local in
+//! the set, sorted; `fully-random`), never taken from the agent's own
+//! constants.
+
+/// What a node enforcing one config holds: the CIDRs in config order (the
+/// iptables chain's RETURN rules, after link-local's) and the nftables
+/// backend's table, as `nft list table ip ip-masq-agent` prints it (tabs as
+/// four spaces).
+pub struct Enforced {
+    pub cidrs: &'static [&'static str],
+    pub table: &'static str,
+}
 
 /// `configmap-examples/vpn.yaml`, as shipped.
 const VPN_EXAMPLE_MANIFEST: &str = include_str!("../../configmap-examples/vpn.yaml");
 
-/// The ranges the VPN example exempts: the pods and the VPC.
-pub const VPN_EXAMPLE_CIDRS: &[&str] = &["10.40.0.0/14", "10.10.0.0/24"];
+/// The VPN example enforced: the pods and the VPC exempt.
+pub const VPN_EXAMPLE_RULES: Enforced = Enforced {
+    cidrs: &["10.40.0.0/14", "10.10.0.0/24"],
+    table: "table ip ip-masq-agent {
+    set no-masquerade {
+        type ipv4_addr
+        flags interval
+        elements = { 10.10.0.0/24, 10.40.0.0/14,
+                 169.254.0.0/16 }
+    }
+
+    chain postrouting {
+        type nat hook postrouting priority srcnat + 10; policy accept;
+        fib daddr type local return
+        ip daddr @no-masquerade return
+        masquerade fully-random
+    }
+}
+",
+};
 
 /// The VPN example's `data.config`: the block under `config: |`, dedented.
 pub fn vpn_example() -> String {
@@ -38,12 +68,48 @@ pub fn vpn_example_fast() -> String {
 /// Flipped: the VPN range keeps the pod's address (as with the defaults, the
 /// original incident) and the VPC sees the node's.
 pub const FLIPPED: &str = "nonMasqueradeCIDRs:\n  - 10.40.0.0/14\n  - 10.11.0.0/24\n";
-pub const FLIPPED_CIDRS: &[&str] = &["10.40.0.0/14", "10.11.0.0/24"];
+pub const FLIPPED_RULES: Enforced = Enforced {
+    cidrs: &["10.40.0.0/14", "10.11.0.0/24"],
+    table: "table ip ip-masq-agent {
+    set no-masquerade {
+        type ipv4_addr
+        flags interval
+        elements = { 10.11.0.0/24, 10.40.0.0/14,
+                 169.254.0.0/16 }
+    }
+
+    chain postrouting {
+        type nat hook postrouting priority srcnat + 10; policy accept;
+        fib daddr type local return
+        ip daddr @no-masquerade return
+        masquerade fully-random
+    }
+}
+",
+};
 
 /// The VPN example plus a range none of the peers is in: swapping between
 /// the two must not disturb any connection.
 pub const VPN_PLUS_UNRELATED: &str = "nonMasqueradeCIDRs:\n  - 10.40.0.0/14   # pods\n  - 10.10.0.0/24   # VPC\n  - 192.168.100.0/24   # unrelated\nresyncInterval: 60s\n";
-pub const VPN_PLUS_UNRELATED_CIDRS: &[&str] = &["10.40.0.0/14", "10.10.0.0/24", "192.168.100.0/24"];
+pub const VPN_PLUS_UNRELATED_RULES: Enforced = Enforced {
+    cidrs: &["10.40.0.0/14", "10.10.0.0/24", "192.168.100.0/24"],
+    table: "table ip ip-masq-agent {
+    set no-masquerade {
+        type ipv4_addr
+        flags interval
+        elements = { 10.10.0.0/24, 10.40.0.0/14,
+                 169.254.0.0/16, 192.168.100.0/24 }
+    }
+
+    chain postrouting {
+        type nat hook postrouting priority srcnat + 10; policy accept;
+        fib daddr type local return
+        ip daddr @no-masquerade return
+        masquerade fully-random
+    }
+}
+",
+};
 
 /// Invalid edits, each of which would change the data path if any part of
 /// it were applied: with the VPN range listed, the VPN peer would lose

@@ -3,14 +3,14 @@
 //! (b) with the shipped VPN example the VPN peer sees the node's address and
 //! answers, while the VPC, which routes pods back, still sees the pod.
 
-use crate::configs::{EMPTY_NAT, VPN_EXAMPLE_CIDRS, nat_for, vpn_example};
+use crate::configs::{VPN_EXAMPLE_RULES, vpn_example};
+use crate::kernel::Kernel;
 use crate::sandbox::{POD_IP, PORT, Peer, Sandbox};
-use crate::support::iptables::Mode;
 use crate::support::text::assert_text_eq;
 
 /// Counts, in `ns` (a peer), the TCP SYNs to our port that arrive from the
 /// pod's own address, before any routing decision (nft, hook prerouting at
-/// raw priority). The peer's instrumentation is nft in both modes: it is
+/// raw priority). The peer's instrumentation is nft for every backend: it is
 /// not under test, and it lives in a namespace the agent never touches.
 fn count_syns_from_pod(sandbox: &Sandbox, peer: Peer) -> impl Fn() -> u64 + '_ {
     let ns = sandbox.peer_ns(peer);
@@ -56,19 +56,21 @@ fn count_syns_from_pod(sandbox: &Sandbox, peer: Peer) -> impl Fn() -> u64 + '_ {
     }
 }
 
-per_mode!(a_without_agent_vpn_peer_times_out_as_in_the_incident);
+per_kernel!(a_without_agent_vpn_peer_times_out_as_in_the_incident);
 
 /// (a) No agent: the node forwards the pod's packets unchanged. The VPC
 /// answers (it routes the pod range back); the VPN peer receives the
 /// SYN from the pod's address, has no route to answer it, and the
 /// connection times out: the original incident.
-fn a_without_agent_vpn_peer_times_out_as_in_the_incident(mode: Mode) {
-    let sandbox = Sandbox::new(mode, &vpn_example());
-    assert_text_eq(
-        "the node's nat table with no agent",
-        &sandbox.nat(),
-        EMPTY_NAT,
-    );
+fn a_without_agent_vpn_peer_times_out_as_in_the_incident(kernel: Kernel) {
+    let sandbox = Sandbox::new(kernel, &vpn_example());
+    for kernel in Kernel::ALL {
+        assert_text_eq(
+            &format!("the node's {kernel} state with no agent"),
+            &sandbox.state_of(kernel),
+            kernel.empty(),
+        );
+    }
 
     sandbox.expect_source(
         Peer::Vpc,
@@ -101,15 +103,18 @@ fn a_without_agent_vpn_peer_times_out_as_in_the_incident(mode: Mode) {
     );
 }
 
-per_mode!(b_vpn_example_masquerades_the_vpn_but_not_the_vpc);
+per_kernel!(b_vpn_example_masquerades_the_vpn_but_not_the_vpc);
 
 /// (b) The agent enforcing the shipped VPN example: the VPN peer and the
 /// internet host see the node's address and answer; the VPC keeps
 /// seeing the pod's.
-fn b_vpn_example_masquerades_the_vpn_but_not_the_vpc(mode: Mode) {
-    let mut sandbox = Sandbox::new(mode, &vpn_example());
+fn b_vpn_example_masquerades_the_vpn_but_not_the_vpc(kernel: Kernel) {
+    let mut sandbox = Sandbox::new(kernel, &vpn_example());
     sandbox.start_agent();
-    sandbox.wait_started(&nat_for(VPN_EXAMPLE_CIDRS), "the VPN example's rules");
+    sandbox.wait_started(
+        &sandbox.expected(&VPN_EXAMPLE_RULES),
+        "the VPN example's rules",
+    );
     sandbox.expect_vpn_example_behaviour("with the VPN example");
     sandbox.agent().assert_running();
     let syns = count_syns_from_pod(&sandbox, Peer::Vpn);

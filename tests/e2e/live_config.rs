@@ -8,11 +8,11 @@ use std::time::{Duration, Instant};
 
 use crate::client::Client;
 use crate::configs::{
-    FLIPPED, FLIPPED_CIDRS, INVALID_EDITS, VPN_EXAMPLE_CIDRS, VPN_PLUS_UNRELATED,
-    VPN_PLUS_UNRELATED_CIDRS, nat_for, vpn_example,
+    FLIPPED, FLIPPED_RULES, INVALID_EDITS, VPN_EXAMPLE_RULES, VPN_PLUS_UNRELATED,
+    VPN_PLUS_UNRELATED_RULES, vpn_example,
 };
+use crate::kernel::Kernel;
 use crate::sandbox::{POD_IP, Peer, Sandbox, wait_fast};
-use crate::support::iptables::Mode;
 use crate::support::text::assert_text_eq;
 
 /// How long a live edit may take to show on the data path. The agent reacts
@@ -25,15 +25,18 @@ const SWAPS: usize = 200;
 /// Parallel connection loops in (d).
 const CLIENT_LOOPS: usize = 4;
 
-per_mode!(c_configmap_edit_flips_masquerading_live);
+per_kernel!(c_configmap_edit_flips_masquerading_live);
 
 /// (c) With the VPN example enforced, kubelet swaps in a config that
 /// exempts the VPN range and not the VPC: the same agent, without a
 /// restart, flips both; swapping the example back flips them back.
-fn c_configmap_edit_flips_masquerading_live(mode: Mode) {
-    let mut sandbox = Sandbox::new(mode, &vpn_example());
+fn c_configmap_edit_flips_masquerading_live(kernel: Kernel) {
+    let mut sandbox = Sandbox::new(kernel, &vpn_example());
     let pid = sandbox.start_agent().pid();
-    sandbox.wait_started(&nat_for(VPN_EXAMPLE_CIDRS), "the VPN example's rules");
+    sandbox.wait_started(
+        &sandbox.expected(&VPN_EXAMPLE_RULES),
+        "the VPN example's rules",
+    );
     sandbox.expect_vpn_example_behaviour("before the edit");
 
     sandbox.volume().update(FLIPPED);
@@ -49,9 +52,9 @@ fn c_configmap_edit_flips_masquerading_live(mode: Mode) {
         "the edit left the internet host masqueraded",
     );
     assert_text_eq(
-        "the node's nat table after the edit",
-        &sandbox.nat(),
-        &nat_for(FLIPPED_CIDRS),
+        "the node's state after the edit",
+        &sandbox.state(),
+        &sandbox.expected(&FLIPPED_RULES),
     );
 
     sandbox.volume().update(&vpn_example());
@@ -59,9 +62,9 @@ fn c_configmap_edit_flips_masquerading_live(mode: Mode) {
     eprintln!("the edit back reached the data path in {took:?}");
     sandbox.expect_vpn_example_behaviour("after the edit back");
     assert_text_eq(
-        "the node's nat table after the edit back",
-        &sandbox.nat(),
-        &nat_for(VPN_EXAMPLE_CIDRS),
+        "the node's state after the edit back",
+        &sandbox.state(),
+        &sandbox.expected(&VPN_EXAMPLE_RULES),
     );
 
     let agent = sandbox.agent();
@@ -69,7 +72,7 @@ fn c_configmap_edit_flips_masquerading_live(mode: Mode) {
     assert_eq!(agent.pid(), pid, "the edits were applied by the same agent");
 }
 
-per_mode!(d_two_hundred_config_swaps_fail_no_connection);
+per_kernel!(d_two_hundred_config_swaps_fail_no_connection);
 
 /// (d) A client in the pod (four loops) connects back to back to the
 /// internet host (masqueraded in both configs) and the VPC (in neither)
@@ -77,11 +80,15 @@ per_mode!(d_two_hundred_config_swaps_fail_no_connection);
 /// the example plus an unrelated range. Every swap is applied before
 /// the next, and at least one connection completes between swaps. Not
 /// one connection may fail or see an unexpected source address: the
-/// chain is replaced atomically, never emptied on the way.
-fn d_two_hundred_config_swaps_fail_no_connection(mode: Mode) {
-    let mut sandbox = Sandbox::new(mode, &vpn_example());
+/// chain (or, with nftables, the set) is replaced atomically, never
+/// emptied on the way.
+fn d_two_hundred_config_swaps_fail_no_connection(kernel: Kernel) {
+    let mut sandbox = Sandbox::new(kernel, &vpn_example());
     sandbox.start_agent();
-    sandbox.wait_started(&nat_for(VPN_EXAMPLE_CIDRS), "the VPN example's rules");
+    sandbox.wait_started(
+        &sandbox.expected(&VPN_EXAMPLE_RULES),
+        "the VPN example's rules",
+    );
     let peers = [Peer::Internet, Peer::Vpc];
     let expected = |endpoint: &str| match endpoint {
         e if e == Peer::Internet.endpoint() => Peer::Internet.node_addr(),
@@ -133,9 +140,9 @@ fn d_two_hundred_config_swaps_fail_no_connection(mode: Mode) {
         );
         if swap == 1 {
             assert_text_eq(
-                "the node's nat table after the first swap",
-                &sandbox.nat(),
-                &nat_for(VPN_PLUS_UNRELATED_CIDRS),
+                "the node's state after the first swap",
+                &sandbox.state(),
+                &sandbox.expected(&VPN_PLUS_UNRELATED_RULES),
             );
         }
     }
@@ -169,27 +176,32 @@ fn d_two_hundred_config_swaps_fail_no_connection(mode: Mode) {
         "every swap applied exactly once"
     );
     assert_text_eq(
-        "the node's nat table after the swaps",
-        &sandbox.nat(),
-        &nat_for(VPN_EXAMPLE_CIDRS),
+        "the node's state after the swaps",
+        &sandbox.state(),
+        &sandbox.expected(&VPN_EXAMPLE_RULES),
     );
 }
 
-per_mode!(e_invalid_edit_changes_nothing_on_the_data_path);
+per_kernel!(e_invalid_edit_changes_nothing_on_the_data_path);
 
 /// (e) Invalid edits, each of which would change who is masqueraded if
-/// any of it were applied: the agent logs the rejection, the chain is
-/// not rewritten (every packet counter intact), and every peer sees
-/// what it saw before. A valid edit afterwards still applies.
-fn e_invalid_edit_changes_nothing_on_the_data_path(mode: Mode) {
-    let mut sandbox = Sandbox::new(mode, &vpn_example());
+/// any of it were applied: the agent logs the rejection, the rules are
+/// not rewritten (iptables: every packet counter intact; nftables:
+/// every handle and element intact; no `rules applied` line), and every
+/// peer sees what it saw before. A valid edit afterwards still applies.
+fn e_invalid_edit_changes_nothing_on_the_data_path(kernel: Kernel) {
+    let mut sandbox = Sandbox::new(kernel, &vpn_example());
     sandbox.start_agent();
-    sandbox.wait_started(&nat_for(VPN_EXAMPLE_CIDRS), "the VPN example's rules");
+    sandbox.wait_started(
+        &sandbox.expected(&VPN_EXAMPLE_RULES),
+        "the VPN example's rules",
+    );
     sandbox.expect_vpn_example_behaviour("before the invalid edits");
 
     for (n, (text, error)) in INVALID_EDITS.iter().enumerate() {
         let rejections = sandbox.agent().count_lines("Error syncing configuration");
-        let counted = sandbox.nat_with_counters();
+        let counted = sandbox.state_exact();
+        let applied = sandbox.agent().count_lines("rules applied");
         sandbox.volume().update(text);
         let agent = sandbox.agent();
         agent.wait_for_lines("Error syncing configuration", rejections + 1);
@@ -201,9 +213,14 @@ fn e_invalid_edit_changes_nothing_on_the_data_path(mode: Mode) {
         // at all: give it a moment, then nothing may have changed.
         thread::sleep(Duration::from_millis(300));
         agent.assert_running();
+        assert_eq!(
+            agent.count_lines("rules applied"),
+            applied,
+            "edit {n}: rules were applied after the rejection"
+        );
         assert_text_eq(
-            &format!("iptables-save -c -t nat after invalid edit {n} (counters included)"),
-            &sandbox.nat_with_counters(),
+            &format!("the node's state after invalid edit {n} (counters or handles included)"),
+            &sandbox.state_exact(),
             &counted,
         );
         sandbox.expect_vpn_example_behaviour(&format!("after invalid edit {n}"));

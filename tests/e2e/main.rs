@@ -7,10 +7,14 @@
 //! - `sandbox`: the topology (pod, node, VPC, VPN, internet host), the
 //!   servers, the config volume and the agent, all behind one drop guard;
 //! - `client`: long-lived connection loops in the pod, for the swap test;
-//! - `configs`: the configs applied and the nat tables they produce;
+//! - `configs`: the configs applied and the rules they produce;
+//! - `kernel`: the three kernel backends the scenarios run under, and how
+//!   each is read, checked and broken;
 //! - `incident`, `live_config`, `repair`: the scenarios (a) to (g) of the
-//!   issue, each once per iptables backend (h), named
-//!   `<file>::<letter>_<what>::nft` or `...::legacy`;
+//!   issue, each once per kernel backend (h): the iptables backend through
+//!   iptables-nft and iptables-legacy, and the native nftables backend, named
+//!   `<file>::<letter>_<what>::iptables_nft`, `...::iptables_legacy` or
+//!   `...::nftables`;
 //! - `cleanup`: the sandbox leaves nothing behind when a step fails.
 //!
 //! The harness is the integration suite's (`support`), compiled in here.
@@ -24,26 +28,35 @@ mod support;
 
 mod client;
 mod configs;
+mod kernel;
 mod sandbox;
 
-/// `per_mode!(scenario);` next to `fn scenario(mode: Mode)` declares
-/// `mod scenario { #[test] fn nft(); #[test] fn legacy() }`, each test
-/// checking the prerequisites first, so a failure names the scenario and
-/// the backend: `live_config::c_configmap_edit_flips_masquerading_live::nft`.
-macro_rules! per_mode {
+/// `per_kernel!(scenario);` next to `fn scenario(kernel: Kernel)` declares
+/// `mod scenario { #[test] fn iptables_nft(); #[test] fn iptables_legacy();
+/// #[test] fn nftables() }`, each test checking the prerequisites first, so
+/// a failure names the scenario and the backend:
+/// `live_config::c_configmap_edit_flips_masquerading_live::nftables`.
+macro_rules! per_kernel {
     ($name:ident) => {
         mod $name {
             #[test]
-            fn nft() {
+            fn iptables_nft() {
                 if crate::prerequisites() {
-                    super::$name(crate::support::iptables::Mode::Nft);
+                    super::$name(crate::kernel::Kernel::IptablesNft);
                 }
             }
 
             #[test]
-            fn legacy() {
+            fn iptables_legacy() {
                 if crate::prerequisites() {
-                    super::$name(crate::support::iptables::Mode::Legacy);
+                    super::$name(crate::kernel::Kernel::IptablesLegacy);
+                }
+            }
+
+            #[test]
+            fn nftables() {
+                if crate::prerequisites() {
+                    super::$name(crate::kernel::Kernel::Nftables);
                 }
             }
         }

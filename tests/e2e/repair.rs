@@ -1,33 +1,31 @@
-//! Others' hands on the node: (f) a flushed chain or a deleted jump is
-//! repaired at the next resync; (g) an agent killed with SIGKILL, at rest or
-//! in the middle of an update, and restarted leaves consistent rules and
-//! exactly one jump.
+//! Others' hands on the node: (f) a flushed chain or a deleted jump (with
+//! nftables: a flushed base chain, a deleted set element, the deleted
+//! table) is repaired at the next resync; (g) an agent killed with SIGKILL,
+//! at rest or in the middle of an update, and restarted leaves consistent
+//! rules and exactly one jump (with nftables: one table).
 
 use std::thread;
 use std::time::Duration;
 
-use crate::configs::{
-    EMPTY_NAT, FLIPPED, FLIPPED_CIDRS, VPN_EXAMPLE_CIDRS, nat_for, vpn_example, vpn_example_fast,
-};
-use crate::sandbox::{Peer, Sandbox, wait_fast};
-use crate::support::iptables::{Family, Mode, ipt};
+use crate::configs::{FLIPPED, FLIPPED_RULES, VPN_EXAMPLE_RULES, vpn_example, vpn_example_fast};
+use crate::kernel::{Break, Kernel};
+use crate::sandbox::{Sandbox, wait_fast};
 use crate::support::text::assert_text_eq;
 use crate::support::wait::DEADLINE;
-
-/// Our jump, exactly as iptables-save prints it (COMPAT §4).
-const JUMP: &str = r#"-A POSTROUTING -m comment --comment "ip-masq-agent: ensure nat POSTROUTING directs all non-LOCAL destination traffic to our custom IP-MASQ-AGENT chain" -m addrtype ! --dst-type LOCAL -j IP-MASQ-AGENT"#;
 
 /// How long the probe right after a break waits for an answer. Short, so it
 /// ends before the agent's next resync (1 s away) can repair the break.
 const BREAK_PROBE: Duration = Duration::from_millis(500);
 
-/// Breaks the node's rules with `iptables ARGS` right after a resync and
-/// proves the break is real: the pod's next connection to the VPN peer
-/// leaves unmasqueraded and times out. If the agent repaired the rules
-/// before the probe could see the break (a loaded machine), tries again, at
-/// most three times. Returns the number of drift repairs logged before the
-/// break that showed.
-fn break_rules(sandbox: &mut Sandbox, args: &str) -> usize {
+/// Breaks the node's rules with `brk.command` right after a resync and
+/// proves the break is real: the pod's next connection to `brk.peer` shows
+/// it (the VPN peer times out, or the VPC sees the node's address). If the
+/// agent repaired the rules before the probe could see the break (a loaded
+/// machine), tries again, at most three times. Returns the number of drift
+/// repairs logged before the break that showed.
+fn break_rules(sandbox: &mut Sandbox, brk: &Break) -> usize {
+    let args: Vec<&str> = brk.command.iter().map(String::as_str).collect();
+    let shown = brk.command.join(" ");
     for _ in 0..3 {
         let agent = sandbox.agent();
         let resyncs = agent.count_lines("rules unchanged");
@@ -39,20 +37,22 @@ fn break_rules(sandbox: &mut Sandbox, args: &str) -> usize {
             }
         });
         let repairs = agent.count_lines("drift repaired");
-        ipt(&sandbox.node, sandbox.mode, Family::V4, args);
-        let got = sandbox.connect(Peer::Vpn, BREAK_PROBE);
-        if got == "timeout" {
+        sandbox.node.run(&args);
+        let got = sandbox.connect(brk.peer, BREAK_PROBE);
+        if got == brk.broken {
             return repairs;
         }
-        // Answered: only acceptable if the agent already repaired the rules.
+        // Not broken: only acceptable if the agent already repaired the rules.
         eprintln!(
-            "`iptables {args}`: the VPN peer answered ({got}); expecting a repair, then again"
+            "`{shown}`: {:?} reported {got} instead of {}; expecting a repair, then again",
+            brk.peer, brk.broken
         );
         let agent = sandbox.agent();
         wait_fast(
             Duration::from_secs(3),
             &format!(
-                "a drift repair explaining why the VPN peer answered ({got}) right after `iptables {args}`"
+                "a drift repair explaining why {:?} reported {got} right after `{shown}`",
+                brk.peer
             ),
             || match agent.count_lines("drift repaired") {
                 n if n > repairs => Ok(()),
@@ -60,34 +60,28 @@ fn break_rules(sandbox: &mut Sandbox, args: &str) -> usize {
             },
         );
     }
-    panic!("`iptables {args}`: the agent repaired the rules before the probe three times in a row");
+    panic!("`{shown}`: the agent repaired the rules before the probe three times in a row");
 }
 
-per_mode!(f_flushed_chain_or_deleted_jump_is_repaired_at_the_next_resync);
+per_kernel!(f_flushed_chain_or_deleted_jump_is_repaired_at_the_next_resync);
 
 /// (f) Someone flushes the agent's chain, then someone deletes its jump
-/// from POSTROUTING: each time the VPN peer stops answering (the pod's
-/// address leaves again), and after the next resync (1 s here) it
-/// answers the node's address again, with the exact rules back and a
-/// `drift repaired` line logged for the resync.
-fn f_flushed_chain_or_deleted_jump_is_repaired_at_the_next_resync(mode: Mode) {
-    let mut sandbox = Sandbox::new(mode, &vpn_example_fast());
+/// from POSTROUTING (nftables: flushes the base chain, deletes the VPC's
+/// set element, deletes the table): each time the data path shows it (the
+/// VPN peer stops answering as the pod's address leaves again, or the VPC
+/// sees the node's address), and after the next resync (1 s here) every
+/// peer sees what the VPN example gives again, with the exact rules back
+/// and a `drift repaired` line logged for the resync.
+fn f_flushed_chain_or_deleted_jump_is_repaired_at_the_next_resync(kernel: Kernel) {
+    let mut sandbox = Sandbox::new(kernel, &vpn_example_fast());
     sandbox.start_agent();
-    let rules = nat_for(VPN_EXAMPLE_CIDRS);
+    let rules = sandbox.expected(&VPN_EXAMPLE_RULES);
     sandbox.wait_started(&rules, "the VPN example's rules");
     sandbox.expect_vpn_example_behaviour("before the break");
 
-    for (what, args) in [
-        ("the flushed chain", "-t nat -F IP-MASQ-AGENT".to_owned()),
-        (
-            "the deleted jump",
-            format!(
-                "-t nat {}",
-                JUMP.replacen("-A POSTROUTING", "-D POSTROUTING", 1)
-            ),
-        ),
-    ] {
-        let repairs = break_rules(&mut sandbox, &args);
+    for brk in kernel.breaks() {
+        let what = brk.what;
+        let repairs = break_rules(&mut sandbox, &brk);
         let agent = sandbox.agent();
         agent.wait_for_lines("drift repaired", repairs + 1);
         let log = agent.log();
@@ -101,19 +95,12 @@ fn f_flushed_chain_or_deleted_jump_is_repaired_at_the_next_resync(mode: Mode) {
         );
         sandbox.expect_vpn_example_behaviour(&format!("after {what} was repaired"));
         assert_text_eq(
-            &format!("the node's nat table after {what} was repaired"),
-            &sandbox.nat(),
+            &format!("the node's state after {what} was repaired"),
+            &sandbox.state(),
             &rules,
         );
     }
     sandbox.agent().assert_running();
-}
-
-/// How many jumps to our chain POSTROUTING holds.
-fn jumps(nat: &str) -> usize {
-    nat.lines()
-        .filter(|l| l.starts_with("-A POSTROUTING ") && l.ends_with("-j IP-MASQ-AGENT"))
-        .count()
 }
 
 /// Where in handling kubelet's swap a killed agent was, from its log.
@@ -131,27 +118,29 @@ fn phase(log: &str) -> &'static str {
     }
 }
 
-per_mode!(g_sigkill_and_restart_leave_consistent_rules_and_one_jump);
+per_kernel!(g_sigkill_and_restart_leave_consistent_rules_and_one_jump);
 
 /// (g) SIGKILL gives the agent no chance to tidy up. Killed at rest:
 /// the rules stay and keep working, and the restarted agent finds them
 /// matching and rewrites nothing (counters intact). Killed at several
 /// points of an update (0 to 50 ms after kubelet's swap: before the
-/// reload, while `iptables-restore` runs, after it; the test prints which):
-/// the kernel holds the old rules or the new ones, nothing in between,
-/// and the restarted agent converges on the file, with exactly one jump
-/// every time and nothing written to the other iptables backend.
-fn g_sigkill_and_restart_leave_consistent_rules_and_one_jump(mode: Mode) {
-    let vpn_rules = nat_for(VPN_EXAMPLE_CIDRS);
-    let flipped_rules = nat_for(FLIPPED_CIDRS);
-    let mut sandbox = Sandbox::new(mode, &vpn_example());
+/// reload, while `iptables-restore` or `nft` runs, after it; the test
+/// prints which): the kernel holds the old rules or the new ones, nothing
+/// in between, and the restarted agent converges on the file, with exactly
+/// one jump (nftables: one table, the set equal to the config, the base
+/// chain holding exactly its rules) every time and nothing written to the
+/// other backends.
+fn g_sigkill_and_restart_leave_consistent_rules_and_one_jump(kernel: Kernel) {
+    let mut sandbox = Sandbox::new(kernel, &vpn_example());
+    let vpn_rules = sandbox.expected(&VPN_EXAMPLE_RULES);
+    let flipped_rules = sandbox.expected(&FLIPPED_RULES);
     sandbox.start_agent();
     sandbox.wait_started(&vpn_rules, "the VPN example's rules");
     sandbox.expect_vpn_example_behaviour("before the kill");
 
     sandbox.kill_agent();
     sandbox.expect_vpn_example_behaviour("with the agent dead");
-    let counted = sandbox.nat_with_counters();
+    let counted = sandbox.state_exact();
     sandbox.start_agent();
     sandbox.wait_started(&vpn_rules, "the rules after the restart");
     let log = sandbox.agent().log();
@@ -161,17 +150,20 @@ fn g_sigkill_and_restart_leave_consistent_rules_and_one_jump(mode: Mode) {
         "the restarted agent did not find the rules matching:\n{log}"
     );
     assert_text_eq(
-        "iptables-save -c -t nat after a restart on matching rules (counters included)",
-        &sandbox.nat_with_counters(),
+        "the node's state after a restart on matching rules (counters or handles included)",
+        &sandbox.state_exact(),
         &counted,
     );
 
     let vpn_text = vpn_example();
-    let steps = [(FLIPPED, &flipped_rules), (vpn_text.as_str(), &vpn_rules)];
+    let steps = [
+        (FLIPPED, &flipped_rules, &FLIPPED_RULES),
+        (vpn_text.as_str(), &vpn_rules, &VPN_EXAMPLE_RULES),
+    ];
     let mut current = &vpn_rules;
     let mut kills = Vec::new();
     for (n, delay_ms) in [0u64, 2, 4, 6, 9, 12, 20, 50].into_iter().enumerate() {
-        let (text, rules) = steps[n % 2];
+        let (text, rules, enforced) = steps[n % 2];
         sandbox.volume().update(text);
         thread::sleep(Duration::from_millis(delay_ms));
         sandbox.kill_agent();
@@ -179,22 +171,19 @@ fn g_sigkill_and_restart_leave_consistent_rules_and_one_jump(mode: Mode) {
             "{delay_ms} ms: {}",
             phase(&sandbox.killed_agent_log())
         ));
-        let nat = sandbox.nat();
+        let state = sandbox.state();
         assert!(
-            nat == *current || nat == *rules,
-            "killed {delay_ms} ms after an update: the nat table is neither the old rules nor the new ones:\n{nat}"
+            state == *current || state == *rules,
+            "killed {delay_ms} ms after an update: the node's state is neither the old rules nor the new ones:\n{state}"
         );
         sandbox.start_agent();
         sandbox.wait_started(
             rules,
             &format!("the rules after the restart {delay_ms} ms into an update"),
         );
-        assert_eq!(
-            jumps(&sandbox.nat()),
-            1,
-            "jumps after restart {n}:\n{}",
-            sandbox.nat()
-        );
+        if let Err(wrong) = kernel.check_single(&sandbox.node, enforced) {
+            panic!("after restart {n}, not exactly one set of rules: {wrong}");
+        }
         current = rules;
     }
     eprintln!(
@@ -203,10 +192,12 @@ fn g_sigkill_and_restart_leave_consistent_rules_and_one_jump(mode: Mode) {
     );
     assert_eq!(current, &vpn_rules);
     sandbox.expect_vpn_example_behaviour("after the kills and restarts");
-    assert_text_eq(
-        &format!("the {} backend's nat table, untouched", mode.other()),
-        &sandbox.save("nat", mode.other()),
-        EMPTY_NAT,
-    );
+    for other in kernel.others() {
+        assert_text_eq(
+            &format!("the {other} state, untouched"),
+            &sandbox.state_of(other),
+            other.empty(),
+        );
+    }
     sandbox.agent().assert_running();
 }

@@ -24,8 +24,10 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
+use crate::configs::Enforced;
+use crate::kernel::Kernel;
 use crate::support::agent::Agent;
-use crate::support::iptables::{Family, Mode, normalise};
+use crate::support::iptables::Family;
 use crate::support::netns::Netns;
 use crate::support::process::{COMMAND_TIMEOUT, describe, run_bounded, try_run_bounded};
 use crate::support::volume::ConfigVolume;
@@ -197,7 +199,7 @@ impl Drop for Server {
 
 /// The topology, the servers, the config volume and the agent of one test.
 pub struct Sandbox {
-    pub mode: Mode,
+    pub kernel: Kernel,
     /// The running agent, if started; dropped (killed) first.
     agent: Option<Agent>,
     /// Agents killed earlier in the test; kept so a failure prints their logs.
@@ -216,7 +218,7 @@ pub struct Sandbox {
 impl Sandbox {
     /// Builds the topology with `config` in the kubelet-style volume and
     /// starts a server on every peer. No agent yet.
-    pub fn new(mode: Mode, config: &str) -> Sandbox {
+    pub fn new(kernel: Kernel, config: &str) -> Sandbox {
         let pod = Netns::new();
         let node = Netns::new();
         let vpc = Netns::new();
@@ -247,7 +249,7 @@ impl Sandbox {
             .expect("temp dir for server logs");
         let volume = ConfigVolume::with(config);
         let mut sandbox = Sandbox {
-            mode,
+            kernel,
             agent: None,
             retired: Vec::new(),
             servers: Vec::new(),
@@ -299,11 +301,15 @@ impl Sandbox {
     }
 
     /// Starts the daemon in the node namespace, the way the DaemonSet runs
-    /// it: `--config VOLUME/ip-masq-agent --iptables-mode=MODE`, no metrics
-    /// listener (`-v=2` is the harness's, so every sync result is logged).
+    /// it: `--config VOLUME/ip-masq-agent` and the kernel's flags
+    /// (`--iptables-mode=MODE` or `--backend=nftables`), no metrics listener
+    /// (`-v=2` is the harness's, so every sync result is logged).
     pub fn start_agent(&mut self) -> &mut Agent {
         assert!(self.agent.is_none(), "an agent is already running");
-        let agent = Agent::start(&self.node, self.mode, &self.volume, &["--metrics-address="]);
+        let mut flags = self.kernel.agent_flags();
+        flags.push("--metrics-address=".to_owned());
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        let agent = Agent::start_with_flags(&self.node, &self.volume, &flags);
         self.agent.insert(agent)
     }
 
@@ -329,32 +335,31 @@ impl Sandbox {
         self.retired.last().map(Agent::log).unwrap_or_default()
     }
 
-    /// `iptables-save -t nat` of the node in this sandbox's backend,
-    /// normalised (see the harness).
-    pub fn nat(&self) -> String {
-        self.save("nat", self.mode)
+    /// The node's state in this sandbox's kernel backend, normalised: the
+    /// nat table, or our nftables table (see `Kernel::state`).
+    pub fn state(&self) -> String {
+        self.kernel.state(&self.node)
     }
 
-    /// `iptables-save -c -t nat` of the node: every counter kept, comment
-    /// lines dropped. Equal before and after means nothing was rewritten.
-    pub fn nat_with_counters(&self) -> String {
-        let tool = self.mode.tool(Family::V4, "-save");
-        self.node
-            .run(&[&tool, "-c", "-t", "nat"])
-            .lines()
-            .filter(|l| !l.starts_with('#'))
-            .map(|l| format!("{l}\n"))
-            .collect()
+    /// The node's state with counters or handles: equal before and after
+    /// means nothing was rewritten (see `Kernel::state_exact`).
+    pub fn state_exact(&self) -> String {
+        self.kernel.state_exact(&self.node)
     }
 
-    /// After `start_agent`: waits until the node's nat table reads
+    /// What the node holds when this sandbox's backend enforces `rules`.
+    pub fn expected(&self, rules: &Enforced) -> String {
+        self.kernel.expected(rules)
+    }
+
+    /// After `start_agent`: waits until the node's state reads
     /// `expected` and the agent has logged its startup sync (that line comes
     /// after the write, so log lines counted afterwards start from a settled
     /// state). Fails at once if the agent exits.
     pub fn wait_started(&mut self, expected: &str, what: &str) {
         let observe = || {
             self.agent().assert_running();
-            self.nat()
+            self.state()
         };
         wait_for_text(DEADLINE, what, observe, expected);
         let agent = self.agent();
@@ -374,10 +379,9 @@ impl Sandbox {
         );
     }
 
-    /// `iptables-<mode>-save -t TABLE` in the node, normalised.
-    pub fn save(&self, table: &str, mode: Mode) -> String {
-        let tool = mode.tool(Family::V4, "-save");
-        normalise(&self.node.run(&[&tool, "-t", table]))
+    /// The node's state in another kernel backend (see `Kernel::state`).
+    pub fn state_of(&self, kernel: Kernel) -> String {
+        kernel.state(&self.node)
     }
 
     /// The pod connects to `peer` and returns what the peer reported as the
@@ -458,22 +462,32 @@ impl Drop for Sandbox {
         // Evidence for the failure; nothing here may panic.
         let mut report = format!(
             "--- sandbox ({}): pod {} node {} vpc {} vpn {} internet {}\n",
-            self.mode,
+            self.kernel,
             self.pod.name(),
             self.node.name(),
             self.vpc.name(),
             self.vpn.name(),
             self.internet.name()
         );
-        let tool = self.mode.tool(Family::V4, "-save");
-        let mut save = self.node.command(&tool);
-        save.args(["-c", "-t", "nat"]);
+        let tool = match self.kernel.iptables() {
+            Some(mode) => vec![
+                mode.tool(Family::V4, "-save"),
+                "-c".into(),
+                "-t".into(),
+                "nat".into(),
+            ],
+            None => vec!["nft".into(), "-a".into(), "list".into(), "ruleset".into()],
+        };
+        let mut save = self.node.command(&tool[0]);
+        save.args(&tool[1..]);
         match try_run_bounded(&mut save, COMMAND_TIMEOUT) {
             Ok(out) => report.push_str(&format!(
-                "--- {tool} -c -t nat in the node\n{}",
-                String::from_utf8_lossy(&out.stdout)
+                "--- {} in the node\n{}{}",
+                tool.join(" "),
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
             )),
-            Err(e) => report.push_str(&format!("--- {tool}: {e}\n")),
+            Err(e) => report.push_str(&format!("--- {}: {e}\n", tool.join(" "))),
         }
         for server in &self.servers {
             report.push_str(&server.logs());

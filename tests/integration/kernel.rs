@@ -5,6 +5,9 @@
 //! a failure is named `kernel::<file>::<test>::nft` or `...::legacy`.
 //! Expected save texts are literals copied from COMPAT.md §4 (and from the
 //! node states of §6), never assembled from the agent's own constants.
+//! `nft` and `rules_nft` run the native nftables backend
+//! (`--backend=nftables`), read back with `nft list table`; `rules_nft`
+//! repeats `rules`'s scenarios as `kernel::rules_nft::<test>::nftables`.
 
 use crate::support::Netns;
 
@@ -45,6 +48,7 @@ mod nft;
 mod node_state;
 mod reload;
 mod rules;
+mod rules_nft;
 
 /// The nat table of a namespace nobody wrote to, as both backends print it
 /// (they always list the built-in chains).

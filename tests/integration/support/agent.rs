@@ -98,6 +98,26 @@ impl Agent {
         flags: &[&str],
         env: &[(&str, &str)],
     ) -> Agent {
+        let mut args = vec![mode.agent_arg()];
+        args.extend(flags.iter().map(|s| s.to_string()));
+        Self::spawn(ns, volume, args, env)
+    }
+
+    /// Starts `ip-masq-agent --config VOLUME -v=2 FLAGS...` in `ns`, with no
+    /// `--iptables-mode` (for `--backend=nftables`, which has no use for it).
+    /// Used by the end-to-end suite, which compiles this file too.
+    #[allow(dead_code)]
+    pub fn start_with_flags(ns: &Netns, volume: &ConfigVolume, flags: &[&str]) -> Agent {
+        Self::spawn(
+            ns,
+            volume,
+            flags.iter().map(|s| s.to_string()).collect(),
+            &[],
+        )
+    }
+
+    /// Spawns `ip-masq-agent --config VOLUME -v=2 FLAGS...` in `ns`.
+    fn spawn(ns: &Netns, volume: &ConfigVolume, flags: Vec<String>, env: &[(&str, &str)]) -> Agent {
         let logs = tempfile::Builder::new()
             .prefix("imqa-agent-log-")
             .tempdir()
@@ -107,10 +127,9 @@ impl Agent {
         let mut args: Vec<String> = vec![
             "--config".into(),
             volume.path().to_str().expect("config path is UTF-8").into(),
-            mode.agent_arg(),
             "-v=2".into(),
         ];
-        args.extend(flags.iter().map(|s| s.to_string()));
+        args.extend(flags);
         let mut cmd = if env.is_empty() {
             agent_command(ns)
         } else {
