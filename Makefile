@@ -9,7 +9,7 @@ CONTAINER_ENGINE ?= docker
 VERSION ?= $(shell sed -n 's/^version = "\(.*\)"$$/\1/p' Cargo.toml | head -n 1)
 .DEFAULT_GOAL := build
 
-.PHONY: help build deps lint test demo bench-reload fuzz-smoke render image clean
+.PHONY: help build deps lint test demo bench-reload bench-scale fuzz-smoke render image clean
 
 help:
 	@echo "build       cargo build (agent and examples)"
@@ -17,6 +17,7 @@ help:
 	@echo "lint        cargo fmt --check and clippy with warnings denied"
 	@echo "demo        the VPN failure and its fix, in throw-away network namespaces (needs root)"
 	@echo "bench-reload ConfigMap swap to rules live: median/p99 vs upstream's resync wait (needs root; SWAPS=N MODE=legacy)"
+	@echo "bench-scale 64..50 000 CIDRs, iptables vs nftables: apply, change, memory, new-connection rate (needs root; SIZES=... BACKENDS=...)"
 	@echo "fuzz-smoke  each fuzz target for $(FUZZ_SECONDS) s (needs the nightly toolchain)"
 	@echo "render      print the rules for the built-in defaults"
 	@echo "image       build the container image ip-masq-agent:$(VERSION) (needs a container engine)"
@@ -58,6 +59,21 @@ bench-reload:
 	fi
 	$(CARGO) build --release --bins
 	$(CARGO) bench --bench reload
+
+# List size vs apply time, one-CIDR change, kernel and agent memory and the
+# new-connection rate through a router namespace, both backends in one run; release
+# build, throw-away network namespaces. Knobs (environment or make variables):
+# SIZES (64,1000,10000,50000), BACKENDS (iptables,nftables), REPEAT (3), CHANGES (5),
+# RATE_RUNS (5), FLOOD_SECONDS (2), MODE (nft|legacy, the iptables backend's),
+# IP_MASQ_AGENT (binary), VERBOSE=1.
+bench-scale:
+	@if [ "$$(id -u)" -ne 0 ]; then \
+		echo "bench-scale needs root (network namespaces, iptables, nft): sudo make bench-scale" >&2; \
+		echo '(if sudo cannot find cargo: sudo env "PATH=$$PATH" make bench-scale)' >&2; \
+		exit 1; \
+	fi
+	$(CARGO) build --release --bins
+	$(CARGO) bench --bench scale
 
 fuzz-smoke:
 	@command -v cargo-fuzz >/dev/null 2>&1 || $(CARGO) install --locked cargo-fuzz
