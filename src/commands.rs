@@ -11,11 +11,11 @@ use tracing::{info, warn};
 use crate::agent::{Agent, Telemetry};
 use crate::backend::iptables::{self, Iptables, Variant};
 use crate::backend::nftables::{self, Nftables};
-use crate::backend::{Backend, CleanupReport, ErrorKind, Selected};
+use crate::backend::{Backend, BackendError, CleanupReport, ErrorKind, Selected};
 use crate::cli::{BackendKind, Command, Invocation, IptablesMode, Options};
 use crate::config::{self, Config, LoadOptions, Loaded, Source};
 use crate::metrics;
-use crate::plan::{self, Family, Settings};
+use crate::plan::{self, ChainName, Family, Settings};
 
 /// Dispatch one invocation.
 pub async fn run(invocation: Invocation) -> Result<ExitCode> {
@@ -89,52 +89,72 @@ pub async fn select_backend(options: &Options) -> Selected {
     }
 }
 
-/// Remove what the backend not chosen left behind (a node switching
-/// backends), before the chosen one writes: two backends masquerading the
-/// same traffic would be harmless, but a stale exemption list in the other
-/// one would not follow config changes. Only what is present is touched;
-/// a failure is logged and does not stop enforcement.
-async fn remove_other_backend(options: &Options) {
-    let chain = &options.masq_chain;
-    let mut removed = Vec::new();
-    match options.backend {
-        BackendKind::Nftables => {
+/// What removing one backend's state came to: the objects removed, and the
+/// failures (each naming where it happened).
+#[derive(Debug, Default)]
+struct Removal {
+    removed: Vec<String>,
+    failures: Vec<String>,
+}
+
+impl Removal {
+    fn record(
+        &mut self,
+        result: Result<CleanupReport, BackendError>,
+        what: impl FnOnce() -> String,
+    ) {
+        match result {
+            Ok(report) => self.removed.extend(report),
+            // The tool is not installed: nothing of ours can be there.
+            Err(err) if err.kind == ErrorKind::NotFound => {}
+            Err(err) => self.failures.push(format!("{}: {err}", what())),
+        }
+    }
+}
+
+/// Remove our state from one backend, both families, every iptables
+/// variant. Only what is present is touched.
+async fn remove_state(kind: BackendKind, chain: &ChainName) -> Removal {
+    let mut removal = Removal::default();
+    match kind {
+        BackendKind::Iptables => {
             for variant in [Variant::Nft, Variant::Legacy] {
-                let mut other = Iptables::new(variant);
+                let mut backend = Iptables::new(variant);
                 for family in [Family::Ipv4, Family::Ipv6] {
-                    collect_removed(other.cleanup(family, chain).await, &mut removed, || {
+                    removal.record(backend.cleanup(family, chain).await, || {
                         format!("iptables ({}) {family}", variant.label())
                     });
                 }
             }
         }
-        BackendKind::Iptables => {
-            let mut other = Nftables::new();
+        BackendKind::Nftables => {
+            let mut backend = Nftables::new();
             for family in [Family::Ipv4, Family::Ipv6] {
-                collect_removed(other.cleanup(family, chain).await, &mut removed, || {
+                removal.record(backend.cleanup(family, chain).await, || {
                     format!("nftables {family}")
                 });
             }
         }
     }
-    for line in removed {
-        info!(backend = %options.backend, "removed the other backend's state: {line}");
-    }
+    removal
 }
 
-fn collect_removed(
-    result: Result<CleanupReport, crate::backend::BackendError>,
-    removed: &mut Vec<String>,
-    what: impl FnOnce() -> String,
-) {
-    match result {
-        Ok(report) => removed.extend(report),
-        // The other backend's tool is not installed: it wrote nothing here.
-        Err(err) if err.kind == ErrorKind::NotFound => {}
-        Err(err) => warn!(
-            "cannot remove the other backend's state ({}): {err}",
-            what()
-        ),
+/// Remove what the backend not chosen left behind (a node switching
+/// backends), before the chosen one writes: two backends masquerading the
+/// same traffic would be harmless, but a stale exemption list in the other
+/// one would not follow config changes. A failure is logged and does not
+/// stop enforcement.
+async fn remove_other_backend(options: &Options) {
+    let other = match options.backend {
+        BackendKind::Iptables => BackendKind::Nftables,
+        BackendKind::Nftables => BackendKind::Iptables,
+    };
+    let removal = remove_state(other, &options.masq_chain).await;
+    for line in removal.removed {
+        info!(backend = %options.backend, "removed the other backend's state: {line}");
+    }
+    for failure in removal.failures {
+        warn!("cannot remove the other backend's state ({failure})");
     }
 }
 
@@ -310,39 +330,15 @@ async fn cleanup(options: &Options) -> Result<ExitCode> {
     let chain = &options.masq_chain;
     let mut failed = false;
     let mut removed_any = false;
-    for variant in [Variant::Nft, Variant::Legacy] {
-        let mut backend = Iptables::new(variant);
-        for family in [Family::Ipv4, Family::Ipv6] {
-            match backend.cleanup(family, chain).await {
-                Ok(report) => {
-                    for line in report {
-                        removed_any = true;
-                        print(&format!("{line}\n"))?;
-                    }
-                }
-                Err(err) if err.kind == ErrorKind::NotFound => {}
-                Err(err) => {
-                    tracing::error!(variant = variant.label(), family = %family, "cleanup failed: {err}");
-                    failed = true;
-                }
-            }
+    for kind in [BackendKind::Iptables, BackendKind::Nftables] {
+        let removal = remove_state(kind, chain).await;
+        for line in removal.removed {
+            removed_any = true;
+            print(&format!("{line}\n"))?;
         }
-    }
-    let mut backend = Nftables::new();
-    for family in [Family::Ipv4, Family::Ipv6] {
-        match backend.cleanup(family, chain).await {
-            Ok(report) => {
-                for line in report {
-                    removed_any = true;
-                    print(&format!("{line}\n"))?;
-                }
-            }
-            // Without nft installed, no table of ours can exist.
-            Err(err) if err.kind == ErrorKind::NotFound => {}
-            Err(err) => {
-                tracing::error!(backend = "nftables", family = %family, "cleanup failed: {err}");
-                failed = true;
-            }
+        for failure in removal.failures {
+            tracing::error!("cleanup failed: {failure}");
+            failed = true;
         }
     }
     if !removed_any && !failed {
