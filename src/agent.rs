@@ -181,11 +181,6 @@ impl<B: Backend> Agent<B> {
         }
     }
 
-    /// The config being enforced, if any valid one was ever loaded.
-    pub fn config(&self) -> Option<&Config> {
-        self.config.as_ref()
-    }
-
     /// Re-read the config file. Returns whether the enforced config changed.
     /// Unchanged bytes are not parsed again; an invalid file keeps the
     /// previous config and is logged once per distinct error.

@@ -362,10 +362,6 @@ impl Iptables {
         }
     }
 
-    pub fn variant(&self) -> Variant {
-        self.variant
-    }
-
     /// Ask the binary for its version once; a failure is retried next time.
     pub async fn probe_version(&mut self) -> Result<Version, BackendError> {
         if let Some(version) = self.version {
