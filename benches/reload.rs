@@ -26,17 +26,21 @@
 //! processes started in it and the temporary directory are removed by drop
 //! guards on every exit path, including a panic and SIGINT/SIGTERM/SIGHUP.
 
+mod common;
+
 use std::fs;
-use std::io::{BufRead, BufReader, Read};
 use std::os::unix::fs::symlink;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdout, Command, ExitCode, Output, Stdio};
-use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
-use std::thread;
+use std::process::{ExitCode, Stdio};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use common::{
+    Line, Netns, Proc, catch_signals, check_stop, env_or, is_root, ms, pause, read_lines, which,
+};
+
+/// Prefix of this bench's messages (also used by `common`).
+const BENCH: &str = "bench-reload";
 
 /// The targets.
 const TARGET_MEDIAN_MS: f64 = 100.0;
@@ -52,10 +56,6 @@ const SPACING: Duration = Duration::from_millis(200);
 const SETTLE: Duration = Duration::from_millis(50);
 /// The agent's first sync, and the watcher's readiness.
 const STARTUP_DEADLINE: Duration = Duration::from_secs(15);
-/// Any single tool call (`ip netns add`, a save, ...).
-const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long a stopping agent gets for SIGTERM before SIGKILL.
-const STOP_GRACE: Duration = Duration::from_secs(2);
 
 /// The ConfigMap key, i.e. the file name under the volume.
 const KEY: &str = "ip-masq-agent";
@@ -68,9 +68,6 @@ const FIXED_CIDRS: &[&str] = &[
 ];
 /// nft table used once to prove `nft monitor` is listening.
 const PROBE_TABLE: &str = "imq_bench_probe";
-
-/// Set by SIGINT/SIGTERM/SIGHUP: the run stops and the guards clean up.
-static STOP: AtomicBool = AtomicBool::new(false);
 
 fn main() -> ExitCode {
     // `cargo bench` passes `--bench`; there is nothing else to parse.
@@ -125,16 +122,6 @@ struct Settings {
     verbosity: u8,
     agent_log: Option<PathBuf>,
     verbose: bool,
-}
-
-fn env_or<T: FromStr>(name: &str, default: T) -> Result<T, String> {
-    match std::env::var(name) {
-        Ok(text) if !text.trim().is_empty() => text
-            .trim()
-            .parse()
-            .map_err(|_| format!("{name}={text:?} is not a valid value")),
-        _ => Ok(default),
-    }
 }
 
 fn settings() -> Result<Settings, String> {
@@ -463,83 +450,6 @@ fn yes_no(ok: bool) -> &'static str {
     if ok { "yes" } else { "no" }
 }
 
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
-/// Sleep, in slices, unless a signal asks us to stop.
-fn pause(total: Duration) -> Result<(), String> {
-    let until = Instant::now() + total;
-    loop {
-        check_stop()?;
-        let left = until.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Ok(());
-        }
-        thread::sleep(left.min(Duration::from_millis(50)));
-    }
-}
-
-fn check_stop() -> Result<(), String> {
-    if STOP.load(Ordering::SeqCst) {
-        Err("interrupted by a signal; cleaned up".to_owned())
-    } else {
-        Ok(())
-    }
-}
-
-/// SIGINT, SIGTERM or SIGHUP set [`STOP`] instead of killing the process, so
-/// the guards still run. The children are in their own process groups, so a
-/// Ctrl-C at the terminal reaches only this process.
-fn catch_signals() -> Result<(), String> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("signal runtime: {e}"))?;
-    let (mut int, mut term, mut hup) = {
-        let _context = rt.enter();
-        let register = |kind| signal(kind).map_err(|e| format!("signal handler: {e}"));
-        (
-            register(SignalKind::interrupt())?,
-            register(SignalKind::terminate())?,
-            register(SignalKind::hangup())?,
-        )
-    };
-    thread::spawn(move || {
-        rt.block_on(async {
-            tokio::select! {
-                _ = int.recv() => {}
-                _ = term.recv() => {}
-                _ = hup.recv() => {}
-            }
-        });
-        eprintln!("bench-reload: signal received, stopping and cleaning up");
-        STOP.store(true, Ordering::SeqCst);
-    });
-    Ok(())
-}
-
-fn is_root() -> bool {
-    // Effective uid: the second field of `Uid:` in /proc/self/status.
-    fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix("Uid:"))
-                .and_then(|ids| ids.split_whitespace().nth(1).map(|e| e == "0"))
-        })
-        .unwrap_or(false)
-}
-
-fn which(tool: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(tool))
-        .find(|p| p.is_file())
-}
-
 fn log_tail(path: &Path) -> String {
     let text = fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
@@ -549,205 +459,6 @@ fn log_tail(path: &Path) -> String {
         path.display(),
         lines[start..].join("\n")
     )
-}
-
-/// Runs a short command to completion, killing it after [`COMMAND_TIMEOUT`].
-fn run_bounded(cmd: &mut Command) -> Result<Output, String> {
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| format!("cannot start {cmd:?}: {e}"))?;
-    let drain = |pipe: Option<Box<dyn Read + Send>>| {
-        thread::spawn(move || {
-            let mut buf = Vec::new();
-            if let Some(mut pipe) = pipe {
-                let _ = pipe.read_to_end(&mut buf);
-            }
-            buf
-        })
-    };
-    let out = drain(
-        child
-            .stdout
-            .take()
-            .map(|p| Box::new(p) as Box<dyn Read + Send>),
-    );
-    let err = drain(
-        child
-            .stderr
-            .take()
-            .map(|p| Box::new(p) as Box<dyn Read + Send>),
-    );
-    let deadline = Instant::now() + COMMAND_TIMEOUT;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break status,
-            Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(2)),
-            Ok(None) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(format!(
-                    "{cmd:?} still running after {} s, killed",
-                    COMMAND_TIMEOUT.as_secs()
-                ));
-            }
-            Err(e) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(format!("waiting for {cmd:?}: {e}"));
-            }
-        }
-    };
-    Ok(Output {
-        status,
-        stdout: out.join().unwrap_or_default(),
-        stderr: err.join().unwrap_or_default(),
-    })
-}
-
-/// A network namespace created here; `Drop` deletes it, also on panic.
-struct Netns {
-    name: String,
-}
-
-impl Netns {
-    fn create(name: &str) -> Result<Netns, String> {
-        let out = run_bounded(Command::new("ip").args(["netns", "add", name]))?;
-        if !out.status.success() {
-            // Not ours (or not made): no guard, so nothing of anyone else's is deleted.
-            return Err(format!(
-                "ip netns add {name}: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            ));
-        }
-        let ns = Netns {
-            name: name.to_owned(),
-        };
-        ns.run(&["ip", "link", "set", "lo", "up"])?;
-        Ok(ns)
-    }
-
-    /// `ip netns exec NS program`: ip execs the program in place, so the
-    /// child's pid is the program's own.
-    fn command(&self, program: &str) -> Command {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.name, program]);
-        cmd
-    }
-
-    /// Runs `args` in the namespace; stdout if it succeeded.
-    fn run(&self, args: &[&str]) -> Result<String, String> {
-        let (program, rest) = args.split_first().expect("a command");
-        let out = run_bounded(self.command(program).args(rest))?;
-        if !out.status.success() {
-            return Err(format!(
-                "in {}: {} failed: {}",
-                self.name,
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr).trim()
-            ));
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        // Never panic here: this may run while unwinding.
-        match run_bounded(Command::new("ip").args(["netns", "del", &self.name])) {
-            Ok(out) if out.status.success() => {}
-            Ok(out) => eprintln!(
-                "bench-reload: could not delete namespace {}: {}",
-                self.name,
-                String::from_utf8_lossy(&out.stderr).trim()
-            ),
-            Err(e) => eprintln!(
-                "bench-reload: could not delete namespace {}: {e}",
-                self.name
-            ),
-        }
-    }
-}
-
-/// A long-running child in its own process group; `Drop` ends the group
-/// (SIGTERM first when `graceful`, then SIGKILL) and reaps the child.
-struct Proc {
-    child: Child,
-    name: &'static str,
-    graceful: bool,
-    reaped: bool,
-}
-
-impl Proc {
-    fn spawn(cmd: &mut Command, name: &'static str, graceful: bool) -> Result<Proc, String> {
-        cmd.process_group(0);
-        let child = cmd
-            .spawn()
-            .map_err(|e| format!("cannot start the {name} ({cmd:?}): {e}"))?;
-        Ok(Proc {
-            child,
-            name,
-            graceful,
-            reaped: false,
-        })
-    }
-
-    fn alive(&mut self) -> bool {
-        if self.reaped {
-            return false;
-        }
-        match self.child.try_wait() {
-            Ok(None) => true,
-            _ => {
-                self.reaped = true;
-                false
-            }
-        }
-    }
-
-    /// Signals the process group whose id is the child's pid (only while the
-    /// child is unreaped, so the id cannot have been reused).
-    fn signal_group(&self, signal: &str) {
-        if self.reaped {
-            return;
-        }
-        let _ = Command::new("kill")
-            .args([signal, "--", &format!("-{}", self.child.id())])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if self.graceful && self.alive() {
-            self.signal_group("-TERM");
-            let until = Instant::now() + STOP_GRACE;
-            while self.alive() && Instant::now() < until {
-                thread::sleep(Duration::from_millis(10));
-            }
-        }
-        if self.alive() {
-            self.signal_group("-KILL");
-            let _ = self.child.kill();
-        }
-        if !self.reaped {
-            if let Err(e) = self.child.wait() {
-                eprintln!("bench-reload: waiting for the {}: {e}", self.name);
-            }
-            self.reaped = true;
-        }
-    }
-}
-
-/// One line a watcher printed, stamped when it arrived.
-struct Line {
-    at: Instant,
-    text: String,
 }
 
 /// What reports rule changes in the namespace, line by line.
@@ -909,29 +620,6 @@ impl Watcher {
         let (first, last) = (self.polls.first()?, self.polls.last()?);
         (last.1 > first.1).then(|| ms(last.0 - first.0) / (last.1 - first.1) as f64)
     }
-}
-
-/// Reads `stdout` on a thread, stamping each line on arrival.
-fn read_lines(stdout: ChildStdout) -> Receiver<Line> {
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        let mut reader = BufReader::new(stdout);
-        let mut buf = String::new();
-        loop {
-            buf.clear();
-            match reader.read_line(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {
-                    let at = Instant::now();
-                    let text = buf.trim_end_matches('\n').to_owned();
-                    if tx.send(Line { at, text }).is_err() {
-                        break;
-                    }
-                }
-            }
-        }
-    });
-    rx
 }
 
 /// A config directory laid out as kubelet mounts a ConfigMap volume.

@@ -59,18 +59,23 @@
 //! The bench re-executes itself in the client namespace as the sender
 //! (`--udp-flood`), so `harness = false` gives it a plain `main`.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::{BufRead, BufReader, Read};
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStderr, Command, ExitCode, Stdio};
-use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
-use std::thread;
+use std::process::{Command, ExitCode, Stdio};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
+
+use common::{
+    COMMAND_TIMEOUT, Line, Netns, Proc, catch_signals, check_stop, env_or, is_root, ms, pause,
+    read_lines, run_timed, which,
+};
+
+/// Prefix of this bench's messages (also used by `common`).
+const BENCH: &str = "bench-scale";
 
 /// The targets for the nftables backend.
 const TARGET_RATE_RATIO: f64 = 0.9;
@@ -86,14 +91,10 @@ const CONFIG_MAX_BYTES: usize = 1 << 20;
 /// The raised limit; more when a larger size is asked for.
 const CIDR_LIMIT: usize = 50_000;
 
-/// Any short tool call (`ip netns add`, `cat`, ...).
-const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 /// One agent `sync` or `cleanup` (iptables-legacy at 50 000 rules is slow).
 const SYNC_TIMEOUT: Duration = Duration::from_secs(300);
 /// The daemon's initial apply, or a change, must be logged by then.
 const DAEMON_DEADLINE: Duration = Duration::from_secs(300);
-/// How long a stopping agent gets for SIGTERM before SIGKILL.
-const STOP_GRACE: Duration = Duration::from_secs(2);
 /// Kernel memory is read once SETTLE_READS consecutive reads SETTLE_STEP
 /// apart each moved by less than SETTLE_KIB, or at SETTLE_DEADLINE.
 const SETTLE_STEP: Duration = Duration::from_millis(150);
@@ -120,9 +121,6 @@ const SINK_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 2);
 /// of 100.64.0.0/10, far from the list.
 const LIST_BASE: u32 = u32::from_be_bytes([100, 64, 0, 0]);
 const LIST_TOP: u32 = u32::from_be_bytes([100, 127, 255, 0]);
-
-/// Set by SIGINT/SIGTERM/SIGHUP: the run stops and the guards clean up.
-static STOP: AtomicBool = AtomicBool::new(false);
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -189,16 +187,6 @@ impl Settings {
         flags.push(format!("--iptables-mode={}", self.mode));
         flags.push("--log-format=json".to_owned());
         flags
-    }
-}
-
-fn env_or<T: FromStr>(name: &str, default: T) -> Result<T, String> {
-    match std::env::var(name) {
-        Ok(text) if !text.trim().is_empty() => text
-            .trim()
-            .parse()
-            .map_err(|_| format!("{name}={text:?} is not a valid value")),
-        _ => Ok(default),
     }
 }
 
@@ -1056,7 +1044,7 @@ fn flood(args: &[String]) -> Result<(), String> {
 /// The agent as a daemon in a namespace, its JSON log read line by line.
 struct Daemon {
     proc: Proc,
-    lines: Receiver<(Instant, String)>,
+    lines: Receiver<Line>,
     tail: Vec<String>,
 }
 
@@ -1071,7 +1059,7 @@ impl Daemon {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
-        let mut proc = Proc::spawn(&mut cmd, "agent")?;
+        let mut proc = Proc::spawn(&mut cmd, "agent", true)?;
         let stderr = proc.child.stderr.take().expect("piped stderr");
         Ok(Daemon {
             proc,
@@ -1098,7 +1086,7 @@ impl Daemon {
                 .lines
                 .recv_timeout(left.min(Duration::from_millis(100)))
             {
-                Ok((at, text)) => {
+                Ok(Line { at, text }) => {
                     let hit = json_line(&text).and_then(|v| {
                         let message = v.get("message")?.as_str()?;
                         (message.starts_with("rules applied")
@@ -1153,30 +1141,6 @@ fn json_line(line: &str) -> Option<serde_json::Value> {
     serde_json::from_str(&line[start..]).ok()
 }
 
-/// Reads `stderr` on a thread, stamping each line on arrival.
-fn read_lines(stderr: ChildStderr) -> Receiver<(Instant, String)> {
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        let mut reader = BufReader::new(stderr);
-        let mut buf = String::new();
-        loop {
-            buf.clear();
-            match reader.read_line(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {
-                    let at = Instant::now();
-                    let text = buf.trim_end_matches('\n').to_owned();
-                    if tx.send((at, text)).is_err() {
-                        break;
-                    }
-                }
-            }
-        }
-    });
-    rx
-}
-
-/// Kernel memory in use, KiB, two ways.
 #[derive(Clone, Copy)]
 struct KernelMem {
     /// Kernel memory charged to this process's memory cgroup (where the
@@ -1506,292 +1470,7 @@ fn met(ok: bool) -> &'static str {
     if ok { "MET" } else { "NOT MET" }
 }
 
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
 fn tail(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
-}
-
-/// Sleep, in slices, unless a signal asks us to stop.
-fn pause(total: Duration) -> Result<(), String> {
-    let until = Instant::now() + total;
-    loop {
-        check_stop()?;
-        let left = until.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Ok(());
-        }
-        thread::sleep(left.min(Duration::from_millis(50)));
-    }
-}
-
-fn check_stop() -> Result<(), String> {
-    if STOP.load(Ordering::SeqCst) {
-        Err("interrupted by a signal; cleaned up".to_owned())
-    } else {
-        Ok(())
-    }
-}
-
-/// SIGINT, SIGTERM or SIGHUP set [`STOP`] instead of killing the process, so
-/// the guards still run.
-fn catch_signals() -> Result<(), String> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("signal runtime: {e}"))?;
-    let (mut int, mut term, mut hup) = {
-        let _context = rt.enter();
-        let register = |kind| signal(kind).map_err(|e| format!("signal handler: {e}"));
-        (
-            register(SignalKind::interrupt())?,
-            register(SignalKind::terminate())?,
-            register(SignalKind::hangup())?,
-        )
-    };
-    thread::spawn(move || {
-        rt.block_on(async {
-            tokio::select! {
-                _ = int.recv() => {}
-                _ = term.recv() => {}
-                _ = hup.recv() => {}
-            }
-        });
-        eprintln!("bench-scale: signal received, stopping and cleaning up");
-        STOP.store(true, Ordering::SeqCst);
-    });
-    Ok(())
-}
-
-fn is_root() -> bool {
-    // Effective uid: the second field of `Uid:` in /proc/self/status.
-    fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix("Uid:"))
-                .and_then(|ids| ids.split_whitespace().nth(1).map(|e| e == "0"))
-        })
-        .unwrap_or(false)
-}
-
-fn which(tool: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(tool))
-        .find(|p| p.is_file())
-}
-
-/// A finished command: exit status, output, and spawn-to-exit time.
-struct Timed {
-    status_ok: bool,
-    stdout: String,
-    stderr: String,
-    elapsed: Duration,
-}
-
-/// Runs a command to completion, killing it after `timeout`. The end is
-/// taken when both pipes close (the process exited) and the child is reaped,
-/// so the time is exact, not a poll period late.
-fn run_timed(cmd: &mut Command, timeout: Duration) -> Result<Timed, String> {
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let started = Instant::now();
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| format!("cannot start {cmd:?}: {e}"))?;
-    let (tx, rx) = mpsc::channel::<(bool, Vec<u8>)>();
-    let drain = |pipe: Option<Box<dyn Read + Send>>, is_out: bool| {
-        let tx = tx.clone();
-        thread::spawn(move || {
-            let mut buf = Vec::new();
-            if let Some(mut pipe) = pipe {
-                let _ = pipe.read_to_end(&mut buf);
-            }
-            let _ = tx.send((is_out, buf));
-        });
-    };
-    drain(
-        child
-            .stdout
-            .take()
-            .map(|p| Box::new(p) as Box<dyn Read + Send>),
-        true,
-    );
-    drain(
-        child
-            .stderr
-            .take()
-            .map(|p| Box::new(p) as Box<dyn Read + Send>),
-        false,
-    );
-    drop(tx);
-    let deadline = started + timeout;
-    let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
-    for _ in 0..2 {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok((true, buf)) => stdout = buf,
-            Ok((false, buf)) => stderr = buf,
-            Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(format!(
-                    "{cmd:?} still running after {} s, killed",
-                    timeout.as_secs()
-                ));
-            }
-        }
-    }
-    let status = child
-        .wait()
-        .map_err(|e| format!("waiting for {cmd:?}: {e}"))?;
-    let elapsed = started.elapsed();
-    Ok(Timed {
-        status_ok: status.success(),
-        stdout: String::from_utf8_lossy(&stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&stderr).into_owned(),
-        elapsed,
-    })
-}
-
-/// A network namespace created here; `Drop` deletes it, also on panic.
-struct Netns {
-    name: String,
-}
-
-impl Netns {
-    fn create(name: &str) -> Result<Netns, String> {
-        let out = run_timed(
-            Command::new("ip").args(["netns", "add", name]),
-            COMMAND_TIMEOUT,
-        )?;
-        if !out.status_ok {
-            // Not ours (or not made): no guard, so nothing of anyone else's is deleted.
-            return Err(format!("ip netns add {name}: {}", out.stderr.trim()));
-        }
-        let ns = Netns {
-            name: name.to_owned(),
-        };
-        ns.run(&["ip", "link", "set", "lo", "up"])?;
-        Ok(ns)
-    }
-
-    /// `ip netns exec NS program`: ip execs the program in place, so the
-    /// child's pid is the program's own.
-    fn command(&self, program: &str) -> Command {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.name, program]);
-        cmd
-    }
-
-    /// Runs `args` in the namespace; stdout if it succeeded.
-    fn run(&self, args: &[&str]) -> Result<String, String> {
-        let (program, rest) = args.split_first().expect("a command");
-        let out = run_timed(self.command(program).args(rest), COMMAND_TIMEOUT)?;
-        if !out.status_ok {
-            return Err(format!(
-                "in {}: {} failed: {}",
-                self.name,
-                args.join(" "),
-                out.stderr.trim()
-            ));
-        }
-        Ok(out.stdout)
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        // Never panic here: this may run while unwinding.
-        match run_timed(
-            Command::new("ip").args(["netns", "del", &self.name]),
-            COMMAND_TIMEOUT,
-        ) {
-            Ok(out) if out.status_ok => {}
-            Ok(out) => eprintln!(
-                "bench-scale: could not delete namespace {}: {}",
-                self.name,
-                out.stderr.trim()
-            ),
-            Err(e) => eprintln!("bench-scale: could not delete namespace {}: {e}", self.name),
-        }
-    }
-}
-
-/// A long-running child in its own process group; `Drop` ends the group
-/// (SIGTERM, then SIGKILL after a grace period) and reaps the child.
-struct Proc {
-    child: Child,
-    name: &'static str,
-    reaped: bool,
-}
-
-impl Proc {
-    fn spawn(cmd: &mut Command, name: &'static str) -> Result<Proc, String> {
-        cmd.process_group(0);
-        let child = cmd
-            .spawn()
-            .map_err(|e| format!("cannot start the {name} ({cmd:?}): {e}"))?;
-        Ok(Proc {
-            child,
-            name,
-            reaped: false,
-        })
-    }
-
-    fn alive(&mut self) -> bool {
-        if self.reaped {
-            return false;
-        }
-        match self.child.try_wait() {
-            Ok(None) => true,
-            _ => {
-                self.reaped = true;
-                false
-            }
-        }
-    }
-
-    /// Signals the process group whose id is the child's pid (only while the
-    /// child is unreaped, so the id cannot have been reused).
-    fn signal_group(&self, signal: &str) {
-        if self.reaped {
-            return;
-        }
-        let _ = Command::new("kill")
-            .args([signal, "--", &format!("-{}", self.child.id())])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if self.alive() {
-            self.signal_group("-TERM");
-            let until = Instant::now() + STOP_GRACE;
-            while self.alive() && Instant::now() < until {
-                thread::sleep(Duration::from_millis(10));
-            }
-        }
-        if self.alive() {
-            self.signal_group("-KILL");
-            let _ = self.child.kill();
-        }
-        if !self.reaped {
-            if let Err(e) = self.child.wait() {
-                eprintln!("bench-scale: waiting for the {}: {e}", self.name);
-            }
-            self.reaped = true;
-        }
-    }
 }
