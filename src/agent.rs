@@ -16,9 +16,12 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::watch;
 use tokio::time::{Instant, MissedTickBehavior};
 use tracing::{debug, error, info, warn};
 
+use crate::apisource::events::{EventSink, Report};
+use crate::apisource::{ObjectInfo, ObjectName, Snapshot};
 use crate::backend::{Backend, BackendError};
 use crate::config::{self, Config, LoadOptions, Loaded, Source};
 use crate::metrics::{Health, Metrics, SyncOutcome};
@@ -33,12 +36,17 @@ pub const FILE_POLL: Duration = Duration::from_secs(1);
 /// kubelet update is several renames and unlinks within microseconds).
 pub const COALESCE: Duration = Duration::from_millis(5);
 
+/// After this many failed syncs in a row, a `SyncFailed` Event is reported
+/// (with the API source): one failure is often a passing lock conflict.
+pub const SYNC_FAILED_AFTER: u32 = 3;
+
 /// Why a reload happened (logs; later also metrics labels).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Trigger {
     Startup,
     Resync,
     FileChange,
+    ApiChange,
     Signal,
     Retry,
 }
@@ -49,6 +57,7 @@ impl Trigger {
             Trigger::Startup => "startup",
             Trigger::Resync => "resync",
             Trigger::FileChange => "file_event",
+            Trigger::ApiChange => "api_event",
             Trigger::Signal => "signal",
             Trigger::Retry => "retry",
         }
@@ -132,6 +141,38 @@ pub enum SyncResult {
     Failed(BackendError),
 }
 
+/// Where the config comes from.
+pub enum Input {
+    /// A file (a mounted ConfigMap): watched, and polled as a fallback.
+    File(PathBuf),
+    /// One key of a ConfigMap, watched through the Kubernetes API. With it,
+    /// rejections and persistent sync failures are also reported as Events.
+    Api {
+        configmap: ObjectName,
+        key: String,
+        /// `None` until the first list completes.
+        snapshots: watch::Receiver<Option<Snapshot>>,
+        events: Option<EventSink>,
+    },
+}
+
+impl std::fmt::Display for Input {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Input::File(path) => write!(f, "{}", path.display()),
+            Input::Api { configmap, key, .. } => write!(f, "configmap {configmap} key {key}"),
+        }
+    }
+}
+
+/// Identifies rejected content for Event deduplication (in-process only).
+fn content_digest(bytes: &Option<Vec<u8>>) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    bytes.hash(&mut hasher);
+    format!("{:016x}", hasher.finish())
+}
+
 /// Where the agent reports: metrics and the probes' state.
 #[derive(Clone, Default)]
 pub struct Telemetry {
@@ -143,7 +184,7 @@ pub struct Telemetry {
 pub struct Agent<B: Backend> {
     settings: Settings,
     load_options: LoadOptions,
-    config_path: PathBuf,
+    input: Input,
     backend: B,
     telemetry: Telemetry,
     /// The bytes last read (`Some(None)`: no file), so an event that leaves
@@ -155,20 +196,23 @@ pub struct Agent<B: Backend> {
     applied: HashMap<Family, Ruleset>,
     foreign_jumps: HashMap<Family, Vec<String>>,
     file_stamp: Option<FileStamp>,
+    /// The ConfigMap as last delivered by the API source.
+    api_object: Option<ObjectInfo>,
+    failed_syncs: u32,
 }
 
 impl<B: Backend> Agent<B> {
     pub fn new(
         settings: Settings,
         load_options: LoadOptions,
-        config_path: PathBuf,
+        input: Input,
         backend: B,
         telemetry: Telemetry,
     ) -> Self {
         Agent {
             settings,
             load_options,
-            config_path,
+            input,
             backend,
             telemetry,
             last_bytes: None,
@@ -178,6 +222,26 @@ impl<B: Backend> Agent<B> {
             applied: HashMap::new(),
             foreign_jumps: HashMap::new(),
             file_stamp: None,
+            api_object: None,
+            failed_syncs: 0,
+        }
+    }
+
+    /// The current bytes of the config: `Ok(None)` when absent (defaults),
+    /// `Err(None)` while the API source has not listed yet.
+    fn read_input(&mut self) -> Result<Option<Vec<u8>>, Option<String>> {
+        match &mut self.input {
+            Input::File(path) => {
+                self.file_stamp = Some(stamp(path));
+                config::read(path).map_err(|err| Some(err.to_string()))
+            }
+            Input::Api { snapshots, .. } => {
+                let Some(snapshot) = snapshots.borrow_and_update().clone() else {
+                    return Err(None);
+                };
+                self.api_object = snapshot.object;
+                Ok(snapshot.bytes)
+            }
         }
     }
 
@@ -185,32 +249,73 @@ impl<B: Backend> Agent<B> {
     /// Unchanged bytes are not parsed again; an invalid file keeps the
     /// previous config and is logged once per distinct error.
     pub fn reload(&mut self, trigger: Trigger) -> bool {
-        self.file_stamp = Some(stamp(&self.config_path));
-        let bytes = match config::read(&self.config_path) {
+        let bytes = match self.read_input() {
             Ok(bytes) => bytes,
-            Err(err) => {
-                self.rejected(trigger, err.to_string());
+            Err(Some(err)) => {
+                self.rejected(trigger, err);
                 return false;
             }
+            Err(None) => return false,
         };
         if self.last_bytes.as_ref() == Some(&bytes) {
             return false;
         }
         let result = match &bytes {
             Some(bytes) => config::parse(bytes, &self.load_options),
+            None if matches!(self.input, Input::Api { .. }) => Ok(Loaded {
+                config: Config::defaults(self.load_options.all_reserved_ranges),
+                source: Source::Absent,
+                warnings: Vec::new(),
+            }),
             None => Ok(Loaded {
                 config: Config::defaults(self.load_options.all_reserved_ranges),
                 source: Source::Absent,
                 warnings: Vec::new(),
             }),
         };
+        let digest = content_digest(&bytes);
         self.last_bytes = Some(bytes);
         match result {
             Ok(loaded) => self.accepted(trigger, loaded),
             Err(err) => {
-                self.rejected(trigger, err.to_string());
+                let text = err.to_string();
+                self.report_invalid(digest, &text);
+                self.rejected(trigger, text);
                 false
             }
+        }
+    }
+
+    /// With the API source, tell the ConfigMap's readers that this node
+    /// rejected it (once per distinct content and error; the sink counts
+    /// repeats as a series).
+    fn report_invalid(&self, content: String, error: &str) {
+        if let (
+            Input::Api {
+                events: Some(sink), ..
+            },
+            Some(configmap),
+        ) = (&self.input, &self.api_object)
+        {
+            sink.report(Report::InvalidConfig {
+                configmap: configmap.clone(),
+                content,
+                error: error.to_owned(),
+            });
+        }
+    }
+
+    fn report_sync_failure(&self, error: &BackendError) {
+        if self.failed_syncs < SYNC_FAILED_AFTER {
+            return;
+        }
+        if let Input::Api {
+            events: Some(sink), ..
+        } = &self.input
+        {
+            sink.report(Report::SyncFailed {
+                error: format!("rule sync keeps failing ({}): {error}", error.kind.label()),
+            });
         }
     }
 
@@ -221,21 +326,23 @@ impl<B: Backend> Agent<B> {
         }
         if loaded.warnings != self.last_warnings {
             for warning in &loaded.warnings {
-                warn!(path = %self.config_path.display(), "{warning}");
+                warn!(source = %self.input, "{warning}");
             }
             self.last_warnings = loaded.warnings;
         }
         if self.config.as_ref() == Some(&loaded.config) {
             return false;
         }
-        let source = match loaded.source {
-            Source::File => "file",
-            Source::Absent => "defaults (no config file)",
+        let source = match (loaded.source, &self.input) {
+            (Source::File, Input::File(_)) => "file",
+            (Source::File, Input::Api { .. }) => "configmap",
+            (Source::Absent, Input::File(_)) => "defaults (no config file)",
+            (Source::Absent, Input::Api { .. }) => "defaults (no configmap or key)",
         };
         let fingerprint = loaded.config.fingerprint();
         info!(
             trigger = trigger.as_str(),
-            path = %self.config_path.display(),
+            from = %self.input,
             source,
             fingerprint = %fingerprint,
             config = %loaded.config.to_json(),
@@ -266,13 +373,13 @@ impl<B: Backend> Agent<B> {
         match &self.config {
             Some(current) => error!(
                 trigger = trigger.as_str(),
-                path = %self.config_path.display(),
+                source = %self.input,
                 keeping = %current.fingerprint(),
                 "Error syncing configuration: {text}; keeping the last valid config"
             ),
             None => error!(
                 trigger = trigger.as_str(),
-                path = %self.config_path.display(),
+                source = %self.input,
                 "Error syncing configuration: {text}; no valid config yet, writing nothing"
             ),
         }
@@ -281,17 +388,23 @@ impl<B: Backend> Agent<B> {
 
     /// Whether the config file looks different from when it was last read.
     fn file_changed(&self) -> bool {
-        self.file_stamp.as_ref() != Some(&stamp(&self.config_path))
+        match &self.input {
+            Input::File(path) => self.file_stamp.as_ref() != Some(&stamp(path)),
+            Input::Api { .. } => false,
+        }
     }
 
     /// Reconcile every family with the enforced config. IPv6 is skipped in a
     /// cycle where IPv4 failed, as upstream does.
     pub async fn sync(&mut self, trigger: Trigger) -> SyncResult {
         let Some(config) = self.config.clone() else {
-            let reason = self
-                .last_config_error
-                .clone()
-                .unwrap_or_else(|| "not loaded".to_owned());
+            let reason = match (&self.last_config_error, &self.input) {
+                (Some(error), _) => error.clone(),
+                (None, Input::Api { configmap, .. }) => {
+                    format!("waiting for the Kubernetes API to list configmap {configmap}")
+                }
+                (None, Input::File(_)) => "not loaded".to_owned(),
+            };
             self.telemetry.health.no_config(reason);
             return SyncResult::NoConfig;
         };
@@ -337,10 +450,13 @@ impl<B: Backend> Agent<B> {
                     self.telemetry
                         .health
                         .sync_failed(format!("{family}: {err}"));
+                    self.failed_syncs = self.failed_syncs.saturating_add(1);
+                    self.report_sync_failure(&err);
                     return SyncResult::Failed(err);
                 }
             }
         }
+        self.failed_syncs = 0;
         self.telemetry.health.sync_succeeded();
         SyncResult::Ok
     }
@@ -357,8 +473,18 @@ impl<B: Backend> Agent<B> {
         let mut sigterm = signal(SignalKind::terminate())?;
         let mut sigint = signal(SignalKind::interrupt())?;
         let mut sighup = signal(SignalKind::hangup())?;
-        let (mut watch, mut file_events) = ConfigWatch::new(&self.config_path);
-        watch.ensure();
+        let (mut watch, mut file_events) = match &self.input {
+            Input::File(path) => {
+                let (mut watch, events) = ConfigWatch::new(path);
+                watch.ensure();
+                (Some(watch), Some(events))
+            }
+            Input::Api { .. } => (None, None),
+        };
+        let mut api_changes = match &self.input {
+            Input::Api { snapshots, .. } => Some(snapshots.clone()),
+            Input::File(_) => None,
+        };
 
         let mut backoff = Backoff::new();
         let mut retry_at: Option<Instant>;
@@ -373,7 +499,7 @@ impl<B: Backend> Agent<B> {
             let changed = trigger != Trigger::Retry && self.reload(trigger);
             // A file event that left the content as it was needs no sync;
             // the resync timer keeps checking the kernel.
-            let skip = trigger == Trigger::FileChange && !changed;
+            let skip = matches!(trigger, Trigger::FileChange | Trigger::ApiChange) && !changed;
             if !skip {
                 let result = tokio::select! {
                     result = self.sync(trigger) => result,
@@ -418,10 +544,21 @@ impl<B: Backend> Agent<B> {
                         info!("SIGHUP: reloading now");
                         break Trigger::Signal;
                     }
-                    Some(()) = file_events.recv() => {
+                    Some(()) = next_file_event(&mut file_events) => {
                         tokio::time::sleep(COALESCE).await;
-                        while file_events.try_recv().is_ok() {}
+                        if let Some(events) = &mut file_events {
+                            while events.try_recv().is_ok() {}
+                        }
                         break Trigger::FileChange;
+                    }
+                    changed = next_api_change(&mut api_changes) => {
+                        if changed {
+                            break Trigger::ApiChange;
+                        }
+                        // The watch task ended (it never should): keep
+                        // enforcing the last config rather than spin.
+                        error!("the Kubernetes API source stopped; enforcing the last good config");
+                        api_changes = None;
                     }
                     _ = resync.tick() => break Trigger::Resync,
                     _ = retry => break Trigger::Retry,
@@ -429,13 +566,32 @@ impl<B: Backend> Agent<B> {
                         self.telemetry.health.beat();
                         // Re-watch a directory that appeared or was replaced,
                         // and poll the file itself as the fallback.
-                        if watch.ensure() || self.file_changed() {
+                        if let Some(watch) = &mut watch
+                            && (watch.ensure() || self.file_changed())
+                        {
                             break Trigger::FileChange;
                         }
                     }
                 }
             };
         }
+    }
+}
+
+/// The next file event; never, without a file source.
+async fn next_file_event(events: &mut Option<tokio::sync::mpsc::Receiver<()>>) -> Option<()> {
+    match events {
+        Some(events) => events.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Whether the API source sent something new (`false`: it is gone); never,
+/// without an API source.
+async fn next_api_change(changes: &mut Option<watch::Receiver<Option<Snapshot>>>) -> bool {
+    match changes {
+        Some(changes) => changes.changed().await.is_ok(),
+        None => std::future::pending().await,
     }
 }
 
@@ -512,7 +668,7 @@ mod tests {
                 all_reserved_ranges: false,
                 enable_ipv6: ipv6,
             },
-            dir.join("ip-masq-agent"),
+            Input::File(dir.join("ip-masq-agent")),
             Fake::default(),
             Telemetry::default(),
         )
@@ -613,6 +769,128 @@ mod tests {
             matches!(a.sync(Trigger::Startup).await, SyncResult::Failed(e) if e.kind == ErrorKind::LockHeld)
         );
         assert!(a.backend.kernel.is_empty());
+    }
+
+    /// An agent on the API source, with the sender standing in for the
+    /// watch and the receiver collecting Event reports.
+    fn api_agent() -> (
+        Agent<Fake>,
+        watch::Sender<Option<Snapshot>>,
+        tokio::sync::mpsc::Receiver<Report>,
+    ) {
+        let (tx, rx) = watch::channel(None);
+        let telemetry = Telemetry::default();
+        let (sink, reports) = EventSink::capture(telemetry.metrics.clone());
+        let agent = Agent::new(
+            Settings {
+                chain: "IP-MASQ-AGENT".parse().unwrap(),
+                enable_ipv6: false,
+                random_fully: true,
+                to_ports: Vec::new(),
+            },
+            LoadOptions {
+                all_reserved_ranges: false,
+                enable_ipv6: false,
+            },
+            Input::Api {
+                configmap: "kube-system/ip-masq-agent".parse().unwrap(),
+                key: "config".into(),
+                snapshots: rx,
+                events: Some(sink),
+            },
+            Fake::default(),
+            telemetry,
+        );
+        (agent, tx, reports)
+    }
+
+    fn object(text: &str, rv: u32) -> Option<Snapshot> {
+        Some(Snapshot {
+            bytes: Some(text.as_bytes().to_vec()),
+            object: Some(ObjectInfo {
+                namespace: "kube-system".into(),
+                name: "ip-masq-agent".into(),
+                uid: Some("u-1".into()),
+                resource_version: Some(rv.to_string()),
+            }),
+        })
+    }
+
+    #[tokio::test]
+    async fn api_source_writes_nothing_before_the_first_list() {
+        let (mut a, tx, _reports) = api_agent();
+        assert!(!a.reload(Trigger::Startup));
+        assert_eq!(a.sync(Trigger::Startup).await, SyncResult::NoConfig);
+        assert_eq!(a.backend.writes, 0);
+        let (ready, reason) = a.telemetry.health.readiness();
+        assert!(!ready);
+        assert!(
+            reason.contains(
+                "waiting for the Kubernetes API to list configmap kube-system/ip-masq-agent"
+            ),
+            "{reason}"
+        );
+        tx.send_replace(object("nonMasqueradeCIDRs: [10.0.0.0/8]\n", 1));
+        assert!(a.reload(Trigger::ApiChange));
+        assert_eq!(a.sync(Trigger::ApiChange).await, SyncResult::Ok);
+        assert_eq!(cidrs(&a, Family::Ipv4), ["169.254.0.0/16", "10.0.0.0/8"]);
+    }
+
+    #[tokio::test]
+    async fn api_source_reports_each_distinct_rejection_once() {
+        let (mut a, tx, mut reports) = api_agent();
+        tx.send_replace(object("nonMasqueradeCIDRs: [10.0.0.0/8]\n", 1));
+        a.reload(Trigger::Startup);
+        a.sync(Trigger::Startup).await;
+        tx.send_replace(object("nonMasqueradeCIDRs: [10.0.0.1/8]\n", 2));
+        assert!(!a.reload(Trigger::ApiChange));
+        let Ok(Report::InvalidConfig {
+            configmap, error, ..
+        }) = reports.try_recv()
+        else {
+            panic!("no InvalidConfig report");
+        };
+        assert_eq!(configmap.uid.as_deref(), Some("u-1"));
+        assert_eq!(configmap.resource_version.as_deref(), Some("2"));
+        assert!(error.contains("is not aligned"), "{error}");
+        // The same content again (a label edit, a relist): no new report.
+        tx.send_replace(object("nonMasqueradeCIDRs: [10.0.0.1/8]\n", 3));
+        assert!(!a.reload(Trigger::ApiChange));
+        assert!(reports.try_recv().is_err());
+        // The last good config stays enforced.
+        a.sync(Trigger::Resync).await;
+        assert_eq!(cidrs(&a, Family::Ipv4), ["169.254.0.0/16", "10.0.0.0/8"]);
+        // Deleted: defaults, as for an absent file.
+        tx.send_replace(Some(Snapshot {
+            bytes: None,
+            object: None,
+        }));
+        assert!(a.reload(Trigger::ApiChange));
+        a.sync(Trigger::ApiChange).await;
+        assert_eq!(cidrs(&a, Family::Ipv4).len(), 4);
+        assert!(reports.try_recv().is_err());
+    }
+
+    #[tokio::test]
+    async fn api_source_reports_sync_failures_that_persist() {
+        let (mut a, tx, mut reports) = api_agent();
+        tx.send_replace(object("nonMasqueradeCIDRs: [10.0.0.0/8]\n", 1));
+        a.reload(Trigger::Startup);
+        a.backend.fail = Some(ErrorKind::LockHeld);
+        for _ in 1..SYNC_FAILED_AFTER {
+            a.sync(Trigger::Retry).await;
+        }
+        assert!(reports.try_recv().is_err(), "one failure is not a pattern");
+        a.sync(Trigger::Retry).await;
+        let Ok(Report::SyncFailed { error }) = reports.try_recv() else {
+            panic!("no SyncFailed report");
+        };
+        assert!(error.contains("refused"), "{error}");
+        a.backend.fail = None;
+        assert_eq!(a.sync(Trigger::Retry).await, SyncResult::Ok);
+        a.backend.fail = Some(ErrorKind::LockHeld);
+        a.sync(Trigger::Retry).await;
+        assert!(reports.try_recv().is_err(), "a success resets the count");
     }
 
     #[test]

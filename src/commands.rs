@@ -8,11 +8,14 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use tracing::{info, warn};
 
-use crate::agent::{Agent, Telemetry};
+use k8s_openapi::api::core::v1::ObjectReference;
+
+use crate::agent::{Agent, Input, Telemetry};
+use crate::apisource::{self, events::EventSink};
 use crate::backend::iptables::{self, Iptables, Variant};
 use crate::backend::nftables::{self, Nftables};
 use crate::backend::{Backend, BackendError, CleanupReport, ErrorKind, Selected};
-use crate::cli::{BackendKind, Command, Invocation, IptablesMode, Options};
+use crate::cli::{ApiSource, BackendKind, Command, Invocation, IptablesMode, Options};
 use crate::config::{self, Config, LoadOptions, Loaded, Source};
 use crate::metrics;
 use crate::plan::{self, ChainName, Family, Settings};
@@ -183,10 +186,14 @@ async fn daemon(options: &Options) -> Result<ExitCode> {
         Err(err) => warn!(error = %err, "cannot run {} yet; will keep retrying", options.backend),
     }
     remove_other_backend(options).await;
+    let input = match &options.api_source {
+        None => Input::File(options.config.clone()),
+        Some(source) => api_input(options, source, &telemetry).await?,
+    };
     let agent = Agent::new(
         settings(options),
         load_options(options),
-        options.config.clone(),
+        input,
         backend,
         telemetry,
     );
@@ -194,10 +201,109 @@ async fn daemon(options: &Options) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Connect the API source: credentials, the watch, and the Event sink.
+/// With `--configmap`, the file (`--config`) is not read at all: one source
+/// of truth per node, and the one that reaches every node at once wins.
+async fn api_input(options: &Options, source: &ApiSource, telemetry: &Telemetry) -> Result<Input> {
+    // Bad or missing credentials are a deployment error: exit so the pod
+    // shows it (CrashLoopBackOff) instead of running without a config.
+    let client = apisource::client(source)
+        .await
+        .map_err(anyhow::Error::msg)
+        .context("--configmap")?;
+    let node = std::env::var("NODE_NAME")
+        .ok()
+        .filter(|n| !n.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .map(|h| h.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown".into());
+    let pod = match (std::env::var("POD_NAMESPACE"), std::env::var("POD_NAME")) {
+        (Ok(namespace), Ok(name)) if !namespace.is_empty() && !name.is_empty() => {
+            Some(ObjectReference {
+                api_version: Some("v1".into()),
+                kind: Some("Pod".into()),
+                namespace: Some(namespace),
+                name: Some(name),
+                uid: std::env::var("POD_UID").ok().filter(|u| !u.is_empty()),
+                ..Default::default()
+            })
+        }
+        _ => {
+            warn!(
+                "POD_NAME and POD_NAMESPACE are not set (downward API); SyncFailed events are only logged"
+            );
+            None
+        }
+    };
+    let key = &options.configmap_key;
+    info!(configmap = %source.configmap, key = %key, node = %node, "reading the config through the Kubernetes API; --config is not used");
+    let events = EventSink::spawn(client.clone(), node, pod, telemetry.metrics.clone());
+    let snapshots = apisource::spawn_watch(client, source, key, telemetry.clone());
+    Ok(Input::Api {
+        configmap: source.configmap.clone(),
+        key: key.to_string(),
+        snapshots,
+        events: Some(events),
+    })
+}
+
+/// Where the config bytes of a one-shot command come from, for messages.
+struct Origin(String);
+
+/// The config bytes from the configured source: the `--configmap` object
+/// read once, else the `--config` file. `None`: absent (defaults).
+async fn read_source(options: &Options) -> Result<(Option<Vec<u8>>, Origin)> {
+    match &options.api_source {
+        Some(source) => {
+            let client = apisource::client(source)
+                .await
+                .map_err(anyhow::Error::msg)
+                .context("--configmap")?;
+            let snapshot = apisource::fetch(client, source, &options.configmap_key)
+                .await
+                .map_err(anyhow::Error::msg)?;
+            Ok((
+                snapshot.bytes,
+                Origin(format!(
+                    "configmap {} key {}",
+                    source.configmap, options.configmap_key
+                )),
+            ))
+        }
+        None => {
+            let bytes = config::read(&options.config)
+                .with_context(|| format!("reading {}", options.config.display()))?;
+            Ok((bytes, Origin(options.config.display().to_string())))
+        }
+    }
+}
+
+/// Load and validate the configured source's config.
+async fn load_source(options: &Options) -> Result<Loaded> {
+    let (bytes, Origin(origin)) = read_source(options).await?;
+    let loaded = match bytes {
+        Some(bytes) => config::parse(&bytes, &load_options(options))
+            .with_context(|| format!("loading {origin}"))?,
+        None => {
+            info!(source = %origin, "no config; using the defaults");
+            Loaded {
+                config: Config::defaults(options.nomasq_all_reserved_ranges),
+                source: Source::Absent,
+                warnings: Vec::new(),
+            }
+        }
+    };
+    for warning in &loaded.warnings {
+        warn!("{warning}");
+    }
+    Ok(loaded)
+}
+
 async fn sync(options: &Options) -> Result<ExitCode> {
-    let loaded = config::load(&options.config, &load_options(options))
-        .with_context(|| format!("loading {}", options.config.display()))?;
-    log_loaded(&loaded, &options.config);
+    let loaded = load_source(options).await?;
     let settings = settings(options);
     let mut backend = select_backend(options).await;
     remove_other_backend(options).await;
@@ -228,15 +334,6 @@ async fn sync(options: &Options) -> Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
-}
-
-fn log_loaded(loaded: &Loaded, path: &Path) {
-    for warning in &loaded.warnings {
-        warn!("{warning}");
-    }
-    if let Source::Absent = loaded.source {
-        info!(path = %path.display(), "no config file; using the defaults");
-    }
 }
 
 /// Render every family's transaction as `render` and `check` print it.
@@ -271,23 +368,25 @@ async fn rendered(options: &Options, config: &Config) -> String {
 }
 
 async fn render(options: &Options) -> Result<ExitCode> {
-    let loaded = config::load(&options.config, &load_options(options))
-        .with_context(|| format!("loading {}", options.config.display()))?;
-    log_loaded(&loaded, &options.config);
+    let loaded = load_source(options).await?;
     print(&rendered(options, &loaded.config).await)?;
     Ok(ExitCode::SUCCESS)
 }
 
 async fn check(options: &Options, file: Option<&Path>) -> Result<ExitCode> {
+    if file.is_none() && options.api_source.is_some() {
+        return check_live(options).await;
+    }
     let path = file.unwrap_or(&options.config);
     let bytes = config::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let key = options.configmap_key.as_str();
     let loaded = match bytes {
         Some(bytes) => {
-            let (text, origin) = match config::configmap_data(&bytes, "config")
+            let (text, origin) = match config::configmap_data(&bytes, key)
                 .with_context(|| format!("reading ConfigMap {}", path.display()))?
             {
-                Some(data) => (data, "ConfigMap data.config"),
-                None => (bytes, "config file"),
+                Some(data) => (data, format!("ConfigMap data.{key}")),
+                None => (bytes, "config file".to_owned()),
             };
             match config::parse(&text, &load_options(options)) {
                 Ok(loaded) => {
@@ -312,6 +411,35 @@ async fn check(options: &Options, file: Option<&Path>) -> Result<ExitCode> {
             config::parse(b"", &load_options(options))?
         }
     };
+    check_report(options, &loaded).await
+}
+
+/// `check` with `--configmap` and no FILE: validate what the API serves now,
+/// as every node watching it would.
+async fn check_live(options: &Options) -> Result<ExitCode> {
+    let (bytes, Origin(origin)) = read_source(options).await?;
+    let loaded = match bytes {
+        Some(bytes) => match config::parse(&bytes, &load_options(options)) {
+            Ok(loaded) => {
+                print(&format!("{origin}: valid\n"))?;
+                loaded
+            }
+            Err(err) => {
+                eprintln!("{origin}: invalid: {err}");
+                return Ok(ExitCode::FAILURE);
+            }
+        },
+        None => {
+            print(&format!("{origin}: absent; the agent uses the defaults\n"))?;
+            config::parse(b"", &load_options(options))?
+        }
+    };
+    check_report(options, &loaded).await
+}
+
+/// What `check` prints after the verdict: warnings, the effective config,
+/// its fingerprint and the rules.
+async fn check_report(options: &Options, loaded: &Loaded) -> Result<ExitCode> {
     let mut out = String::new();
     for warning in &loaded.warnings {
         out.push_str(&format!("warning: {warning}\n"));

@@ -10,6 +10,8 @@
 
 /// The agent loop: events in, reconcile, record.
 pub mod agent;
+/// The Kubernetes API as a config source, and Events about rejections.
+pub mod apisource;
 /// The seam to the kernel, and its iptables implementation.
 pub mod backend;
 /// Go-`flag`-compatible command line parsing.

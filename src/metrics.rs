@@ -22,6 +22,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 
+use crate::apisource::SourceState;
 use crate::plan::Family;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -51,6 +52,23 @@ struct LoadLabels {
 struct ConfigLabels {
     fingerprint: String,
 }
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SourceLabels {
+    source: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EventLabels {
+    reason: &'static str,
+    result: &'static str,
+}
+
+/// The `source` label of the API source's metrics (they exist only with
+/// `--configmap`, so a file-only node shows no "disconnected" source).
+const API_SOURCE: SourceLabels = SourceLabels {
+    source: "kubernetes",
+};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BuildLabels {
@@ -94,6 +112,10 @@ pub struct Metrics {
     config_loads: MetricFamily<LoadLabels, Counter>,
     config_valid: Gauge,
     config_info: MetricFamily<ConfigLabels, Gauge>,
+    source_connected: MetricFamily<SourceLabels, Gauge>,
+    source_last_event: MetricFamily<SourceLabels, Gauge<f64, AtomicU64>>,
+    source_errors: MetricFamily<SourceLabels, Counter>,
+    events: MetricFamily<EventLabels, Counter>,
 }
 
 impl Metrics {
@@ -155,6 +177,31 @@ impl Metrics {
             "Fingerprint of the enforced config (value is always 1); equal fingerprints mean equal configs across nodes",
             config_info.clone(),
         );
+        let source_connected = MetricFamily::<SourceLabels, Gauge>::default();
+        registry.register(
+            "ip_masq_agent_config_source_connected",
+            "Whether the config source's watch is healthy (1) or failing and retrying (0); only with --configmap",
+            source_connected.clone(),
+        );
+        let source_last_event = MetricFamily::<SourceLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register_with_unit(
+            "ip_masq_agent_config_source_last_event_timestamp",
+            "Unix time of the last object the config source delivered (list or watch event)",
+            Unit::Seconds,
+            source_last_event.clone(),
+        );
+        let source_errors = MetricFamily::<SourceLabels, Counter>::default();
+        registry.register(
+            "ip_masq_agent_config_source_errors",
+            "Failed list or watch requests of the config source (each is retried with backoff)",
+            source_errors.clone(),
+        );
+        let events = MetricFamily::<EventLabels, Counter>::default();
+        registry.register(
+            "ip_masq_agent_events",
+            "Kubernetes Events by reason and result: published (created or series updated), failed, dropped",
+            events.clone(),
+        );
         // A gauge rather than OpenMetrics' info type, which the classic
         // Prometheus text parsers (promtool among them) reject.
         let build_info = MetricFamily::<BuildLabels, Gauge>::default();
@@ -179,7 +226,37 @@ impl Metrics {
             config_loads,
             config_valid,
             config_info,
+            source_connected,
+            source_last_event,
+            source_errors,
+            events,
         }
+    }
+
+    /// The API source's watch is (not) healthy.
+    pub fn source_connected(&self, connected: bool) {
+        self.source_connected
+            .get_or_create(&API_SOURCE)
+            .set(i64::from(connected));
+        // Make the counter visible at 0 from the start.
+        let _ = self.source_errors.get_or_create(&API_SOURCE);
+    }
+
+    pub fn source_event(&self, unix_seconds: f64) {
+        self.source_last_event
+            .get_or_create(&API_SOURCE)
+            .set(unix_seconds);
+    }
+
+    pub fn source_error(&self) {
+        self.source_errors.get_or_create(&API_SOURCE).inc();
+    }
+
+    /// One Event report's fate; `result` is a stable label.
+    pub fn event(&self, reason: &'static str, result: &'static str) {
+        self.events
+            .get_or_create(&EventLabels { reason, result })
+            .inc();
     }
 
     /// Record one family's sync.
@@ -279,6 +356,16 @@ struct HealthState {
     first_success: bool,
     last_failure: Option<String>,
     waiting_for_config: Option<String>,
+    /// The API source, when configured: what it watches and how it fares.
+    source: Option<SourceHealth>,
+}
+
+#[derive(Debug)]
+struct SourceHealth {
+    object: String,
+    state: SourceState,
+    since: Instant,
+    last_event: Option<Instant>,
 }
 
 /// What the probes answer, shared between the loop and the HTTP server.
@@ -292,6 +379,7 @@ impl Health {
             first_success: false,
             last_failure: None,
             waiting_for_config: None,
+            source: None,
         })))
     }
 
@@ -323,6 +411,50 @@ impl Health {
         self.with(|s| s.waiting_for_config = Some(reason));
     }
 
+    /// The API source changed state.
+    pub fn source_state(&self, object: &str, state: &SourceState) {
+        self.with(|s| {
+            let last_event = s.source.as_ref().and_then(|h| h.last_event);
+            s.source = Some(SourceHealth {
+                object: object.to_owned(),
+                state: state.clone(),
+                since: Instant::now(),
+                last_event,
+            });
+        });
+    }
+
+    /// The API source delivered an object.
+    pub fn source_event(&self) {
+        self.with(|s| {
+            if let Some(source) = &mut s.source {
+                source.last_event = Some(Instant::now());
+            }
+        });
+    }
+}
+
+/// The API source's part of the readiness text (empty without one).
+fn source_text(s: &HealthState) -> String {
+    let Some(h) = &s.source else {
+        return String::new();
+    };
+    let last = match h.last_event {
+        Some(at) => format!("last object {} s ago", at.elapsed().as_secs()),
+        None => "no object yet".to_owned(),
+    };
+    match &h.state {
+        SourceState::Connecting => format!("; configmap {}: connecting, {last}", h.object),
+        SourceState::Connected => format!("; configmap {}: watching, {last}", h.object),
+        SourceState::Failing(err) => format!(
+            "; configmap {}: API unreachable for {} s ({err}), enforcing the last good config, {last}",
+            h.object,
+            h.since.elapsed().as_secs()
+        ),
+    }
+}
+
+impl Health {
     /// (healthy, reason)
     pub fn liveness(&self) -> (bool, String) {
         self.with(|s| {
@@ -339,16 +471,21 @@ impl Health {
     }
 
     /// (ready, reason)
+    ///
+    /// An unreachable API server does not make the agent unready: the node
+    /// keeps enforcing its last good config, which is the right state; the
+    /// text says so, and the source metrics alert on it.
     pub fn readiness(&self) -> (bool, String) {
         self.with(|s| {
+            let source = source_text(s);
             if let Some(reason) = &s.last_failure {
-                (false, format!("last sync failed: {reason}"))
+                (false, format!("last sync failed: {reason}{source}"))
             } else if let Some(reason) = &s.waiting_for_config {
-                (false, format!("no valid config yet: {reason}"))
+                (false, format!("no valid config yet: {reason}{source}"))
             } else if !s.first_success {
-                (false, "first sync not done yet".to_owned())
+                (false, format!("first sync not done yet{source}"))
             } else {
-                (true, "ok: rules in sync".to_owned())
+                (true, format!("ok: rules in sync{source}"))
             }
         })
     }
@@ -549,6 +686,40 @@ mod tests {
         h.sync_failed("lock held".into());
         assert!(!h.readiness().0);
         assert!(h.liveness().0);
+    }
+
+    #[test]
+    fn readiness_tells_the_api_source_state_without_failing_on_it() {
+        let h = Health::new();
+        h.sync_succeeded();
+        assert_eq!(h.readiness(), (true, "ok: rules in sync".to_owned()));
+        h.source_state("kube-system/ip-masq-agent", &SourceState::Connected);
+        h.source_event();
+        let (ready, text) = h.readiness();
+        assert!(ready);
+        assert!(
+            text.starts_with("ok: rules in sync; configmap kube-system/ip-masq-agent: watching, last object 0 s ago"),
+            "{text}"
+        );
+        h.source_state(
+            "kube-system/ip-masq-agent",
+            &SourceState::Failing("connection refused".into()),
+        );
+        let (ready, text) = h.readiness();
+        assert!(ready, "the last good config is still enforced");
+        assert!(text.contains("API unreachable for 0 s (connection refused), enforcing the last good config, last object 0 s ago"), "{text}");
+        let m = Metrics::new();
+        m.source_connected(false);
+        m.source_error();
+        m.event("InvalidConfig", "published");
+        let text = m.encode();
+        for line in [
+            "ip_masq_agent_config_source_connected{source=\"kubernetes\"} 0",
+            "ip_masq_agent_config_source_errors_total{source=\"kubernetes\"} 1",
+            "ip_masq_agent_events_total{reason=\"InvalidConfig\",result=\"published\"} 1",
+        ] {
+            assert!(text.contains(line), "{line} not in\n{text}");
+        }
     }
 
     #[test]

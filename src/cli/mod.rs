@@ -17,6 +17,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use crate::apisource::{ConfigMapKey, ObjectName};
 use crate::plan::{ChainName, PortRange};
 
 pub use strconv::quote as go_quote;
@@ -24,6 +25,8 @@ pub use strconv::quote as go_quote;
 /// Default listen address of the metrics and health endpoints: all addresses,
 /// since the pod shares the node's network.
 pub const DEFAULT_METRICS_ADDRESS: &str = ":9557";
+/// The ConfigMap key upstream's manifests mount as the config file's name.
+pub const DEFAULT_CONFIGMAP_KEY: &str = "config";
 use strconv::{atoi, parse_bool, parse_int, parse_uint, quote};
 
 /// The program name Go's usage text starts with.
@@ -117,6 +120,20 @@ pub struct Options {
     pub backend: BackendKind,
     /// Where to serve metrics and probes; `None` when disabled (empty flag).
     pub metrics_address: Option<SocketAddr>,
+    /// `--configmap`: read the config through the Kubernetes API; `None`:
+    /// from the `config` file.
+    pub api_source: Option<ApiSource>,
+    /// The ConfigMap key holding the config (`--configmap`, and `check` of
+    /// a ConfigMap manifest).
+    pub configmap_key: ConfigMapKey,
+}
+
+/// The ConfigMap to read through the API, and how to reach the API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiSource {
+    pub configmap: ObjectName,
+    /// `None`: in-cluster credentials, else the default kubeconfig.
+    pub kubeconfig: Option<PathBuf>,
 }
 
 /// What the invocation asks for.
@@ -197,8 +214,11 @@ enum Flag {
     AlsoLogToStderr,
     Backend,
     Config,
+    Configmap,
+    ConfigmapKey,
     EnableIpv6,
     IptablesMode,
+    Kubeconfig,
     LegacyStderrThresholdBehavior,
     LogFormat,
     LogBacktraceAt,
@@ -246,6 +266,9 @@ impl Flag {
             | Flag::SkipLogHeaders
             | Flag::Version => Kind::Bool,
             Flag::Config
+            | Flag::Configmap
+            | Flag::ConfigmapKey
+            | Flag::Kubeconfig
             | Flag::LogDir
             | Flag::LogFile
             | Flag::MasqChain
@@ -288,7 +311,7 @@ struct FlagSpec {
 const KLOG_IGNORED: &str = "klog flag, accepted for compatibility; no effect";
 
 /// Sorted by name (byte order), which is the order Go prints and visits.
-const FLAGS: [FlagSpec; 25] = [
+const FLAGS: [FlagSpec; 28] = [
     FlagSpec {
         flag: Flag::AddDirHeader,
         name: "add_dir_header",
@@ -311,6 +334,17 @@ const FLAGS: [FlagSpec; 25] = [
         help: "Path of the config `file` (YAML or JSON); if it is absent, defaults apply",
     },
     FlagSpec {
+        flag: Flag::Configmap,
+        name: "configmap",
+        help: "Read the config from this ConfigMap through the Kubernetes API \
+               (`namespace/name`) instead of --config; empty: use the file",
+    },
+    FlagSpec {
+        flag: Flag::ConfigmapKey,
+        name: "configmap-key",
+        help: "The `key` in the ConfigMap's data that holds the config",
+    },
+    FlagSpec {
         flag: Flag::EnableIpv6,
         name: "enable-ipv6",
         help: "Also program IPv6 rules (ip6tables) and accept IPv6 CIDRs in the config",
@@ -319,6 +353,12 @@ const FLAGS: [FlagSpec; 25] = [
         flag: Flag::IptablesMode,
         name: "iptables-mode",
         help: "iptables `mode`: auto (use what the node uses), nft or legacy",
+    },
+    FlagSpec {
+        flag: Flag::Kubeconfig,
+        name: "kubeconfig",
+        help: "Kubeconfig `file` for --configmap; empty: the in-cluster service account, \
+               else $KUBECONFIG or ~/.kube/config",
     },
     FlagSpec {
         flag: Flag::LegacyStderrThresholdBehavior,
@@ -429,8 +469,11 @@ struct Values {
     alsologtostderr: bool,
     backend: BackendKind,
     config: String,
+    configmap: String,
+    configmap_key: String,
     enable_ipv6: bool,
     iptables_mode: IptablesMode,
+    kubeconfig: String,
     legacy_stderr_threshold_behavior: bool,
     log_format: LogFormat,
     /// klog's trace location: file and line, ("", 0) when unset.
@@ -462,8 +505,11 @@ impl Default for Values {
             alsologtostderr: false,
             backend: BackendKind::Iptables,
             config: "/etc/config/ip-masq-agent".into(),
+            configmap: String::new(),
+            configmap_key: DEFAULT_CONFIGMAP_KEY.into(),
             enable_ipv6: false,
             iptables_mode: IptablesMode::Auto,
+            kubeconfig: String::new(),
             legacy_stderr_threshold_behavior: true,
             log_format: LogFormat::Text,
             log_backtrace_at: (String::new(), 0),
@@ -514,6 +560,9 @@ impl Values {
             Flag::SkipLogHeaders => self.skip_log_headers = bool_value()?,
             Flag::Version => self.version = bool_value()?,
             Flag::Config => self.config = value.to_owned(),
+            Flag::Configmap => self.configmap = value.to_owned(),
+            Flag::ConfigmapKey => self.configmap_key = value.to_owned(),
+            Flag::Kubeconfig => self.kubeconfig = value.to_owned(),
             Flag::LogDir => self.log_dir = value.to_owned(),
             Flag::LogFile => self.log_file = value.to_owned(),
             Flag::MasqChain => self.masq_chain = value.to_owned(),
@@ -575,6 +624,9 @@ impl Values {
             Flag::SkipLogHeaders => b(self.skip_log_headers),
             Flag::Version => b(self.version),
             Flag::Config => self.config.clone(),
+            Flag::Configmap => self.configmap.clone(),
+            Flag::ConfigmapKey => self.configmap_key.clone(),
+            Flag::Kubeconfig => self.kubeconfig.clone(),
             Flag::LogDir => self.log_dir.clone(),
             Flag::LogFile => self.log_file.clone(),
             Flag::MasqChain => self.masq_chain.clone(),
@@ -865,6 +917,27 @@ fn options(values: &Values) -> Result<Options, CliError> {
             "invalid value for --config: the path must not be empty".into(),
         ));
     }
+    let configmap_key = values.configmap_key.parse::<ConfigMapKey>().map_err(|e| {
+        CliError::Invalid(format!(
+            "invalid value {} for --configmap-key: {e}",
+            quote(&values.configmap_key)
+        ))
+    })?;
+    let api_source = if values.configmap.is_empty() {
+        None
+    } else {
+        let configmap = values.configmap.parse::<ObjectName>().map_err(|e| {
+            CliError::Invalid(format!(
+                "invalid value {} for --configmap: {e}",
+                quote(&values.configmap)
+            ))
+        })?;
+        let kubeconfig = (!values.kubeconfig.is_empty()).then(|| PathBuf::from(&values.kubeconfig));
+        Some(ApiSource {
+            configmap,
+            kubeconfig,
+        })
+    };
     Ok(Options {
         masq_chain,
         nomasq_all_reserved_ranges: values.nomasq_all_reserved_ranges,
@@ -877,6 +950,8 @@ fn options(values: &Values) -> Result<Options, CliError> {
         iptables_mode: values.iptables_mode,
         backend: values.backend,
         metrics_address,
+        api_source,
+        configmap_key,
     })
 }
 
@@ -1420,6 +1495,46 @@ mod tests {
     }
 
     #[test]
+    fn configmap_source_flags() {
+        let o = opts(&[]);
+        assert_eq!(o.api_source, None);
+        assert_eq!(o.configmap_key.as_str(), "config");
+        let o = opts(&[
+            "--configmap=kube-system/ip-masq-agent",
+            "--configmap-key=ip-masq-agent.yaml",
+            "--kubeconfig=/etc/kubeconfig",
+        ]);
+        let source = o.api_source.unwrap();
+        assert_eq!(source.configmap.to_string(), "kube-system/ip-masq-agent");
+        assert_eq!(source.kubeconfig, Some(PathBuf::from("/etc/kubeconfig")));
+        assert_eq!(o.configmap_key.as_str(), "ip-masq-agent.yaml");
+        // Empty means "use the file", as for every string flag.
+        assert_eq!(opts(&["--configmap="]).api_source, None);
+        assert_eq!(
+            opts(&["--configmap=a/b"]).api_source.unwrap().kubeconfig,
+            None
+        );
+        let (text, code) = fail(&["--configmap=ip-masq-agent"]);
+        assert_eq!(code, 1);
+        assert_eq!(
+            text,
+            "invalid value \"ip-masq-agent\" for --configmap: must be NAMESPACE/NAME"
+        );
+        let (text, code) = fail(&["--configmap=kube-system/IP"]);
+        assert_eq!(code, 1);
+        assert!(
+            text.contains("for --configmap: name \"IP\" must consist of lower case"),
+            "{text}"
+        );
+        let (text, code) = fail(&["--configmap-key=a/b"]);
+        assert_eq!(code, 1);
+        assert!(
+            text.starts_with("invalid value \"a/b\" for --configmap-key: "),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn enum_flags() {
         assert_eq!(opts(&["--log-format=json"]).log_format, LogFormat::Json);
         assert_eq!(opts(&["--log-format", "text"]).log_format, LogFormat::Text);
@@ -1590,8 +1705,11 @@ mod tests {
                 "alsologtostderr",
                 "backend",
                 "config",
+                "configmap",
+                "configmap-key",
                 "enable-ipv6",
                 "iptables-mode",
+                "kubeconfig",
                 "legacy_stderr_threshold_behavior",
                 "log-format",
                 "log_backtrace_at",
@@ -1631,6 +1749,9 @@ mod tests {
             ("iptables-mode", "auto"),
             ("backend", "iptables"),
             ("metrics-address", ":9557"),
+            ("configmap", ""),
+            ("configmap-key", "config"),
+            ("kubeconfig", ""),
             ("version", "false"),
         ] {
             assert!(

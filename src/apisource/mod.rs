@@ -1,0 +1,289 @@
+//! The Kubernetes API as a config source (`--configmap=NAMESPACE/NAME`).
+//!
+//! A mounted ConfigMap reaches a node only when the kubelet refreshes the
+//! volume; watching the object reaches every node as soon as the API server
+//! sends the change. This module owns the client, the watch of that one
+//! object (field selector on its name, relist on 410, backoff on errors) and
+//! hands the agent loop only what the file source would: the bytes of one
+//! key, or "absent". Decoding and validation stay in `config`, so both
+//! sources accept and reject exactly the same text.
+
+pub mod events;
+mod names;
+
+use std::time::SystemTime;
+
+use futures_util::StreamExt;
+use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference};
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event};
+use kube::{Api, Client};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::agent::Telemetry;
+use crate::cli::ApiSource;
+
+pub use names::{ConfigMapKey, ObjectName};
+
+/// The ConfigMap as last seen, enough to name it in an Event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectInfo {
+    pub namespace: String,
+    pub name: String,
+    pub uid: Option<String>,
+    pub resource_version: Option<String>,
+}
+
+impl ObjectInfo {
+    /// The reference an Event's `regarding` carries; `kubectl describe`
+    /// finds events by kind, namespace, name and uid.
+    pub fn reference(&self) -> ObjectReference {
+        ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("ConfigMap".into()),
+            namespace: Some(self.namespace.clone()),
+            name: Some(self.name.clone()),
+            uid: self.uid.clone(),
+            resource_version: self.resource_version.clone(),
+            field_path: None,
+        }
+    }
+}
+
+/// What the API says the config is: the key's bytes (`None` when the object
+/// or the key is absent, which means defaults, as a missing file does).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    pub bytes: Option<Vec<u8>>,
+    /// `None` when the object does not exist.
+    pub object: Option<ObjectInfo>,
+}
+
+/// The config a ConfigMap carries under `key`: `data` first, then
+/// `binaryData` (a mounted volume shows both as files).
+pub fn snapshot_of(configmap: &ConfigMap, key: &ConfigMapKey) -> Snapshot {
+    let key = key.as_str();
+    let bytes = configmap
+        .data
+        .as_ref()
+        .and_then(|data| data.get(key))
+        .map(|text| text.as_bytes().to_vec())
+        .or_else(|| {
+            configmap
+                .binary_data
+                .as_ref()
+                .and_then(|data| data.get(key))
+                .map(|bytes| bytes.0.clone())
+        });
+    let meta = &configmap.metadata;
+    Snapshot {
+        bytes,
+        object: Some(ObjectInfo {
+            namespace: meta.namespace.clone().unwrap_or_default(),
+            name: meta.name.clone().unwrap_or_default(),
+            uid: meta.uid.clone(),
+            resource_version: meta.resource_version.clone(),
+        }),
+    }
+}
+
+/// The state of the watch, for readiness and metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceState {
+    /// Listing for the first time.
+    Connecting,
+    Connected,
+    /// The last request failed; the watcher retries with backoff.
+    Failing(String),
+}
+
+/// Build a client the way Kubernetes clients find credentials: an explicit
+/// `--kubeconfig` first, then the in-cluster service account, then
+/// `$KUBECONFIG` or `~/.kube/config`.
+pub async fn client(source: &ApiSource) -> Result<Client, String> {
+    let config = match &source.kubeconfig {
+        Some(path) => {
+            let kubeconfig = kube::config::Kubeconfig::read_from(path)
+                .map_err(|e| format!("reading --kubeconfig {}: {e}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+                .await
+                .map_err(|e| format!("using --kubeconfig {}: {e}", path.display()))?
+        }
+        None => match kube::Config::incluster() {
+            Ok(config) => config,
+            Err(in_cluster) => kube::Config::from_kubeconfig(&Default::default())
+                .await
+                .map_err(|kubeconfig| {
+                    format!(
+                        "no Kubernetes credentials: not in a cluster ({in_cluster}) \
+                         and no kubeconfig ({kubeconfig})"
+                    )
+                })?,
+        },
+    };
+    Client::try_from(config).map_err(|e| format!("building the Kubernetes client: {e}"))
+}
+
+/// Read the ConfigMap once (for `sync`, `render` and `check`).
+pub async fn fetch(
+    client: Client,
+    source: &ApiSource,
+    key: &ConfigMapKey,
+) -> Result<Snapshot, String> {
+    let api: Api<ConfigMap> = Api::namespaced(client, source.configmap.namespace());
+    match api.get_opt(source.configmap.name()).await {
+        Ok(Some(object)) => Ok(snapshot_of(&object, key)),
+        Ok(None) => Ok(Snapshot {
+            bytes: None,
+            object: None,
+        }),
+        Err(err) => Err(format!("reading configmap {}: {err}", source.configmap)),
+    }
+}
+
+fn now_seconds() -> f64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// Watch the ConfigMap and publish each new snapshot. The receiver holds
+/// `None` until the first list completes, so the agent writes nothing before
+/// it knows the config. The task runs for the life of the process.
+pub fn spawn_watch(
+    client: Client,
+    source: &ApiSource,
+    key: &ConfigMapKey,
+    telemetry: Telemetry,
+) -> watch::Receiver<Option<Snapshot>> {
+    let (tx, rx) = watch::channel(None);
+    let api: Api<ConfigMap> = Api::namespaced(client, source.configmap.namespace());
+    let name = source.configmap.clone();
+    let key = key.clone();
+    let config = watcher::Config::default().fields(&format!("metadata.name={}", name.name()));
+    tokio::spawn(async move {
+        let mut stream = watcher::watcher(api, config).default_backoff().boxed();
+        let mut state = SourceState::Connecting;
+        // Objects of a (re)list, applied together at InitDone so a relist
+        // never shows "absent" halfway.
+        let mut listing: Option<Option<ConfigMap>> = None;
+        telemetry.health.source_state(&name.to_string(), &state);
+        while let Some(item) = stream.next().await {
+            let event = match item {
+                Ok(event) => event,
+                Err(err) => {
+                    let text = err.to_string();
+                    telemetry.metrics.source_error();
+                    if state != SourceState::Failing(text.clone()) {
+                        warn!(configmap = %name, "Kubernetes API watch failed: {text}; keeping the last good config and retrying");
+                        state = SourceState::Failing(text);
+                        telemetry.metrics.source_connected(false);
+                        telemetry.health.source_state(&name.to_string(), &state);
+                    }
+                    continue;
+                }
+            };
+            if state != SourceState::Connected {
+                if matches!(state, SourceState::Failing(_)) {
+                    info!(configmap = %name, "Kubernetes API watch recovered");
+                }
+                state = SourceState::Connected;
+                telemetry.metrics.source_connected(true);
+                telemetry.health.source_state(&name.to_string(), &state);
+            }
+            let snapshot = match event {
+                Event::Init => {
+                    listing = Some(None);
+                    continue;
+                }
+                Event::InitApply(object) => {
+                    listing = Some(Some(object));
+                    continue;
+                }
+                Event::InitDone => match listing.take() {
+                    Some(Some(object)) => snapshot_of(&object, &key),
+                    _ => Snapshot {
+                        bytes: None,
+                        object: None,
+                    },
+                },
+                Event::Apply(object) => snapshot_of(&object, &key),
+                Event::Delete(_) => Snapshot {
+                    bytes: None,
+                    object: None,
+                },
+            };
+            telemetry.metrics.source_event(now_seconds());
+            telemetry.health.source_event();
+            // `send_if_modified`: a bookmark-driven relist that changes
+            // nothing must not wake the loop.
+            let changed = tx.send_if_modified(|current| {
+                if current.as_ref() == Some(&snapshot) {
+                    false
+                } else {
+                    *current = Some(snapshot);
+                    true
+                }
+            });
+            if !changed {
+                continue;
+            }
+            if tx.is_closed() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use k8s_openapi::ByteString;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    fn configmap(data: &[(&str, &str)], binary: &[(&str, &[u8])]) -> ConfigMap {
+        ConfigMap {
+            metadata: ObjectMeta {
+                namespace: Some("kube-system".into()),
+                name: Some("ip-masq-agent".into()),
+                uid: Some("u-1".into()),
+                resource_version: Some("7".into()),
+                ..Default::default()
+            },
+            data: Some(
+                data.iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            ),
+            binary_data: Some(
+                binary
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), ByteString(v.to_vec())))
+                    .collect(),
+            ),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn snapshot_takes_the_key_from_data_then_binary_data() {
+        let key: ConfigMapKey = "config".parse().unwrap();
+        let s = snapshot_of(&configmap(&[("config", "cidrLimit: 1\n")], &[]), &key);
+        assert_eq!(s.bytes.as_deref(), Some(&b"cidrLimit: 1\n"[..]));
+        let object = s.object.unwrap();
+        assert_eq!(object.uid.as_deref(), Some("u-1"));
+        let reference = object.reference();
+        assert_eq!(reference.kind.as_deref(), Some("ConfigMap"));
+        assert_eq!(reference.namespace.as_deref(), Some("kube-system"));
+        let s = snapshot_of(&configmap(&[], &[("config", b"cidrLimit: 2")]), &key);
+        assert_eq!(s.bytes.as_deref(), Some(&b"cidrLimit: 2"[..]));
+        // The object exists but not the key: defaults, as a missing file.
+        let s = snapshot_of(&configmap(&[("other", "x")], &[]), &key);
+        assert_eq!(s.bytes, None);
+        assert!(s.object.is_some());
+    }
+}
