@@ -68,6 +68,8 @@ pub struct Kustomization {
     pub components: Vec<String>,
     #[serde(default)]
     pub images: Vec<Image>,
+    #[serde(default)]
+    pub patches: Vec<Patch>,
 }
 
 /// An `images:` entry; `kustomize edit set image` writes `newName` and
@@ -80,4 +82,26 @@ pub struct Image {
     pub new_name: Option<String>,
     pub new_tag: Option<String>,
     pub digest: Option<String>,
+}
+
+/// A `patches:` entry: a patch file (`path`) or an inline patch (`patch`),
+/// optionally for the objects `target` selects. A file with no target is a
+/// strategic merge patch naming its object itself.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Patch {
+    pub path: Option<String>,
+    pub patch: Option<String>,
+    pub target: Option<PatchTarget>,
+}
+
+/// Which objects a patch applies to.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[allow(dead_code)]
+pub struct PatchTarget {
+    pub group: Option<String>,
+    pub version: Option<String>,
+    pub kind: Option<String>,
+    pub name: Option<String>,
 }

@@ -1,18 +1,21 @@
 //! The deployment files: `manifests/` (kustomize base, overlay, component),
 //! `configmap-examples/` and the `Dockerfile`'s build context. Needs no root.
 //!
-//! - Rendering: `kubectl kustomize` on the base and on the PodMonitor
-//!   overlay; every rendered object is deserialized into its k8s-openapi type
-//!   (PodMonitor: `podmonitor`'s strict structs) and any field the type does
-//!   not know fails the test (`typed`). The DaemonSet is then checked
-//!   against what the README promises (upstream layout, privileges, probes,
-//!   ports). Without kubectl these skip with a reason, under `CI=true` they
-//!   fail (`kustomize`).
+//! - Rendering: `kubectl kustomize` on the base and on the overlays; every
+//!   rendered object is deserialized into its k8s-openapi type (PodMonitor:
+//!   `podmonitor`'s strict structs) and any field the type does not know
+//!   fails the test (`typed`). The DaemonSet is then checked against what
+//!   the README promises (upstream layout, privileges, probes, ports; no
+//!   ServiceAccount token in the base). Without kubectl these skip with a
+//!   reason, under `CI=true` they fail (`kustomize`).
+//! - The kube-api overlay (`kube_api`): least-privilege RBAC in kube-system
+//!   only, and the DaemonSet changed only where the component says.
 //! - Sources: every kustomization and every file it lists, typed the same
 //!   way without kubectl, and no YAML file under manifests/ left unused.
 //! - Examples: `ip-masq-agent check` accepts every ConfigMap in
 //!   configmap-examples/, with the flags of its `# check-flags:` line.
 
+mod kube_api;
 mod kustomize;
 mod podmonitor;
 mod typed;
@@ -261,7 +264,18 @@ fn base_renders_to_typed_objects_as_the_readme_describes() {
     let kinds: Vec<_> = objects.iter().map(Object::kind).collect();
     assert_eq!(kinds, ["DaemonSet"], "the base holds only the DaemonSet");
     assert_all_in_kube_system(&objects);
-    assert_daemonset_contract(only_daemonset(&objects));
+    let ds = only_daemonset(&objects);
+    assert_daemonset_contract(ds);
+
+    // Credential-free: no ServiceAccount of its own, no token mounted, no
+    // API config source (the kube-api component adds those).
+    let pod = pod_spec(ds);
+    assert_eq!(pod.automount_service_account_token, Some(false));
+    assert_eq!(pod.service_account_name, None);
+    assert_eq!(pod.service_account, None, "the deprecated alias too");
+    let container = agent_container(ds);
+    assert_eq!(arg(container, "configmap"), None);
+    assert_eq!(container.env, None);
 }
 
 #[test]
@@ -339,6 +353,25 @@ fn the_daemonset_args_are_flags_the_agent_accepts() {
         output.status,
         String::from_utf8_lossy(&output.stderr)
     );
+    // The API overlay's flags parse too (`version` needs no API server).
+    let Some(objects) = rendered(&manifests().join("overlays/kube-api")) else {
+        return;
+    };
+    let args = agent_container(only_daemonset(&objects))
+        .args
+        .clone()
+        .unwrap_or_default();
+    let output = Command::new(AGENT)
+        .args(&args)
+        .arg("version")
+        .output()
+        .expect("running the agent");
+    assert!(
+        output.status.success(),
+        "ip-masq-agent {args:?} version: {}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 /// A kustomization.yaml, strictly, with its kind checked.
@@ -403,8 +436,40 @@ fn manifest_sources_are_typed_and_all_used_without_kubectl() {
             let path = dir.join(entry);
             assert_eq!(kustomization(&path).kind, "Component", "{}", path.display());
         }
+        // Patches are partial objects, so they are not typed here; the
+        // rendering tests type what they produce.
+        for patch in &k.patches {
+            let (text, shown) = match (&patch.path, &patch.patch) {
+                (Some(entry), None) => {
+                    let path = dir.join(entry);
+                    used.insert(path.canonicalize().unwrap());
+                    (read(&path), path.display().to_string())
+                }
+                (None, Some(inline)) => (inline.clone(), format!("{}: patch", file.display())),
+                _ => panic!("{}: a patch needs one of path and patch", file.display()),
+            };
+            let value: Value = serde_saphyr::from_str(&text)
+                .unwrap_or_else(|err| panic!("{shown}: not YAML: {err}"));
+            // A list under a target is a JSON patch (RFC 6902).
+            if let (Some(_), Value::Array(operations)) = (&patch.target, &value) {
+                for operation in operations {
+                    let op = operation.get("op").and_then(Value::as_str);
+                    let path = operation.get("path").and_then(Value::as_str);
+                    assert!(
+                        matches!(
+                            op,
+                            Some("add" | "remove" | "replace" | "move" | "copy" | "test")
+                        ) && path.is_some_and(|p| p.starts_with('/')),
+                        "{shown}: not a JSON patch operation: {operation}"
+                    );
+                }
+            }
+        }
     }
-    assert!(resources >= 2, "the DaemonSet and the PodMonitor at least");
+    assert!(
+        resources >= 4,
+        "the DaemonSet, the PodMonitor, the ServiceAccount and the RBAC at least"
+    );
     for file in &files {
         let canonical = file.canonicalize().unwrap();
         assert!(

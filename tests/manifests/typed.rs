@@ -11,7 +11,8 @@
 //! k8s-openapi: it goes through `podmonitor`'s own strict structs.
 
 use k8s_openapi::api::apps::v1::DaemonSet;
-use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::api::core::v1::{ConfigMap, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -20,12 +21,18 @@ use crate::podmonitor::PodMonitor;
 
 /// One parsed object, of a kind these manifests contain. Another kind is an
 /// error until it is added here and in `parse_object` (k8s-openapi has them
-/// all, e.g. `ServiceAccount` for an agent that would talk to the API).
+/// all). ClusterRole and ClusterRoleBinding are here so that the RBAC check
+/// can name one that must not be there (`kube_api`).
 #[derive(Debug)]
 pub enum Object {
     DaemonSet(Box<DaemonSet>),
     ConfigMap(Box<ConfigMap>),
     PodMonitor(Box<PodMonitor>),
+    ServiceAccount(Box<ServiceAccount>),
+    Role(Box<Role>),
+    RoleBinding(Box<RoleBinding>),
+    ClusterRole(Box<ClusterRole>),
+    ClusterRoleBinding(Box<ClusterRoleBinding>),
 }
 
 impl Object {
@@ -34,6 +41,11 @@ impl Object {
             Object::DaemonSet(_) => "DaemonSet",
             Object::ConfigMap(_) => "ConfigMap",
             Object::PodMonitor(_) => "PodMonitor",
+            Object::ServiceAccount(_) => "ServiceAccount",
+            Object::Role(_) => "Role",
+            Object::RoleBinding(_) => "RoleBinding",
+            Object::ClusterRole(_) => "ClusterRole",
+            Object::ClusterRoleBinding(_) => "ClusterRoleBinding",
         }
     }
 
@@ -42,6 +54,11 @@ impl Object {
             Object::DaemonSet(o) => &o.metadata,
             Object::ConfigMap(o) => &o.metadata,
             Object::PodMonitor(o) => &o.metadata,
+            Object::ServiceAccount(o) => &o.metadata,
+            Object::Role(o) => &o.metadata,
+            Object::RoleBinding(o) => &o.metadata,
+            Object::ClusterRole(o) => &o.metadata,
+            Object::ClusterRoleBinding(o) => &o.metadata,
         }
     }
 }
@@ -85,6 +102,8 @@ fn describe(document: &Value) -> String {
     }
 }
 
+const RBAC_V1: &str = "rbac.authorization.k8s.io/v1";
+
 /// One document into the type its `apiVersion` and `kind` name.
 pub fn parse_object(document: Value) -> Result<Object, String> {
     let api_version = document.get("apiVersion").and_then(Value::as_str);
@@ -94,6 +113,13 @@ pub fn parse_object(document: Value) -> Result<Object, String> {
         (Some("v1"), Some("ConfigMap")) => strict(document).map(Object::ConfigMap),
         (Some("monitoring.coreos.com/v1"), Some("PodMonitor")) => {
             strict(document).map(Object::PodMonitor)
+        }
+        (Some("v1"), Some("ServiceAccount")) => strict(document).map(Object::ServiceAccount),
+        (Some(RBAC_V1), Some("Role")) => strict(document).map(Object::Role),
+        (Some(RBAC_V1), Some("RoleBinding")) => strict(document).map(Object::RoleBinding),
+        (Some(RBAC_V1), Some("ClusterRole")) => strict(document).map(Object::ClusterRole),
+        (Some(RBAC_V1), Some("ClusterRoleBinding")) => {
+            strict(document).map(Object::ClusterRoleBinding)
         }
         (api_version, kind) => Err(format!(
             "apiVersion {api_version:?}, kind {kind:?} is not a type this test knows; \
