@@ -125,6 +125,9 @@ pub async fn client(source: &ApiSource) -> Result<Client, String> {
     Client::try_from(config).map_err(|e| format!("building the Kubernetes client: {e}"))
 }
 
+/// How long `sync`, `render` and `check` wait for the API server.
+const FETCH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Read the ConfigMap once (for `sync`, `render` and `check`).
 pub async fn fetch(
     client: Client,
@@ -132,7 +135,17 @@ pub async fn fetch(
     key: &ConfigMapKey,
 ) -> Result<Snapshot, String> {
     let api: Api<ConfigMap> = Api::namespaced(client, source.configmap.namespace());
-    match api.get_opt(source.configmap.name()).await {
+    // kube's client retries 429/503 for minutes; a command must answer.
+    let read = tokio::time::timeout(FETCH_TIMEOUT, api.get_opt(source.configmap.name()))
+        .await
+        .map_err(|_| {
+            format!(
+                "reading configmap {}: no answer within {} s",
+                source.configmap,
+                FETCH_TIMEOUT.as_secs()
+            )
+        })?;
+    match read {
         Ok(Some(object)) => Ok(snapshot_of(&object, key)),
         Ok(None) => Ok(Snapshot {
             bytes: None,

@@ -42,6 +42,7 @@ macro_rules! both_modes {
 
 pub(crate) use both_modes;
 
+mod api_source;
 mod cleanup;
 mod daemon;
 mod nft;

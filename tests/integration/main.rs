@@ -12,13 +12,16 @@
 //!   iptables backend;
 //! - `telemetry`: the metrics and probe endpoints, checked with `promtool` and
 //!   scraped by a real Prometheus server inside the namespace;
-//! - `harness_telemetry`: tests of the HTTP helpers, needing no root.
+//! - `harness_telemetry`: tests of the HTTP helpers, needing no root;
+//! - `apiserver`: tests of the fake kube-apiserver (`support::apiserver`)
+//!   with the real kube client, watcher and event recorder.
 //!
 //! Kernel tests need root and the tools (see `support::env`). Outside CI they
 //! skip with a printed reason; under `CI=true` they fail instead, because a
 //! skipped kernel test is a hidden red. `IP_MASQ_AGENT_BIN` may point the
 //! suite at another build of the binary (e.g. a colleague's work tree).
 
+mod apiserver;
 mod cli;
 mod harness;
 mod harness_telemetry;

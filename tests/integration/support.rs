@@ -7,6 +7,7 @@
 //! a namespace of ours.
 
 pub mod agent;
+pub mod apiserver;
 pub mod env;
 pub mod http;
 pub mod iptables;
