@@ -9,7 +9,7 @@ CONTAINER_ENGINE ?= docker
 VERSION ?= $(shell sed -n 's/^version = "\(.*\)"$$/\1/p' Cargo.toml | head -n 1)
 .DEFAULT_GOAL := build
 
-.PHONY: help build deps lint test demo bench-reload bench-scale fuzz-smoke render image clean
+.PHONY: help build deps lint test demo bench-reload bench-api bench-scale fuzz-smoke render image clean
 
 help:
 	@echo "build       cargo build (agent and examples)"
@@ -17,6 +17,7 @@ help:
 	@echo "lint        cargo fmt --check and clippy with warnings denied"
 	@echo "demo        the VPN failure and its fix, in throw-away network namespaces (needs root)"
 	@echo "bench-reload ConfigMap swap to rules live: median/p99 vs upstream's resync wait (needs root; SWAPS=N MODE=legacy)"
+	@echo "bench-api    API server sends a modified ConfigMap to rules live (--configmap; needs root; SWAPS=N MODE=legacy)"
 	@echo "bench-scale 64..50 000 CIDRs, iptables vs nftables: apply, change, memory, new-connection rate (needs root; SIZES=... BACKENDS=...)"
 	@echo "fuzz-smoke  each fuzz target for $(FUZZ_SECONDS) s (needs the nightly toolchain)"
 	@echo "render      print the rules for the built-in defaults"
@@ -59,6 +60,17 @@ bench-reload:
 	fi
 	$(CARGO) build --release --bins
 	$(CARGO) bench --bench reload
+
+# The same with the config through the Kubernetes API (--configmap): an in-process
+# API server in the namespace sends each modified ConfigMap; same knobs.
+bench-api:
+	@if [ "$$(id -u)" -ne 0 ]; then \
+		echo "bench-api needs root (network namespaces, iptables): sudo make bench-api" >&2; \
+		echo '(if sudo cannot find cargo: sudo env "PATH=$$PATH" make bench-api)' >&2; \
+		exit 1; \
+	fi
+	$(CARGO) build --release --bins
+	SOURCE=api $(CARGO) bench --bench reload
 
 # List size vs apply time, one-CIDR change, kernel and agent memory and the
 # new-connection rate through a router namespace, both backends in one run; release

@@ -14,10 +14,18 @@
 //!   poll loop in the namespace that shows it (an upper bound by at most one
 //!   poll period, which is printed).
 //!
+//! With `SOURCE=api` (`make bench-api`) the config comes through the
+//! Kubernetes API instead (`--configmap`): an in-process API server
+//! (the tests' `support/apiserver.rs`, listening inside the namespace)
+//! holds the ConfigMap; the clock starts just before the server records the
+//! modified object and sends it to the agent's open watch, and stops as
+//! above.
+//!
 //! Benchmarks are not tests: this prints the figures and whether they meet the
 //! targets; it exits non-zero only when it could not measure.
 //!
-//! Environment: `SWAPS` (60), `MODE` (`nft` or `legacy`),
+//! Environment: `SWAPS` (60), `MODE` (`nft` or `legacy`), `SOURCE` (`file`
+//! or `api`),
 //! `UPSTREAM_RESYNC_SECONDS` (60), `IP_MASQ_AGENT` (the agent binary; default
 //! the release binary cargo built), `AGENT_V` (the agent's `-v`, 0),
 //! `AGENT_LOG` (keep the agent's log at this path), `VERBOSE=1` (every swap).
@@ -27,6 +35,9 @@
 //! guards on every exit path, including a panic and SIGINT/SIGTERM/SIGHUP.
 
 mod common;
+#[path = "../tests/integration/support/apiserver.rs"]
+#[allow(dead_code)]
+mod apiserver;
 
 use std::fs;
 use std::os::unix::fs::symlink;
@@ -114,7 +125,39 @@ impl Mode {
     }
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SourceKind {
+    File,
+    Api,
+}
+
+/// Where each new config goes: the kubelet-style volume, or the API.
+enum Source {
+    File(Volume),
+    Api(apiserver::FakeApiServer),
+}
+
+/// The ConfigMap the API source watches.
+const CM_NAMESPACE: &str = "kube-system";
+const CM_NAME: &str = "ip-masq-agent";
+
+impl Source {
+    /// Publish `text`; returns the instant the change was made.
+    fn publish(&mut self, text: &str) -> Result<Instant, String> {
+        match self {
+            Source::File(volume) => volume.swap(text),
+            Source::Api(server) => {
+                let data = std::collections::BTreeMap::from([("config".to_owned(), text.to_owned())]);
+                let sent = Instant::now();
+                server.put_configmap(CM_NAMESPACE, CM_NAME, data);
+                Ok(sent)
+            }
+        }
+    }
+}
+
 struct Settings {
+    source: SourceKind,
     mode: Mode,
     swaps: usize,
     upstream_resync_s: f64,
@@ -130,6 +173,11 @@ fn settings() -> Result<Settings, String> {
         "legacy" => Mode::Legacy,
         other => return Err(format!("MODE={other:?}: expected nft or legacy")),
     };
+    let source = match env_or("SOURCE", "file".to_owned())?.as_str() {
+        "file" => SourceKind::File,
+        "api" => SourceKind::Api,
+        other => return Err(format!("SOURCE={other:?}: expected file or api")),
+    };
     let swaps: usize = env_or("SWAPS", 60)?;
     if !(1..=10_000).contains(&swaps) {
         return Err(format!("SWAPS={swaps}: expected 1 to 10000"));
@@ -143,6 +191,7 @@ fn settings() -> Result<Settings, String> {
         _ => PathBuf::from(env!("CARGO_BIN_EXE_ip-masq-agent")),
     };
     Ok(Settings {
+        source,
         mode,
         swaps,
         upstream_resync_s,
@@ -196,16 +245,35 @@ fn run() -> Result<(), String> {
         .tempdir()
         .map_err(|e| format!("temporary directory: {e}"))?;
     let ns = Netns::create(&format!("imq-bench-{}", std::process::id()))?;
-    let mut volume = Volume::new(tmp.path().join("volume"))?;
+    let volume = Volume::new(tmp.path().join("volume"))?;
+    let config_path = volume.config_path();
+    let mut source = match s.source {
+        SourceKind::File => Source::File(volume),
+        SourceKind::Api => {
+            let listener = apiserver::listen_in_netns(&ns.name)
+                .map_err(|e| format!("API server listener in {}: {e}", ns.name))?;
+            let server = apiserver::FakeApiServer::start(listener);
+            server
+                .write_kubeconfig(&tmp.path().join("kubeconfig"))
+                .map_err(|e| format!("kubeconfig: {e}"))?;
+            Source::Api(server)
+        }
+    };
     let agent_log = s
         .agent_log
         .clone()
         .unwrap_or_else(|| tmp.path().join("agent.log"));
 
-    println!(
-        "reload latency: kubelet ..data swap -> new rule live in the kernel ({} mode)",
-        s.mode.flag()
-    );
+    match s.source {
+        SourceKind::File => println!(
+            "reload latency: kubelet ..data swap -> new rule live in the kernel ({} mode)",
+            s.mode.flag()
+        ),
+        SourceKind::Api => println!(
+            "API latency: API server sends the modified ConfigMap -> new rule live in the kernel ({} mode)",
+            s.mode.flag()
+        ),
+    }
     println!(
         "  agent      {} --iptables-mode={} -v={}",
         s.agent.display(),
@@ -237,19 +305,26 @@ fn run() -> Result<(), String> {
     // The agent starts on a config with its own marker: its first sync proves
     // the whole chain (agent -> kernel -> watcher) works before timing starts.
     let initial = "10.98.255.0/24";
-    volume.swap(&config_text(initial))?;
+    source.publish(&config_text(initial))?;
     let log_file =
         fs::File::create(&agent_log).map_err(|e| format!("{}: {e}", agent_log.display()))?;
     let mut agent_cmd = ns.command(&s.agent.to_string_lossy());
     agent_cmd
         .arg("--config")
-        .arg(volume.config_path())
+        .arg(&config_path)
         .arg(format!("--iptables-mode={}", s.mode.flag()))
         .arg("--metrics-address=")
         .arg(format!("-v={}", s.verbosity))
+        .env_remove("HTTPS_PROXY")
+        .env_remove("https_proxy")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log_file);
+    if s.source == SourceKind::Api {
+        agent_cmd
+            .arg(format!("--configmap={CM_NAMESPACE}/{CM_NAME}"))
+            .arg(format!("--kubeconfig={}", tmp.path().join("kubeconfig").display()));
+    }
     let mut agent = Proc::spawn(&mut agent_cmd, "agent", true)?;
     let started = Instant::now();
     match watcher.wait_for(s.mode, initial, started + STARTUP_DEADLINE, &mut agent)? {
@@ -272,7 +347,7 @@ fn run() -> Result<(), String> {
     for i in 0..s.swaps {
         let marker = marker(i);
         watcher.drain();
-        let swapped = volume.swap(&config_text(&marker))?;
+        let swapped = source.publish(&config_text(&marker))?;
         let seen = watcher.wait_for(s.mode, &marker, swapped + SWAP_DEADLINE, &mut agent)?;
         let latency = seen.map(|at| ms(at - swapped));
         if s.verbose {
@@ -393,6 +468,12 @@ fn report(s: &Settings, results: &[Option<f64>], poll_period: Option<f64>) {
     // Upstream re-reads the file only on its resync timer, so a change waits
     // for the next tick: uniform in [0, T) after kubelet's update (plus its
     // own sync time, which is ignored here).
+    if s.source == SourceKind::Api {
+        println!(
+            "  upstream     has no API source: an edit first waits for the kubelet's volume refresh \
+             (its sync period, 1 min by default, plus the ConfigMap cache TTL), then for the resync below"
+        );
+    }
     let t = s.upstream_resync_s;
     println!(
         "  upstream-eq  min {}  median {}  p90 {}  p99 {}  max {}  s   (re-reads only every resyncInterval = {t} s: wait ~ uniform[0, {t} s))",
