@@ -34,10 +34,10 @@
 //! processes started in it and the temporary directory are removed by drop
 //! guards on every exit path, including a panic and SIGINT/SIGTERM/SIGHUP.
 
-mod common;
 #[path = "../tests/integration/support/apiserver.rs"]
 #[allow(dead_code)]
 mod apiserver;
+mod common;
 
 use std::fs;
 use std::os::unix::fs::symlink;
@@ -147,7 +147,8 @@ impl Source {
         match self {
             Source::File(volume) => volume.swap(text),
             Source::Api(server) => {
-                let data = std::collections::BTreeMap::from([("config".to_owned(), text.to_owned())]);
+                let data =
+                    std::collections::BTreeMap::from([("config".to_owned(), text.to_owned())]);
                 let sent = Instant::now();
                 server.put_configmap(CM_NAMESPACE, CM_NAME, data);
                 Ok(sent)
@@ -323,7 +324,10 @@ fn run() -> Result<(), String> {
     if s.source == SourceKind::Api {
         agent_cmd
             .arg(format!("--configmap={CM_NAMESPACE}/{CM_NAME}"))
-            .arg(format!("--kubeconfig={}", tmp.path().join("kubeconfig").display()));
+            .arg(format!(
+                "--kubeconfig={}",
+                tmp.path().join("kubeconfig").display()
+            ));
     }
     let mut agent = Proc::spawn(&mut agent_cmd, "agent", true)?;
     let started = Instant::now();

@@ -338,37 +338,32 @@ fn the_daemonset_args_are_flags_the_agent_accepts() {
     let Some(objects) = rendered(&manifests()) else {
         return;
     };
-    let args = agent_container(only_daemonset(&objects))
-        .args
-        .clone()
-        .unwrap_or_default();
-    let output = Command::new(AGENT)
-        .args(&args)
-        .args(["render", "--config", "/nonexistent/ip-masq-agent"])
-        .output()
-        .expect("running the agent");
-    assert!(
-        output.status.success(),
-        "ip-masq-agent {args:?} render: {}\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
+    agent_accepts_args_of(
+        &objects,
+        &["render", "--config", "/nonexistent/ip-masq-agent"],
     );
     // The API overlay's flags parse too (`version` needs no API server).
     let Some(objects) = rendered(&manifests().join("overlays/kube-api")) else {
         return;
     };
-    let args = agent_container(only_daemonset(&objects))
+    agent_accepts_args_of(&objects, &["version"]);
+}
+
+/// Runs the agent with the rendered DaemonSet's args, then `extra`; it must
+/// succeed.
+fn agent_accepts_args_of(objects: &[Object], extra: &[&str]) {
+    let args = agent_container(only_daemonset(objects))
         .args
         .clone()
         .unwrap_or_default();
     let output = Command::new(AGENT)
         .args(&args)
-        .arg("version")
+        .args(extra)
         .output()
         .expect("running the agent");
     assert!(
         output.status.success(),
-        "ip-masq-agent {args:?} version: {}\n{}",
+        "ip-masq-agent {args:?} {extra:?}: {}\n{}",
         output.status,
         String::from_utf8_lossy(&output.stderr)
     );
