@@ -626,10 +626,9 @@ fn measure(
         for r in 0..s.rate_runs {
             for (list_size, cfg) in [(size, &config), (1, &one)] {
                 check_stop()?;
-                // From empty each time: a sync from the full list straight to
-                // one CIDR would measure the agent's bulk-delete path instead
-                // (nftables backend, measured here: 22 s to drop 9 999
-                // elements, past the agent's 30 s nft timeout at 19 999).
+                // From empty each time, so both states are exactly what a
+                // fresh apply leaves, whichever path a backend would take
+                // from one list to the other.
                 agent_cleanup(ctx, &router, backend)?;
                 agent_sync(ctx, &router, backend, cfg, &dir)?;
                 if r == 0 {

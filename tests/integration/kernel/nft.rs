@@ -8,6 +8,8 @@
 //! Expected tables are literals of what `nft list table` prints (tabs shown
 //! as four spaces), never assembled from the agent's own constants.
 
+mod netlink;
+
 use std::time::Instant;
 
 use serde_json::Value;
@@ -612,4 +614,126 @@ fn element_delta_on_a_changed_set_falls_back_and_repairs() {
         |got| *got == format!("{want:?}"),
     );
     agent.wait_for_log("changed outside the agent");
+}
+
+/// Whether a `--v=2` log shows `nft` reading or writing our table.
+fn ran_nft(log: &str) -> bool {
+    log.contains("nft -f -") || log.contains("reading the table with nft -j")
+}
+
+/// A one-shot `sync` reads the table over netlink and runs `nft` only to
+/// create it: on a matching node it writes nothing and asks nft nothing,
+/// and a config change goes out as a netlink element delta, for every
+/// shape of our table (the rules read back exactly as predicted).
+#[test]
+fn one_shot_syncs_read_over_netlink_and_write_only_the_delta() {
+    if !require_root_and_tools() {
+        return;
+    }
+    let shapes: [(&str, &[&str], Family); 3] = [
+        ("nonMasqueradeCIDRs: [10.0.0.0/8", &[], V4),
+        (
+            "nonMasqueradeCIDRs: [10.0.0.0/8",
+            &["--to-ports=1024-29999,32768-65535", "--random-fully=false"],
+            V4,
+        ),
+        (
+            "nonMasqueradeCIDRs: [fd00::/8",
+            &["--enable-ipv6", "--to-ports=40000"],
+            V6,
+        ),
+    ];
+    for (list, extra, family) in shapes {
+        let ns = Netns::new();
+        let mut flags = vec![NFT, "--v=2"];
+        flags.extend_from_slice(extra);
+        let mut volume = ConfigVolume::with(&format!("{list}]\n"));
+        let log = sync_ok(&ns, Mode::Nft, &volume, &flags);
+        assert!(log.contains("table") && log.contains("missing"), "{log}");
+        let table = our_table(&ns, family).expect("our table");
+        let handles = nft(&ns, &["-a", "list", "table", fam(family), "ip-masq-agent"]);
+
+        let log = sync_ok(&ns, Mode::Nft, &volume, &flags);
+        assert!(log.contains("rules unchanged"), "{log}");
+        assert!(!ran_nft(&log), "nft ran on a matching node:\n{log}");
+
+        let added = match family {
+            V4 => "198.51.100.0/24",
+            V6 => "2001:db8::/32",
+        };
+        volume.update(&format!("{list}, {added}]\n"));
+        let log = sync_ok(&ns, Mode::Nft, &volume, &flags);
+        assert!(
+            log.contains("set no-masquerade: 1 element added, 0 removed"),
+            "{log}"
+        );
+        assert!(!ran_nft(&log), "nft ran for an element delta:\n{log}");
+        assert!(elements(&ns, family).contains(&added.to_owned()));
+        let after = our_table(&ns, family).expect("our table");
+        let chains = |t: &str| t[t.find("    chain ").unwrap_or(0)..].to_owned();
+        assert_eq!(chains(&after), chains(&table), "only the set changed");
+        // The chains and rules kept their handles.
+        let now = nft(&ns, &["-a", "list", "table", fam(family), "ip-masq-agent"]);
+        let rules = |text: &str| -> Vec<String> {
+            text.lines()
+                .filter(|l| l.contains("# handle"))
+                .map(str::to_owned)
+                .collect()
+        };
+        assert_eq!(rules(&now), rules(&handles));
+    }
+}
+
+/// A one-shot `sync` repairs what others changed in our table: a foreign
+/// element (one with a comment), a missing element, a flushed chain, an
+/// inserted rule; each time the table ends exactly as written, and the
+/// base chain is never recreated.
+#[test]
+fn one_shot_sync_repairs_drift() {
+    if !require_root_and_tools() {
+        return;
+    }
+    let ns = Netns::new();
+    let volume = ConfigVolume::empty();
+    sync_ok(&ns, Mode::Nft, &volume, &[NFT]);
+    let chain_line = |ns: &Netns| {
+        chain_with_handles(ns)
+            .lines()
+            .find(|l| l.contains("chain postrouting"))
+            .map(str::to_owned)
+            .unwrap_or_default()
+    };
+    let chain = chain_line(&ns);
+    let drifts: [(&str, &str); 4] = [
+        (
+            "add element ip ip-masq-agent no-masquerade { 203.0.113.0/24 comment \"not ours\" }",
+            "holds 1 element we did not write",
+        ),
+        (
+            "delete element ip ip-masq-agent no-masquerade { 172.16.0.0/12 }",
+            "set no-masquerade: 1 element added, 0 removed",
+        ),
+        (
+            "flush chain ip ip-masq-agent postrouting",
+            "chain postrouting rules differ",
+        ),
+        (
+            "insert rule ip ip-masq-agent postrouting ip daddr 198.51.100.0/24 return",
+            "chain postrouting rules differ",
+        ),
+    ];
+    for (change, reported) in drifts {
+        let mut args = vec!["nft"];
+        args.push(change);
+        ns.run(&args);
+        assert_ne!(our_table(&ns, V4).as_deref(), Some(DEFAULT_TABLE));
+        let log = sync_ok(&ns, Mode::Nft, &volume, &[NFT]);
+        assert!(log.contains(reported), "after `{change}`:\n{log}");
+        assert_text_eq(
+            &format!("our table after `{change}` and a sync"),
+            &our_table(&ns, V4).unwrap_or_default(),
+            DEFAULT_TABLE,
+        );
+        assert_eq!(chain_line(&ns), chain, "the base chain was never recreated");
+    }
 }

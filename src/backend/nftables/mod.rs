@@ -15,16 +15,26 @@
 //!   repaired with `flush chain` + the rules, in one transaction.
 //! - The set holds the aggregated list ([`plan::aggregate_for_set`]), so the
 //!   kernel's set equals the desired state element for element and a config
-//!   change is sent as an exact delta (`delete element` + `add element`) in
-//!   one `nft -f -` transaction. A set changed behind our back is rewritten
-//!   (`flush set` + `add element`), also in one transaction.
-//! - Every reconcile reads the live table (`nft -j list table`) first and
-//!   writes nothing when it already matches.
+//!   change is sent as an exact delta (delete + add elements) in one kernel
+//!   transaction. A set changed behind our back is rewritten (flush + add),
+//!   also in one transaction.
+//! - Every reconcile (but the daemon's config change, sent blind and
+//!   repaired if refused) reads the live table first and writes nothing
+//!   when it already matches.
+//! - The masquerade rule is never live over an incomplete set: creation is
+//!   gated (see `Nftables::create`), and every element change is atomic.
 //!
-//! Expected rules are predicted in the JSON form `nft -j` prints; if this nft
-//! prints them differently, the read-back after our own write becomes the
-//! reference (as the iptables backend does), so a node is never rewritten
-//! just because of formatting.
+//! Who does what: the set's elements (the large part) are read and written
+//! over netlink ([`netlink`]: one dump, one batch), because `nft` needs tens
+//! of milliseconds to list or edit 10 000 interval elements. The table,
+//! chains and rules (small, rarely changed) are written by `nft -f`, and
+//! read over netlink as the kernel's expressions, compared with a
+//! prediction (`bytecode`). Whenever that read finds rules, chains or the
+//! set's type other than expected, `nft -j list table` decides, as before
+//! netlink was used: its JSON is compared with a second prediction, and if
+//! this nft prints our rules differently, the read-back after our own
+//! write becomes the reference (as the iptables backend does), so a node
+//! is never rewritten just because of formatting.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
@@ -37,6 +47,13 @@ use tracing::{debug, warn};
 use super::exec;
 use super::{Backend, BackendError, CleanupReport, ErrorKind, Outcome};
 use crate::plan::{self, ChainName, Family, PortRange, Protocol, Ruleset};
+use bytecode::predict;
+use netlink::{NlError, Snapshot};
+
+mod bytecode;
+mod elements;
+pub mod netlink;
+mod wire;
 
 /// Our table's name, the same in both families.
 pub const TABLE: &str = "ip-masq-agent";
@@ -68,11 +85,13 @@ fn addr_type(family: Family) -> &'static str {
     }
 }
 
-/// One rule: the text we send and the JSON `nft -j` is predicted to print.
+/// One rule: the text we send, the JSON `nft -j` is predicted to print,
+/// and the expressions the kernel is predicted to hold (`bytecode`'s form).
 #[derive(Debug, Clone, PartialEq)]
 struct Rule {
     text: String,
     json: Value,
+    bytecode: String,
 }
 
 /// One of our chains and its rules in order.
@@ -107,6 +126,25 @@ impl Plan {
             })
             .collect()
     }
+
+    /// Predicted rules per chain as a netlink read shows them
+    /// ([`netlink::snapshot`]).
+    pub fn predicted_bytecode(&self) -> BTreeMap<String, Vec<String>> {
+        self.chains
+            .iter()
+            .map(|c| {
+                (
+                    c.name.clone(),
+                    c.rules.iter().map(|r| r.bytecode.clone()).collect(),
+                )
+            })
+            .collect()
+    }
+
+    /// The set's elements: the aggregated list, sorted.
+    pub fn elements(&self) -> &[IpNet] {
+        &self.elements
+    }
 }
 
 /// `meta l4proto { tcp, udp, sctp }`: the protocols `--to-ports` applies to
@@ -125,11 +163,15 @@ fn masquerade_rule(ports: Option<PortRange>, random_fully: bool) -> Rule {
     let mut text = String::new();
     let mut expr = Vec::new();
     let mut statement = serde_json::Map::new();
+    let mut bytecode = String::new();
     if ports.is_some() {
         text.push_str(&l4proto_text());
         text.push(' ');
         expr.push(l4proto_json());
+        bytecode.push_str(&predict::l4proto_in(&plan::PORT_PROTOCOLS));
+        bytecode.push(' ');
     }
+    bytecode.push_str(&predict::masquerade(ports, random_fully));
     text.push_str("masquerade");
     if let Some(range) = ports {
         if range.first == range.last {
@@ -153,6 +195,7 @@ fn masquerade_rule(ports: Option<PortRange>, random_fully: bool) -> Rule {
     Rule {
         text,
         json: Value::Array(expr),
+        bytecode,
     }
 }
 
@@ -180,6 +223,7 @@ pub fn plan_nft(desired: &Ruleset) -> Plan {
                 {"match": {"op": "==", "left": {"fib": {"result": "type", "flags": ["daddr"]}}, "right": "local"}},
                 {"return": null}
             ]),
+            bytecode: predict::fib_local_return(),
         },
         Rule {
             text: format!("{} daddr @{SET} return", nft_family(family)),
@@ -187,6 +231,7 @@ pub fn plan_nft(desired: &Ruleset) -> Plan {
                 {"match": {"op": "==", "left": {"payload": {"protocol": nft_family(family), "field": "daddr"}}, "right": format!("@{SET}")}},
                 {"return": null}
             ]),
+            bytecode: predict::daddr_in_set_return(family, SET),
         },
     ];
     let ranges = port_ranges(desired);
@@ -200,11 +245,13 @@ pub fn plan_nft(desired: &Ruleset) -> Plan {
             let mut offset: u64 = 0;
             let mut text_map = Vec::new();
             let mut json_map = Vec::new();
+            let mut slices = Vec::new();
             for (i, range) in several.iter().enumerate() {
                 let name = format!("{SHARE_PREFIX}{i}");
                 let size = u64::from(range.size());
                 let (lo, hi) = (offset, offset + size - 1);
                 offset += size;
+                slices.push((lo, name.clone()));
                 if lo == hi {
                     text_map.push(format!("{lo} : jump {name}"));
                     json_map.push(json!([lo, {"jump": {"target": name}}]));
@@ -228,6 +275,11 @@ pub fn plan_nft(desired: &Ruleset) -> Plan {
                     l4proto_json(),
                     {"vmap": {"key": {"numgen": {"mode": "random", "mod": offset, "offset": 0}}, "data": {"set": json_map}}}
                 ]),
+                bytecode: format!(
+                    "{} {}",
+                    predict::l4proto_in(&plan::PORT_PROTOCOLS),
+                    predict::numgen_vmap(offset, &slices)
+                ),
             });
         }
     }
@@ -254,14 +306,30 @@ fn elements_text(elements: &[IpNet]) -> String {
     format!("{{ {} }}", items.join(", "))
 }
 
-/// The whole table, declaratively: what a node without our table receives.
+/// The whole table, declaratively: what a node without our table receives
+/// (and what `render` prints).
 pub fn script(plan: &Plan) -> String {
+    table_script(plan, true)
+}
+
+/// The table without its elements and with [`GATE`] first in the base
+/// chain: how the agent creates it (see `Nftables::create`).
+pub fn gated_script(plan: &Plan) -> String {
+    table_script(plan, false)
+}
+
+/// The rule that keeps a freshly created table from masquerading anything
+/// until its set is filled: the base chain returns at once (its policy is
+/// accept), as if the table did not exist yet.
+pub const GATE: &str = "return";
+
+fn table_script(plan: &Plan, with_elements: bool) -> String {
     let family = plan.family;
     let mut out = format!("table {} {TABLE} {{\n", nft_family(family));
     let _ = writeln!(out, "\tset {SET} {{");
     let _ = writeln!(out, "\t\ttype {}", addr_type(family));
     let _ = writeln!(out, "\t\tflags interval");
-    if !plan.elements.is_empty() {
+    if with_elements && !plan.elements.is_empty() {
         let _ = writeln!(out, "\t\telements = {}", elements_text(&plan.elements));
     }
     let _ = writeln!(out, "\t}}");
@@ -269,6 +337,9 @@ pub fn script(plan: &Plan) -> String {
         let _ = writeln!(out, "\tchain {} {{", chain.name);
         if chain.base {
             let _ = writeln!(out, "\t\t{}", base_chain_spec());
+            if !with_elements {
+                let _ = writeln!(out, "\t\t{GATE}");
+            }
         }
         for rule in &chain.rules {
             let _ = writeln!(out, "\t\t{}", rule.text);
@@ -291,21 +362,42 @@ pub struct ObservedSet {
     pub foreign_elements: usize,
 }
 
-/// A chain as found in the kernel.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct ObservedChain {
+/// A chain as found in the kernel. `R` is a rule's form: the JSON `expr`
+/// array `nft -j` prints, or [`netlink::snapshot`]'s expression text.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ObservedChain<R = Value> {
     /// `type nat hook postrouting priority srcnat + 10; policy accept`.
     pub base_ok: bool,
-    /// Each rule's `expr` array, in order.
-    pub rules: Vec<Value>,
+    /// Each rule, in order.
+    pub rules: Vec<R>,
 }
 
-/// Our table as found in one `nft -j list table` dump.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Observed {
+impl<R> Default for ObservedChain<R> {
+    fn default() -> Self {
+        ObservedChain {
+            base_ok: false,
+            rules: Vec::new(),
+        }
+    }
+}
+
+/// Our table as found in one read (`nft -j list table`, or a netlink
+/// snapshot).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Observed<R = Value> {
     pub table: bool,
     pub set: Option<ObservedSet>,
-    pub chains: BTreeMap<String, ObservedChain>,
+    pub chains: BTreeMap<String, ObservedChain<R>>,
+}
+
+impl<R> Default for Observed<R> {
+    fn default() -> Self {
+        Observed {
+            table: false,
+            set: None,
+            chains: BTreeMap::new(),
+        }
+    }
 }
 
 fn parse_addr(value: &Value) -> Option<IpAddr> {
@@ -421,21 +513,12 @@ pub enum SetChange {
     Delta { remove: Vec<IpNet>, add: Vec<IpNet> },
 }
 
-/// Past this many removals a delta costs more than rewriting the set: nft
-/// (1.0.6) re-reads and re-splits the interval set for each deleted element,
-/// so shrinking 10 000 elements to one took 22 s, while flush + add of the
-/// whole wanted list costs one full apply (about 130 ms at 10 000).
+/// Past this many removals an `nft` delta costs more than rewriting the
+/// set: nft (1.0.6) re-reads and re-splits the interval set for each
+/// deleted element, so shrinking 10 000 elements to one took 22 s. Only the
+/// `nft` transaction (the rare repair path) heeds it; a netlink delta costs
+/// the kernel's share only, whatever its size.
 pub const MAX_DELTA_REMOVALS: usize = 64;
-
-/// The set operation for a config change: an exact delta, or one atomic
-/// flush + add when many elements go.
-pub fn set_change(remove: Vec<IpNet>, add: Vec<IpNet>) -> SetChange {
-    if remove.len() > MAX_DELTA_REMOVALS {
-        SetChange::Rewrite
-    } else {
-        SetChange::Delta { remove, add }
-    }
-}
 
 /// What must change to turn the live table into the plan.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -458,6 +541,28 @@ impl Changes {
     pub fn is_empty(&self) -> bool {
         !self.create_table && self.set == SetChange::None && !self.rewrite_rules
     }
+
+    /// The netlink transaction for these changes when only the set's
+    /// elements differ (table, set, chains and rules as planned); None when
+    /// `nft` must write.
+    pub fn element_write(&self, plan: &Plan) -> Option<netlink::Write> {
+        if self.create_table || self.rewrite_rules {
+            return None;
+        }
+        match &self.set {
+            SetChange::Rewrite => Some(netlink::Write {
+                flush: true,
+                add: plan.elements.clone(),
+                ..netlink::Write::default()
+            }),
+            SetChange::Delta { remove, add } => Some(netlink::Write {
+                remove: remove.clone(),
+                add: add.clone(),
+                ..netlink::Write::default()
+            }),
+            SetChange::None | SetChange::Create | SetChange::Recreate => None,
+        }
+    }
 }
 
 fn count(n: usize, what: &str) -> String {
@@ -471,10 +576,10 @@ fn count(n: usize, what: &str) -> String {
 /// Compare what is live with the plan. `expected` is each chain's rules in
 /// the form this nft prints; `last_written` is the set content we last left
 /// (None before our first look), which tells drift from a config change.
-pub fn diff(
+pub fn diff<R: PartialEq>(
     plan: &Plan,
-    observed: &Observed,
-    expected: &BTreeMap<String, Vec<Value>>,
+    observed: &Observed<R>,
+    expected: &BTreeMap<String, Vec<R>>,
     last_written: Option<&BTreeSet<IpNet>>,
 ) -> Changes {
     let mut changes = Changes::default();
@@ -524,7 +629,7 @@ pub fn diff(
                     count(add.len(), "element"),
                     remove.len()
                 ));
-                changes.set = set_change(remove, add);
+                changes.set = SetChange::Delta { remove, add };
             }
         }
     }
@@ -617,6 +722,10 @@ pub fn transaction(plan: &Plan, changes: &Changes) -> String {
             let _ = writeln!(out, "flush set {t} {SET}");
             add_all(&mut out);
         }
+        SetChange::Delta { remove, .. } if remove.len() > MAX_DELTA_REMOVALS => {
+            let _ = writeln!(out, "flush set {t} {SET}");
+            add_all(&mut out);
+        }
         SetChange::Delta { remove, add } => {
             // Deletes first: a new element may overlap one that goes.
             if !remove.is_empty() {
@@ -666,6 +775,66 @@ struct ReadBack {
     actual: BTreeMap<String, Vec<Value>>,
 }
 
+/// How the kernel holds one plan's rules (netlink's form), learned from a
+/// read that showed exactly our write or that `nft -j` confirmed.
+#[derive(Debug, Clone)]
+struct Learned {
+    /// The plan's rules this is for.
+    predicted: BTreeMap<String, Vec<Value>>,
+    bytecode: BTreeMap<String, Vec<String>>,
+}
+
+/// Netlink reads tried for a consistent one (no commit by anyone while
+/// reading) before `nft -j` decides instead.
+const SNAPSHOT_ATTEMPTS: usize = 3;
+
+/// Runs blocking netlink I/O off the runtime's thread.
+async fn blocking<T, F>(f: F) -> Result<T, BackendError>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, NlError> + Send + 'static,
+{
+    match tokio::task::spawn_blocking(f).await {
+        Ok(result) => result.map_err(NlError::into_backend),
+        Err(err) => Err(BackendError::new(
+            ErrorKind::Io,
+            "netlink",
+            format!("the netlink task failed: {err}"),
+        )),
+    }
+}
+
+/// After a write: the set holds exactly `wanted` and every chain of the
+/// plan exists.
+fn verify(
+    plan: &Plan,
+    after: &Observed<String>,
+    wanted: &BTreeSet<IpNet>,
+) -> Result<(), BackendError> {
+    let set_ok = after
+        .set
+        .as_ref()
+        .is_some_and(|s| s.shape_ok && s.foreign_elements == 0 && s.elements == *wanted);
+    let missing: Vec<&str> = plan
+        .chains
+        .iter()
+        .filter(|c| !after.chains.contains_key(&c.name))
+        .map(|c| c.name.as_str())
+        .collect();
+    if set_ok && missing.is_empty() {
+        return Ok(());
+    }
+    Err(BackendError::new(
+        ErrorKind::Verify,
+        &format!("netlink: list table {} {TABLE}", nft_family(plan.family)),
+        format!(
+            "after writing, set {SET} {} and chains missing: [{}]",
+            if set_ok { "matches" } else { "differs" },
+            missing.join(", ")
+        ),
+    ))
+}
+
 /// The nftables implementation of [`Backend`].
 #[derive(Debug, Default)]
 pub struct Nftables {
@@ -676,6 +845,7 @@ pub struct Nftables {
     /// matching: while they stay the same, a config change is a pure set delta.
     last_rules: HashMap<Family, BTreeMap<String, Vec<Value>>>,
     read_back: HashMap<Family, ReadBack>,
+    learned: HashMap<Family, Learned>,
 }
 
 impl Nftables {
@@ -726,112 +896,206 @@ impl Nftables {
         debug!(family = %family, payload = %shown, "nft -f -");
         exec::run("nft", &["-f", "-"], Some(script)).await.map(drop)
     }
-}
 
-impl Backend for Nftables {
-    fn describe(&self) -> String {
-        match &self.version {
-            Some(version) => format!("nftables {version}"),
-            None => "nftables".into(),
+    /// Our rules as a netlink read should show them: learned from this
+    /// kernel for these rules, else predicted.
+    fn expected_bytecode(
+        &self,
+        family: Family,
+        plan: &Plan,
+        predicted: &BTreeMap<String, Vec<Value>>,
+    ) -> BTreeMap<String, Vec<String>> {
+        match self.learned.get(&family) {
+            Some(l) if l.predicted == *predicted => l.bytecode.clone(),
+            _ => plan.predicted_bytecode(),
         }
     }
 
-    fn render(&self, desired: &Ruleset) -> String {
-        script(&plan_nft(desired))
+    /// The kernel now holds `wanted` under the plan's rules.
+    fn record(
+        &mut self,
+        family: Family,
+        wanted: BTreeSet<IpNet>,
+        predicted: BTreeMap<String, Vec<Value>>,
+    ) {
+        self.last_written.insert(family, wanted);
+        self.last_rules.insert(family, predicted);
     }
 
-    async fn reconcile(&mut self, desired: &Ruleset) -> Result<Outcome, BackendError> {
-        let family = desired.family;
-        let plan = plan_nft(desired);
-        let predicted = plan.predicted();
-        let wanted: BTreeSet<IpNet> = plan.elements.iter().copied().collect();
+    /// Takes the plan's rules in `snap` as this kernel's form of them.
+    /// Callers make sure `snap` shows exactly our rules.
+    fn learn(
+        &mut self,
+        family: Family,
+        plan: &Plan,
+        predicted: &BTreeMap<String, Vec<Value>>,
+        snap: &Snapshot,
+    ) {
+        let bytecode: BTreeMap<String, Vec<String>> = plan
+            .chains
+            .iter()
+            .map(|c| {
+                let rules = snap
+                    .observed
+                    .chains
+                    .get(&c.name)
+                    .map(|f| f.rules.clone())
+                    .unwrap_or_default();
+                (c.name.clone(), rules)
+            })
+            .collect();
+        if bytecode != plan.predicted_bytecode() {
+            debug!(
+                family = %family,
+                "the kernel holds our rules in another form than predicted; using its own as the reference"
+            );
+        }
+        self.learned.insert(
+            family,
+            Learned {
+                predicted: predicted.clone(),
+                bytecode,
+            },
+        );
+    }
 
-        // A config change on a table we wrote or confirmed: send the element
-        // delta straight away, without listing the table first (at 10 000
-        // elements the listing costs as much as the change). The transaction
-        // is atomic and fails whole if the set is not what we left (a
-        // deleted element is missing), and then the full path below repairs.
-        if let Some(previous) = self.last_written.get(&family)
-            && *previous != wanted
-            && self.last_rules.get(&family) == Some(&predicted)
+    /// Learns from `snap` if nothing committed since it was read (then
+    /// `nft -j`, which just found our rules, saw the same state).
+    async fn learn_if_unchanged(
+        &mut self,
+        family: Family,
+        plan: &Plan,
+        predicted: &BTreeMap<String, Vec<Value>>,
+        snap: Option<&Snapshot>,
+    ) {
+        let Some(snap) = snap.filter(|s| s.consistent) else {
+            return;
+        };
+        if let Ok(now) = blocking(netlink::genid).await
+            && now == snap.genid
         {
-            let remove: Vec<IpNet> = previous.difference(&wanted).copied().collect();
-            let add: Vec<IpNet> = wanted.difference(previous).copied().collect();
-            let differences = vec![format!(
-                "set {SET}: {} added, {} removed",
-                count(add.len(), "element"),
-                remove.len()
-            )];
-            let changes = Changes {
-                set: set_change(remove, add),
-                differences: differences.clone(),
-                ..Changes::default()
-            };
-            match self.apply(family, &transaction(&plan, &changes)).await {
-                Ok(()) => {
-                    self.last_written.insert(family, wanted);
-                    return Ok(Outcome {
-                        wrote: true,
-                        differences,
-                        foreign_jumps: Vec::new(),
-                    });
-                }
-                // What we left is still `last_written`, so the full path
-                // below sees the set as changed outside the agent.
-                Err(err) => {
-                    debug!(family = %family, error = %err, "element delta refused; reading the table");
-                }
-            }
+            self.learn(family, plan, predicted, snap);
         }
+    }
 
+    /// A node without our table. `nft -f` creates it gated (empty set,
+    /// [`GATE`] first in the base chain), then one netlink transaction
+    /// fills the set and deletes the gate. Between the two the table passes
+    /// all traffic untouched, as before it existed; the masquerade rule is
+    /// never live over an incomplete set (which would NAT traffic to listed
+    /// destinations). One `nft -f` with the elements would need no gate,
+    /// but nft parses 10 000 elements in about 80 ms; the kernel takes them
+    /// over netlink in about 20.
+    async fn create(
+        &mut self,
+        plan: &Plan,
+        predicted: BTreeMap<String, Vec<Value>>,
+        wanted: BTreeSet<IpNet>,
+    ) -> Result<Outcome, BackendError> {
+        let family = plan.family;
+        self.last_rules.remove(&family);
+        self.apply(family, &gated_script(plan)).await?;
+        let gated = blocking(move || netlink::snapshot(family)).await?;
+        let gate = gated
+            .observed
+            .chains
+            .get(BASE_CHAIN)
+            .and_then(|c| c.rules.first())
+            .filter(|r| **r == predict::gate())
+            .and(
+                gated
+                    .handles
+                    .get(BASE_CHAIN)
+                    .and_then(|h| h.first())
+                    .copied(),
+            );
+        let Some(handle) = gate else {
+            // Someone else wrote into the new table: repair it like drift.
+            let why = "the new table is not as written";
+            return self
+                .reconcile_with_nft(plan, predicted, wanted, None, why)
+                .await;
+        };
+        let write = netlink::Write {
+            flush: true,
+            add: plan.elements.clone(),
+            delete_rule: Some((BASE_CHAIN.to_owned(), handle)),
+            ..netlink::Write::default()
+        };
+        blocking(move || netlink::write_set(family, &write)).await?;
+        self.record(family, wanted.clone(), predicted.clone());
+        let after = blocking(move || netlink::snapshot(family)).await?;
+        verify(plan, &after.observed, &wanted)?;
+        // One commit since the gated read, ours: `after` is our write.
+        if after.consistent && after.genid == gated.genid.wrapping_add(1) {
+            self.learn(family, plan, &predicted, &after);
+        }
+        Ok(Outcome {
+            wrote: true,
+            differences: vec![format!("table {} {TABLE} missing", nft_family(family))],
+            foreign_jumps: Vec::new(),
+        })
+    }
+
+    /// The full read and repair with `nft`, used when the netlink read
+    /// found the rules, chains or the set's shape other than expected (the
+    /// prediction may be what is wrong), or found no consistent state.
+    /// `nft -j` decides, as it always has: a difference it confirms is
+    /// repaired in one `nft -f` transaction; if it finds our rules, the
+    /// netlink form just read becomes the reference.
+    async fn reconcile_with_nft(
+        &mut self,
+        plan: &Plan,
+        predicted: BTreeMap<String, Vec<Value>>,
+        wanted: BTreeSet<IpNet>,
+        snap: Option<&Snapshot>,
+        why: &str,
+    ) -> Result<Outcome, BackendError> {
+        let family = plan.family;
+        debug!(family = %family, "reading the table with nft -j: {why}");
         let expected = match self.read_back.get(&family) {
             Some(rb) if rb.predicted == predicted => rb.actual.clone(),
             _ => predicted.clone(),
         };
         let observed = self.observe(family).await?;
-        let changes = diff(&plan, &observed, &expected, self.last_written.get(&family));
+        let changes = diff(plan, &observed, &expected, self.last_written.get(&family));
         if changes.is_empty() {
-            self.last_written.insert(family, wanted);
-            self.last_rules.insert(family, predicted);
+            self.learn_if_unchanged(family, plan, &predicted, snap)
+                .await;
+            self.record(family, wanted, predicted);
             return Ok(Outcome::default());
         }
-        let script = transaction(&plan, &changes);
+        if let Some(write) = changes.element_write(plan) {
+            self.learn_if_unchanged(family, plan, &predicted, snap)
+                .await;
+            blocking(move || netlink::write_set(family, &write)).await?;
+            self.record(family, wanted, predicted);
+            return Ok(Outcome {
+                wrote: true,
+                differences: changes.differences,
+                foreign_jumps: Vec::new(),
+            });
+        }
+        let script = transaction(plan, &changes);
         self.last_rules.remove(&family);
+        let before = blocking(netlink::genid).await.ok();
         self.apply(family, &script).await?;
-        self.last_written.insert(family, wanted.clone());
-        self.last_rules.insert(family, predicted.clone());
+        self.record(family, wanted.clone(), predicted.clone());
 
         // Rules written: read back, to verify and to learn how this nft
-        // prints them. A pure element delta is atomic and exact; reading a
-        // large set back would double the cost of every config change.
+        // prints them and how the kernel holds them.
         if changes.create_table || changes.rewrite_rules {
-            let after = self.observe(family).await?;
-            let set_ok = after
-                .set
-                .as_ref()
-                .is_some_and(|s| s.shape_ok && s.foreign_elements == 0 && s.elements == wanted);
-            let missing: Vec<&str> = plan
-                .chains
-                .iter()
-                .filter(|c| !after.chains.contains_key(&c.name))
-                .map(|c| c.name.as_str())
-                .collect();
-            if !set_ok || !missing.is_empty() {
-                return Err(BackendError::new(
-                    ErrorKind::Verify,
-                    &format!("nft -j list table {} {TABLE}", nft_family(family)),
-                    format!(
-                        "after writing, set {SET} {} and chains missing: [{}]",
-                        if set_ok { "matches" } else { "differs" },
-                        missing.join(", ")
-                    ),
-                ));
+            let after = blocking(move || netlink::snapshot(family)).await?;
+            verify(plan, &after.observed, &wanted)?;
+            if after.consistent && before.map(|g| g.wrapping_add(1)) == Some(after.genid) {
+                self.learn(family, plan, &predicted, &after);
             }
+            let printed = self.observe(family).await?;
             let actual: BTreeMap<String, Vec<Value>> = plan
                 .chains
                 .iter()
                 .map(|c| {
-                    let rules = after
+                    let rules = printed
                         .chains
                         .get(&c.name)
                         .map(|f| f.rules.clone())
@@ -854,6 +1118,111 @@ impl Backend for Nftables {
             foreign_jumps: Vec::new(),
         })
     }
+}
+
+impl Backend for Nftables {
+    fn describe(&self) -> String {
+        match &self.version {
+            Some(version) => format!("nftables {version}"),
+            None => "nftables".into(),
+        }
+    }
+
+    fn render(&self, desired: &Ruleset) -> String {
+        script(&plan_nft(desired))
+    }
+
+    async fn reconcile(&mut self, desired: &Ruleset) -> Result<Outcome, BackendError> {
+        let family = desired.family;
+        let plan = plan_nft(desired);
+        let predicted = plan.predicted();
+        let wanted: BTreeSet<IpNet> = plan.elements.iter().copied().collect();
+
+        // A config change on a table we wrote or confirmed: send the element
+        // delta straight away, without reading the table first. The
+        // transaction is atomic and fails whole if the set is not what we
+        // left (a deleted element is missing), and then the read below
+        // repairs.
+        if let Some(previous) = self.last_written.get(&family)
+            && *previous != wanted
+            && self.last_rules.get(&family) == Some(&predicted)
+        {
+            let remove: Vec<IpNet> = previous.difference(&wanted).copied().collect();
+            let add: Vec<IpNet> = wanted.difference(previous).copied().collect();
+            let differences = vec![format!(
+                "set {SET}: {} added, {} removed",
+                count(add.len(), "element"),
+                remove.len()
+            )];
+            let write = netlink::Write {
+                remove,
+                add,
+                ..netlink::Write::default()
+            };
+            match blocking(move || netlink::write_set(family, &write)).await {
+                Ok(()) => {
+                    self.last_written.insert(family, wanted);
+                    return Ok(Outcome {
+                        wrote: true,
+                        differences,
+                        foreign_jumps: Vec::new(),
+                    });
+                }
+                // What we left is still `last_written`, so the read below
+                // sees the set as changed outside the agent.
+                Err(err) => {
+                    debug!(family = %family, error = %err, "element delta refused; reading the table");
+                }
+            }
+        }
+
+        // Read the table over netlink and compare; write only the elements
+        // when only they differ.
+        for _ in 0..SNAPSHOT_ATTEMPTS {
+            let snap = blocking(move || netlink::snapshot(family)).await?;
+            if !snap.observed.table {
+                return self.create(&plan, predicted, wanted).await;
+            }
+            if !snap.consistent {
+                continue;
+            }
+            let expected = self.expected_bytecode(family, &plan, &predicted);
+            let changes = diff(
+                &plan,
+                &snap.observed,
+                &expected,
+                self.last_written.get(&family),
+            );
+            if changes.is_empty() {
+                self.record(family, wanted, predicted);
+                return Ok(Outcome::default());
+            }
+            let Some(mut write) = changes.element_write(&plan) else {
+                let why = changes.differences.join("; ");
+                return self
+                    .reconcile_with_nft(&plan, predicted, wanted, Some(&snap), &why)
+                    .await;
+            };
+            // Only onto the state just read: a delta is exact only there.
+            write.genid = Some(snap.genid);
+            match netlink_write(family, write).await {
+                Ok(()) => {
+                    self.record(family, wanted, predicted);
+                    return Ok(Outcome {
+                        wrote: true,
+                        differences: changes.differences,
+                        foreign_jumps: Vec::new(),
+                    });
+                }
+                // Someone committed since the read: read again.
+                Err(err) if err.errno == Some(netlink::ERESTART) => continue,
+                Err(err) => return Err(err.into_backend()),
+            }
+        }
+        // No consistent read (a ruleset changing all the time): nft decides.
+        self.reconcile_with_nft(&plan, predicted, wanted, None, "no consistent netlink read")
+            .await
+    }
 
     async fn cleanup(
         &mut self,
@@ -864,6 +1233,7 @@ impl Backend for Nftables {
         self.last_written.remove(&family);
         self.last_rules.remove(&family);
         self.read_back.remove(&family);
+        self.learned.remove(&family);
         match exec::run("nft", &["delete", "table", fam, TABLE], None).await {
             Ok(_) => Ok(vec![format!(
                 "nftables {family}: removed table {fam} {TABLE}"
@@ -874,22 +1244,43 @@ impl Backend for Nftables {
     }
 }
 
+/// `netlink::write_set` off the runtime's thread, keeping the errno (a
+/// stale generation is retried, not reported).
+async fn netlink_write(family: Family, write: netlink::Write) -> Result<(), NlError> {
+    match tokio::task::spawn_blocking(move || netlink::write_set(family, &write)).await {
+        Ok(result) => result,
+        Err(err) => Err(NlError {
+            op: "netlink task".into(),
+            errno: None,
+            detail: err.to_string(),
+        }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn large_shrinks_rewrite_the_set() {
+    fn large_shrinks_rewrite_the_set_only_through_nft() {
         let nets = |n: u32| -> Vec<IpNet> {
             (0..n)
                 .map(|i| IpNet::V4(ipnet::Ipv4Net::new_assert((0x0a00_0000 + i * 4).into(), 30)))
                 .collect()
         };
-        assert!(matches!(
-            set_change(nets(64), nets(1)),
-            SetChange::Delta { .. }
-        ));
-        assert_eq!(set_change(nets(65), Vec::new()), SetChange::Rewrite);
+        let plan = plan_nft(&ruleset(Family::Ipv4, &["192.0.2.0/24"]));
+        let shrink = |n: u32| Changes {
+            set: SetChange::Delta {
+                remove: nets(n),
+                add: Vec::new(),
+            },
+            ..Changes::default()
+        };
+        assert!(transaction(&plan, &shrink(64)).starts_with("delete element"));
+        assert!(transaction(&plan, &shrink(65)).starts_with("flush set"));
+        // Over netlink a delta stays a delta, whatever its size.
+        let write = shrink(10_000).element_write(&plan).unwrap();
+        assert_eq!((write.flush, write.remove.len()), (false, 10_000));
     }
     use crate::plan::{PortRange, port_shares};
 
@@ -963,6 +1354,49 @@ mod tests {
 }
 "
         );
+    }
+
+    #[test]
+    fn creation_is_gated_and_without_elements() {
+        assert_eq!(
+            gated_script(&plan_nft(&defaults())),
+            "table ip ip-masq-agent {
+\tset no-masquerade {
+\t\ttype ipv4_addr
+\t\tflags interval
+\t}
+\tchain postrouting {
+\t\ttype nat hook postrouting priority srcnat + 10; policy accept;
+\t\treturn
+\t\tfib daddr type local return
+\t\tip daddr @no-masquerade return
+\t\tmasquerade fully-random
+\t}
+}
+"
+        );
+    }
+
+    #[test]
+    fn only_element_changes_go_over_netlink() {
+        let rs = defaults();
+        let plan = plan_nft(&rs);
+        let written: BTreeSet<IpNet> = plan.elements.iter().copied().collect();
+        let mut drifted = live(&rs);
+        if let Some(set) = drifted.set.as_mut() {
+            set.elements.remove(&"10.0.0.0/8".parse().unwrap());
+        }
+        let changes = diff(&plan, &drifted, &plan.predicted(), Some(&written));
+        let write = changes.element_write(&plan).unwrap();
+        assert!(write.flush && write.remove.is_empty());
+        assert_eq!(write.add, plan.elements);
+        if let Some(chain) = drifted.chains.get_mut(BASE_CHAIN) {
+            chain.rules.pop();
+        }
+        let changes = diff(&plan, &drifted, &plan.predicted(), Some(&written));
+        assert_eq!(changes.element_write(&plan), None, "rules go through nft");
+        let changes = diff(&plan, &Observed::default(), &plan.predicted(), None);
+        assert_eq!(changes.element_write(&plan), None, "so does a new table");
     }
 
     #[test]
