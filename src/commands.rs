@@ -6,6 +6,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
+use futures_util::future::join_all;
 use tracing::{info, warn};
 
 use k8s_openapi::api::core::v1::ObjectReference;
@@ -116,26 +117,34 @@ impl Removal {
 }
 
 /// Remove our state from one backend, both families, every iptables
-/// variant. Only what is present is touched.
+/// variant. Only what is present is touched. The places are independent
+/// (separate tables), so they are examined concurrently: on a node with
+/// nothing to remove this is the cost of one `iptables-save`, not four,
+/// which is most of a one-shot `sync` on the nftables backend.
 async fn remove_state(kind: BackendKind, chain: &ChainName) -> Removal {
+    let families = [Family::Ipv4, Family::Ipv6];
     let mut removal = Removal::default();
     match kind {
         BackendKind::Iptables => {
-            for variant in [Variant::Nft, Variant::Legacy] {
-                let mut backend = Iptables::new(variant);
-                for family in [Family::Ipv4, Family::Ipv6] {
-                    removal.record(backend.cleanup(family, chain).await, || {
-                        format!("iptables ({}) {family}", variant.label())
-                    });
-                }
+            let jobs = [Variant::Nft, Variant::Legacy]
+                .into_iter()
+                .flat_map(|variant| families.map(|family| (variant, family)))
+                .map(|(variant, family)| async move {
+                    let result = Iptables::new(variant).cleanup(family, chain).await;
+                    (variant, family, result)
+                });
+            for (variant, family, result) in join_all(jobs).await {
+                removal.record(result, || {
+                    format!("iptables ({}) {family}", variant.label())
+                });
             }
         }
         BackendKind::Nftables => {
-            let mut backend = Nftables::new();
-            for family in [Family::Ipv4, Family::Ipv6] {
-                removal.record(backend.cleanup(family, chain).await, || {
-                    format!("nftables {family}")
-                });
+            let jobs = families.map(|family| async move {
+                (family, Nftables::new().cleanup(family, chain).await)
+            });
+            for (family, result) in join_all(jobs).await {
+                removal.record(result, || format!("nftables {family}"));
             }
         }
     }
