@@ -262,16 +262,7 @@ impl<B: Backend> Agent<B> {
         }
         let result = match &bytes {
             Some(bytes) => config::parse(bytes, &self.load_options),
-            None if matches!(self.input, Input::Api { .. }) => Ok(Loaded {
-                config: Config::defaults(self.load_options.all_reserved_ranges),
-                source: Source::Absent,
-                warnings: Vec::new(),
-            }),
-            None => Ok(Loaded {
-                config: Config::defaults(self.load_options.all_reserved_ranges),
-                source: Source::Absent,
-                warnings: Vec::new(),
-            }),
+            None => Ok(Loaded::absent(&self.load_options)),
         };
         let digest = content_digest(&bytes);
         self.last_bytes = Some(bytes);

@@ -17,7 +17,7 @@ use crate::backend::iptables::{self, Iptables, Variant};
 use crate::backend::nftables::{self, Nftables};
 use crate::backend::{Backend, BackendError, CleanupReport, ErrorKind, Selected};
 use crate::cli::{ApiSource, BackendKind, Command, Invocation, IptablesMode, Options};
-use crate::config::{self, Config, LoadOptions, Loaded, Source};
+use crate::config::{self, Config, LoadOptions, Loaded};
 use crate::metrics;
 use crate::plan::{self, ChainName, Family, Settings};
 
@@ -298,11 +298,7 @@ async fn load_source(options: &Options) -> Result<Loaded> {
             .with_context(|| format!("loading {origin}"))?,
         None => {
             info!(source = %origin, "no config; using the defaults");
-            Loaded {
-                config: Config::defaults(options.nomasq_all_reserved_ranges),
-                source: Source::Absent,
-                warnings: Vec::new(),
-            }
+            Loaded::absent(&load_options(options))
         }
     };
     for warning in &loaded.warnings {

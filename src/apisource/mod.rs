@@ -232,7 +232,7 @@ pub fn spawn_watch(
             telemetry.health.source_event();
             // `send_if_modified`: a bookmark-driven relist that changes
             // nothing must not wake the loop.
-            let changed = tx.send_if_modified(|current| {
+            tx.send_if_modified(|current| {
                 if current.as_ref() == Some(&snapshot) {
                     false
                 } else {
@@ -240,9 +240,7 @@ pub fn spawn_watch(
                     true
                 }
             });
-            if !changed {
-                continue;
-            }
+            // The agent is gone (process stopping): nobody to tell.
             if tx.is_closed() {
                 break;
             }

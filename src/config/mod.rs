@@ -221,11 +221,18 @@ pub fn read(path: &Path) -> Result<Option<Vec<u8>>, ConfigError> {
 pub fn load(path: &Path, opts: &LoadOptions) -> Result<Loaded, ConfigError> {
     match read(path)? {
         Some(bytes) => parse(&bytes, opts),
-        None => Ok(Loaded {
+        None => Ok(Loaded::absent(opts)),
+    }
+}
+
+impl Loaded {
+    /// No config at all (no file, no ConfigMap or key): the defaults.
+    pub fn absent(opts: &LoadOptions) -> Loaded {
+        Loaded {
             config: Config::defaults(opts.all_reserved_ranges),
             source: Source::Absent,
             warnings: Vec::new(),
-        }),
+        }
     }
 }
 
