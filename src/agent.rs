@@ -12,7 +12,6 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use tokio::signal::unix::{SignalKind, signal};
@@ -24,8 +23,8 @@ use crate::apisource::events::{EventSink, Report};
 use crate::apisource::{ObjectInfo, ObjectName, Snapshot};
 use crate::backend::{Backend, BackendError};
 use crate::config::{self, Config, LoadOptions, Loaded, Source};
-use crate::metrics::{Health, Metrics, SyncOutcome};
 use crate::plan::{self, Family, Ruleset, Settings};
+use crate::telemetry::{SyncOutcome, Telemetry};
 use crate::watch::ConfigWatch;
 
 /// How often the config file's identity is checked between resyncs, so an
@@ -171,13 +170,6 @@ fn content_digest(bytes: &Option<Vec<u8>>) -> String {
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     bytes.hash(&mut hasher);
     format!("{:016x}", hasher.finish())
-}
-
-/// Where the agent reports: metrics and the probes' state.
-#[derive(Clone, Default)]
-pub struct Telemetry {
-    pub metrics: Arc<Metrics>,
-    pub health: Health,
 }
 
 /// The agent: settings, the backend, and what it has learned so far.

@@ -11,15 +11,15 @@ use tracing::{info, warn};
 
 use k8s_openapi::api::core::v1::ObjectReference;
 
-use crate::agent::{Agent, Input, Telemetry};
+use crate::agent::{Agent, Input};
 use crate::apisource::{self, events::EventSink};
 use crate::backend::iptables::{self, Iptables, Variant};
 use crate::backend::nftables::{self, Nftables};
 use crate::backend::{Backend, BackendError, CleanupReport, ErrorKind, Selected};
 use crate::cli::{ApiSource, BackendKind, Command, Invocation, IptablesMode, Options};
 use crate::config::{self, Config, LoadOptions, Loaded};
-use crate::metrics;
 use crate::plan::{self, ChainName, Family, Settings};
+use crate::telemetry::{Telemetry, http};
 
 /// Dispatch one invocation.
 pub async fn run(invocation: Invocation) -> Result<ExitCode> {
@@ -173,12 +173,12 @@ async fn remove_other_backend(options: &Options) {
 async fn daemon(options: &Options) -> Result<ExitCode> {
     let telemetry = Telemetry::default();
     if let Some(address) = options.metrics_address {
-        match metrics::bind(address).await {
+        match http::bind(address).await {
             Ok(listener) => {
                 info!(%address, "serving /metrics, /healthz and /readyz");
-                let (metrics, health) = (telemetry.metrics.clone(), telemetry.health.clone());
+                let served = telemetry.clone();
                 tokio::spawn(async move {
-                    if let Err(err) = metrics::serve(listener, metrics, health).await {
+                    if let Err(err) = http::serve(listener, served).await {
                         tracing::error!(error = %err, "metrics endpoint stopped");
                     }
                 });

@@ -22,10 +22,10 @@ pub mod commands;
 pub mod config;
 /// Logging setup (text or JSON, klog-style verbosity).
 pub mod logging;
-/// Prometheus metrics and the health probes, served over HTTP.
-pub mod metrics;
 /// Config + options -> the desired ruleset per address family.
 pub mod plan;
+/// Metrics, the probes' state, and the HTTP listener serving them.
+pub mod telemetry;
 /// Watching the config file's directory for kubelet's updates.
 pub mod watch;
 

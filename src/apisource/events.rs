@@ -24,7 +24,7 @@ use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use super::ObjectInfo;
-use crate::metrics::Metrics;
+use crate::telemetry::Metrics;
 
 /// `reportingController` of every Event we write.
 pub const CONTROLLER: &str = "ip-masq-agent";

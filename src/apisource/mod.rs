@@ -11,8 +11,6 @@
 pub mod events;
 mod names;
 
-use std::time::SystemTime;
-
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference};
 use kube::runtime::WatchStreamExt;
@@ -21,8 +19,9 @@ use kube::{Api, Client};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::agent::Telemetry;
 use crate::cli::ApiSource;
+pub use crate::telemetry::SourceState;
+use crate::telemetry::{Telemetry, unix_now};
 
 pub use names::{ConfigMapKey, ObjectName};
 
@@ -88,16 +87,6 @@ pub fn snapshot_of(configmap: &ConfigMap, key: &ConfigMapKey) -> Snapshot {
     }
 }
 
-/// The state of the watch, for readiness and metrics.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SourceState {
-    /// Listing for the first time.
-    Connecting,
-    Connected,
-    /// The last request failed; the watcher retries with backoff.
-    Failing(String),
-}
-
 /// Build a client the way Kubernetes clients find credentials: an explicit
 /// `--kubeconfig` first, then the in-cluster service account, then
 /// `$KUBECONFIG` or `~/.kube/config`.
@@ -153,13 +142,6 @@ pub async fn fetch(
         }),
         Err(err) => Err(format!("reading configmap {}: {err}", source.configmap)),
     }
-}
-
-fn now_seconds() -> f64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
 }
 
 /// Watch the ConfigMap and publish each new snapshot. The receiver holds
@@ -228,7 +210,7 @@ pub fn spawn_watch(
                     object: None,
                 },
             };
-            telemetry.metrics.source_event(now_seconds());
+            telemetry.metrics.source_event(unix_now());
             telemetry.health.source_event();
             // `send_if_modified`: a bookmark-driven relist that changes
             // nothing must not wake the loop.

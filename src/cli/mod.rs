@@ -906,7 +906,7 @@ fn options(values: &Values) -> Result<Options, CliError> {
         None
     } else {
         Some(
-            crate::metrics::parse_address(&values.metrics_address).map_err(|e| {
+            crate::telemetry::http::parse_address(&values.metrics_address).map_err(|e| {
                 CliError::Invalid(format!("invalid value for --metrics-address: {e}"))
             })?,
         )
