@@ -1,18 +1,19 @@
 //! ip-masq-agent: keeps the node's source-NAT rules equal to the cluster's
 //! non-masquerade list. A drop-in replacement for the Kubernetes agent.
 //!
-//! The flow runs one way (see DESIGN in the README): sources -> `config`
-//! (bytes to a validated `Config`, pure) -> `plan` (desired `Ruleset` per
-//! family, pure) -> `backend` (the only code that runs commands) -> logs.
+//! The flow runs one way (see Design in the README): `source` (bytes) ->
+//! `config` (a validated `Config`, pure) -> `plan` (the desired `Ruleset`
+//! per family, pure) -> `backend` (the only code that changes the kernel) ->
+//! record (`telemetry`: metrics and probes; logs; Events). `agent` is the
+//! loop that drives it; `commands` wires it up; `cli` turns the command
+//! line into typed options. Imports only point down this list.
 #![forbid(unsafe_code)]
 // Input and I/O errors are handled, never unwrapped, outside tests.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
-/// The agent loop: events in, reconcile, record.
+/// The agent loop: next trigger, reload, sync, record.
 pub mod agent;
-/// The Kubernetes API as a config source, and Events about rejections.
-pub mod apisource;
-/// The seam to the kernel, and its iptables implementation.
+/// The seam to the kernel, and its iptables and nftables implementations.
 pub mod backend;
 /// Go-`flag`-compatible command line parsing.
 pub mod cli;
@@ -24,10 +25,10 @@ pub mod config;
 pub mod logging;
 /// Config + options -> the desired ruleset per address family.
 pub mod plan;
+/// Where the config comes from: a watched file, or a ConfigMap through the API.
+pub mod source;
 /// Metrics, the probes' state, and the HTTP listener serving them.
 pub mod telemetry;
-/// Watching the config file's directory for kubelet's updates.
-pub mod watch;
 
 /// The version reported by `--version` and logged at start.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

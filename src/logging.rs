@@ -1,13 +1,35 @@
 //! Logging setup: human-readable text or JSON lines on stderr, with klog's
 //! `-v=N` mapped onto levels so existing DaemonSet args keep their meaning.
 
+use std::fmt;
+
 use tracing::level_filters::LevelFilter;
 use tracing_subscriber::Layer;
 use tracing_subscriber::filter::Targets;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
-use crate::cli::LogFormat;
+/// Format of log lines (`--log-format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl LogFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        }
+    }
+}
+
+impl fmt::Display for LogFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// klog verbosity to a level: 0-1 info (changes, errors), 2-3 debug (every
 /// sync result, also "unchanged"), 4+ trace (payloads and commands).

@@ -11,7 +11,7 @@ use tokio::process::Command;
 
 use super::{BackendError, ErrorKind};
 
-/// No iptables call of ours should take this long; the xtables lock wait is 5 s.
+/// No tool call of ours should take this long; the xtables lock wait is 5 s.
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What a finished command printed.
@@ -90,13 +90,16 @@ pub async fn run(
     }
 }
 
-/// Sort a failed iptables call by what it said, so callers never match
-/// strings themselves.
+/// Sort a failed iptables or nft call by what it said, so callers never
+/// match strings themselves.
 fn classify(stderr: &str) -> ErrorKind {
     if stderr.contains("xtables lock") || stderr.contains("Resource temporarily unavailable") {
         ErrorKind::LockHeld
     } else if stderr.contains("Permission denied") || stderr.contains("you must be root") {
         ErrorKind::Permission
+    } else if stderr.contains("No such file or directory") {
+        // nft's ENOENT: the table, chain or set asked about does not exist.
+        ErrorKind::Absent
     } else {
         ErrorKind::Rejected
     }
@@ -126,6 +129,10 @@ mod tests {
         assert_eq!(
             classify("iptables-restore: line 3 failed"),
             ErrorKind::Rejected
+        );
+        assert_eq!(
+            classify("Error: No such file or directory\nlist table ip ip-masq-agent"),
+            ErrorKind::Absent
         );
         assert_eq!(
             classify(

@@ -433,6 +433,17 @@ impl Backend for Iptables {
         }
     }
 
+    async fn probe(&mut self) -> Result<(), BackendError> {
+        self.probe_version().await.map(drop)
+    }
+
+    fn apply_command(&self, family: Family) -> &'static str {
+        match family {
+            Family::Ipv4 => "iptables-restore --noflush",
+            Family::Ipv6 => "ip6tables-restore --noflush",
+        }
+    }
+
     fn render(&self, desired: &Ruleset) -> String {
         let mut out = String::from("*nat\n");
         restore_chain_lines(desired, self.random_fully(desired), &mut out);

@@ -4,14 +4,17 @@
 //! touching nothing but what the agent owns. `reconcile` observes the live
 //! state first and writes only when it differs, in one atomic transaction;
 //! `render` shows the transaction a fresh node would get; `cleanup` removes
-//! what we own. Everything above this module speaks `Ruleset`, never iptables
-//! text, so a native nftables backend can slot in beside `iptables`.
-//! `nftables` is that backend; [`Selected`] is whichever one `--backend`
-//! chose.
+//! what we own. Everything above this module speaks `Ruleset` and
+//! [`ErrorKind`], never tool text: each backend renders its own rules and
+//! names its own commands. [`select`] picks one; [`fake`] stands in for
+//! both in the unit tests of the layers above.
 
 pub mod exec;
+#[cfg(test)]
+pub mod fake;
 pub mod iptables;
 pub mod nftables;
+pub mod select;
 
 use std::fmt;
 
@@ -41,6 +44,8 @@ pub enum ErrorKind {
     Permission,
     /// The tool rejected what we sent.
     Rejected,
+    /// What was asked about does not exist (no such table, chain or set).
+    Absent,
     /// The tool did not answer in time.
     Timeout,
     /// Spawning or talking to the tool failed.
@@ -57,6 +62,7 @@ impl ErrorKind {
             ErrorKind::LockHeld => "lock_held",
             ErrorKind::Permission => "permission",
             ErrorKind::Rejected => "rejected",
+            ErrorKind::Absent => "absent",
             ErrorKind::Timeout => "timeout",
             ErrorKind::Io => "io",
             ErrorKind::Verify => "verify",
@@ -105,6 +111,13 @@ pub trait Backend {
     /// e.g. "iptables (nf_tables) v1.8.9"; logged at start.
     fn describe(&self) -> String;
 
+    /// Ask the tool for its version: it is logged at start, and iptables
+    /// needs it to decide `--random-fully`.
+    async fn probe(&mut self) -> Result<(), BackendError>;
+
+    /// The command `render`'s text is fed to, for `render`'s header.
+    fn apply_command(&self, family: Family) -> &'static str;
+
     /// The transaction a node without any of our state would receive.
     fn render(&self, desired: &Ruleset) -> String;
 
@@ -117,57 +130,4 @@ pub trait Backend {
         family: Family,
         chain: &ChainName,
     ) -> Result<CleanupReport, BackendError>;
-}
-
-/// The backend `--backend` chose, so the agent loop stays generic over one
-/// type while either implementation runs underneath.
-#[derive(Debug)]
-pub enum Selected {
-    Iptables(iptables::Iptables),
-    Nftables(nftables::Nftables),
-}
-
-impl Selected {
-    /// Ask the tool for its version (logged at start; iptables also needs it
-    /// to decide `--random-fully`).
-    pub async fn probe(&mut self) -> Result<(), BackendError> {
-        match self {
-            Selected::Iptables(b) => b.probe_version().await.map(drop),
-            Selected::Nftables(b) => b.probe_version().await.map(drop),
-        }
-    }
-}
-
-impl Backend for Selected {
-    fn describe(&self) -> String {
-        match self {
-            Selected::Iptables(b) => b.describe(),
-            Selected::Nftables(b) => b.describe(),
-        }
-    }
-
-    fn render(&self, desired: &Ruleset) -> String {
-        match self {
-            Selected::Iptables(b) => b.render(desired),
-            Selected::Nftables(b) => b.render(desired),
-        }
-    }
-
-    async fn reconcile(&mut self, desired: &Ruleset) -> Result<Outcome, BackendError> {
-        match self {
-            Selected::Iptables(b) => b.reconcile(desired).await,
-            Selected::Nftables(b) => b.reconcile(desired).await,
-        }
-    }
-
-    async fn cleanup(
-        &mut self,
-        family: Family,
-        chain: &ChainName,
-    ) -> Result<CleanupReport, BackendError> {
-        match self {
-            Selected::Iptables(b) => b.cleanup(family, chain).await,
-            Selected::Nftables(b) => b.cleanup(family, chain).await,
-        }
-    }
 }

@@ -17,8 +17,10 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use crate::apisource::{ConfigMapKey, ObjectName};
+use crate::backend::select::{BackendKind, IptablesMode};
+use crate::logging::LogFormat;
 use crate::plan::{ChainName, PortRange};
+use crate::source::api::{ApiSource, ConfigMapKey, ObjectName};
 
 pub use strconv::quote as go_quote;
 
@@ -31,77 +33,6 @@ use strconv::{atoi, parse_bool, parse_int, parse_uint, quote};
 
 /// The program name Go's usage text starts with.
 const PROGRAM: &str = "ip-masq-agent";
-
-/// Format of log lines (`--log-format`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
-
-impl LogFormat {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            LogFormat::Text => "text",
-            LogFormat::Json => "json",
-        }
-    }
-}
-
-impl fmt::Display for LogFormat {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// Which iptables flavour to drive (`--iptables-mode`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum IptablesMode {
-    /// Detect what the node already uses.
-    Auto,
-    Nft,
-    Legacy,
-}
-
-impl IptablesMode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            IptablesMode::Auto => "auto",
-            IptablesMode::Nft => "nft",
-            IptablesMode::Legacy => "legacy",
-        }
-    }
-}
-
-impl fmt::Display for IptablesMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// Which kernel backend programs the rules (`--backend`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BackendKind {
-    /// The upstream agent's iptables rules (the drop-in default).
-    Iptables,
-    /// A native nftables table with the list in an interval set.
-    Nftables,
-}
-
-impl BackendKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            BackendKind::Iptables => "iptables",
-            BackendKind::Nftables => "nftables",
-        }
-    }
-}
-
-impl fmt::Display for BackendKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
 
 /// Validated settings from the command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -126,14 +57,6 @@ pub struct Options {
     /// The ConfigMap key holding the config (`--configmap`, and `check` of
     /// a ConfigMap manifest).
     pub configmap_key: ConfigMapKey,
-}
-
-/// The ConfigMap to read through the API, and how to reach the API.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ApiSource {
-    pub configmap: ObjectName,
-    /// `None`: in-cluster credentials, else the default kubeconfig.
-    pub kubeconfig: Option<PathBuf>,
 }
 
 /// What the invocation asks for.

@@ -67,8 +67,6 @@ const SHARE_PREFIX: &str = "share-";
 const BASE_PRIORITY: i64 = 110;
 /// How much of a transaction the debug log shows.
 const LOGGED_SCRIPT: usize = 4096;
-/// What nft prints when the table, set or chain does not exist.
-const ABSENT: &str = "No such file or directory";
 
 /// nft's name for the family.
 pub fn nft_family(family: Family) -> &'static str {
@@ -765,7 +763,7 @@ pub fn transaction(plan: &Plan, changes: &Changes) -> String {
 }
 
 fn is_absent(err: &BackendError) -> bool {
-    err.kind == ErrorKind::Rejected && err.detail.contains(ABSENT)
+    err.kind == ErrorKind::Absent
 }
 
 /// What we learned reading back our own write, per family.
@@ -1126,6 +1124,14 @@ impl Backend for Nftables {
             Some(version) => format!("nftables {version}"),
             None => "nftables".into(),
         }
+    }
+
+    async fn probe(&mut self) -> Result<(), BackendError> {
+        self.probe_version().await.map(drop)
+    }
+
+    fn apply_command(&self, _family: Family) -> &'static str {
+        "nft -f -"
     }
 
     fn render(&self, desired: &Ruleset) -> String {
@@ -1719,7 +1725,7 @@ add rule ip ip-masq-agent postrouting masquerade fully-random
     #[test]
     fn absent_is_recognised() {
         let err = BackendError::new(
-            ErrorKind::Rejected,
+            ErrorKind::Absent,
             "nft delete table ip ip-masq-agent",
             "exited with exit status: 1: Error: Could not process rule: No such file or directory",
         );

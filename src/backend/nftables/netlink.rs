@@ -102,9 +102,10 @@ impl NlError {
             Some(1 | 13) => ErrorKind::Permission, // EPERM, EACCES
             Some(11) => ErrorKind::Timeout,        // EAGAIN: the receive timeout
             Some(93 | 97) => ErrorKind::NotFound,  // no nfnetlink in this kernel
-            // ENOENT, E2BIG, EBUSY, EEXIST, EINVAL, ENOSPC, ERANGE,
-            // ENOTEMPTY, ELOOP, ERESTART, EMSGSIZE, EOPNOTSUPP
-            Some(2 | 7 | 16 | 17 | 22 | 28 | 34 | 39 | 40 | 85 | 90 | 95) => ErrorKind::Rejected,
+            Some(2) => ErrorKind::Absent,          // ENOENT: no such table, chain or set
+            // E2BIG, EBUSY, EEXIST, EINVAL, ENOSPC, ERANGE, ENOTEMPTY, ELOOP,
+            // ERESTART, EMSGSIZE, EOPNOTSUPP
+            Some(7 | 16 | 17 | 22 | 28 | 34 | 39 | 40 | 85 | 90 | 95) => ErrorKind::Rejected,
             // ENOMEM, ENOBUFS, a reply we could not read, ...
             Some(_) | None => ErrorKind::Io,
         }
@@ -801,11 +802,14 @@ mod tests {
             detail: wire::describe_errno(errno),
         };
         assert_eq!(e(1).kind(), ErrorKind::Permission);
-        assert_eq!(e(2).kind(), ErrorKind::Rejected);
+        assert_eq!(e(2).kind(), ErrorKind::Absent);
         assert_eq!(e(ERESTART).kind(), ErrorKind::Rejected);
         assert_eq!(e(12).kind(), ErrorKind::Io);
         let backend = e(2).into_backend();
-        assert!(backend.detail.contains(super::super::ABSENT), "{backend}");
+        assert!(
+            backend.detail.contains("No such file or directory"),
+            "{backend}"
+        );
         assert!(backend.command.starts_with("netlink: "));
     }
 }

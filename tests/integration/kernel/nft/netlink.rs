@@ -397,7 +397,7 @@ fn errors_name_what_is_missing() {
     let err = write(&ns, family, add).expect_err("no set");
     assert_eq!(err.errno, Some(2), "{err:?}");
     let backend = err.into_backend();
-    assert_eq!(backend.kind, ErrorKind::Rejected);
+    assert_eq!(backend.kind, ErrorKind::Absent);
     assert!(
         backend.detail.contains("No such file or directory")
             && backend.command.contains("no-masquerade"),

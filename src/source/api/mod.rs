@@ -7,9 +7,15 @@
 //! hands the agent loop only what the file source would: the bytes of one
 //! key, or "absent". Decoding and validation stay in `config`, so both
 //! sources accept and reject exactly the same text.
+//!
+//! [`ConfigMapSource`] is what the agent loop holds: the watch's latest
+//! snapshot, the object last delivered (to name it in Events), and the Event
+//! sink. The node's identity for Events comes from the downward API.
 
 pub mod events;
 mod names;
+
+use std::path::PathBuf;
 
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference};
@@ -17,13 +23,160 @@ use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client};
 use tokio::sync::watch;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
-use crate::cli::ApiSource;
+use self::events::{EventSink, Report};
+use super::{Content, Read};
 pub use crate::telemetry::SourceState;
 use crate::telemetry::{Telemetry, unix_now};
 
 pub use names::{ConfigMapKey, ObjectName};
+
+/// The ConfigMap to read through the API, and how to reach the API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiSource {
+    pub configmap: ObjectName,
+    /// `None`: in-cluster credentials, else the default kubeconfig.
+    pub kubeconfig: Option<PathBuf>,
+}
+
+/// One key of a ConfigMap, watched through the Kubernetes API. With it,
+/// rejections and persistent sync failures are also reported as Events.
+pub struct ConfigMapSource {
+    configmap: ObjectName,
+    key: ConfigMapKey,
+    /// `None` until the first list completes.
+    snapshots: watch::Receiver<Option<Snapshot>>,
+    events: Option<EventSink>,
+    /// The ConfigMap as last delivered, to name it in an Event.
+    object: Option<ObjectInfo>,
+    /// The watch task ended (it never should).
+    ended: bool,
+}
+
+impl ConfigMapSource {
+    /// A source fed by `snapshots` (the watch task's, or a test's).
+    pub fn new(
+        configmap: ObjectName,
+        key: ConfigMapKey,
+        snapshots: watch::Receiver<Option<Snapshot>>,
+        events: Option<EventSink>,
+    ) -> Self {
+        ConfigMapSource {
+            configmap,
+            key,
+            snapshots,
+            events,
+            object: None,
+            ended: false,
+        }
+    }
+
+    /// Connect: credentials, the watch, and the Event sink. Bad or missing
+    /// credentials are an error (a deployment problem the pod should show).
+    pub async fn connect(
+        source: &ApiSource,
+        key: &ConfigMapKey,
+        telemetry: &Telemetry,
+    ) -> Result<Self, String> {
+        let client = client(source).await?;
+        let (node, pod) = identity();
+        info!(configmap = %source.configmap, key = %key, node = %node, "reading the config through the Kubernetes API; --config is not used");
+        let events = EventSink::spawn(client.clone(), node, pod, telemetry.metrics.clone());
+        let snapshots = spawn_watch(client, source, key, telemetry.clone());
+        Ok(Self::new(
+            source.configmap.clone(),
+            key.clone(),
+            snapshots,
+            Some(events),
+        ))
+    }
+
+    pub fn configmap(&self) -> &ObjectName {
+        &self.configmap
+    }
+
+    pub fn key(&self) -> &ConfigMapKey {
+        &self.key
+    }
+
+    /// The latest snapshot; `NotYet` before the first list completed.
+    pub fn read(&mut self) -> Read {
+        let Some(snapshot) = self.snapshots.borrow_and_update().clone() else {
+            return Read::NotYet;
+        };
+        self.object = snapshot.object;
+        Read::Ready(match snapshot.bytes {
+            Some(bytes) => Content::Bytes(bytes),
+            None => Content::Absent,
+        })
+    }
+
+    /// Resolves when the watch delivered something new. Cancel-safe.
+    pub async fn changed(&mut self) {
+        if !self.ended && self.snapshots.changed().await.is_ok() {
+            return;
+        }
+        if !self.ended {
+            // Keep enforcing the last config rather than spin.
+            error!("the Kubernetes API source stopped; enforcing the last good config");
+            self.ended = true;
+        }
+        std::future::pending().await
+    }
+
+    /// This node rejected the ConfigMap (once per distinct content and
+    /// error; the sink counts repeats as a series).
+    pub fn report_invalid(&self, content: String, error: &str) {
+        if let (Some(sink), Some(configmap)) = (&self.events, &self.object) {
+            sink.report(Report::InvalidConfig {
+                configmap: configmap.clone(),
+                content,
+                error: error.to_owned(),
+            });
+        }
+    }
+
+    /// Rule syncs keep failing on this node.
+    pub fn report_sync_failure(&self, error: String) {
+        if let Some(sink) = &self.events {
+            sink.report(Report::SyncFailed { error });
+        }
+    }
+}
+
+/// This node's name, and the agent's Pod for `SyncFailed` Events, from the
+/// downward API (`NODE_NAME`, `POD_NAMESPACE`, `POD_NAME`, `POD_UID`).
+fn identity() -> (String, Option<ObjectReference>) {
+    let node = std::env::var("NODE_NAME")
+        .ok()
+        .filter(|n| !n.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .map(|h| h.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown".into());
+    let pod = match (std::env::var("POD_NAMESPACE"), std::env::var("POD_NAME")) {
+        (Ok(namespace), Ok(name)) if !namespace.is_empty() && !name.is_empty() => {
+            Some(ObjectReference {
+                api_version: Some("v1".into()),
+                kind: Some("Pod".into()),
+                namespace: Some(namespace),
+                name: Some(name),
+                uid: std::env::var("POD_UID").ok().filter(|u| !u.is_empty()),
+                ..Default::default()
+            })
+        }
+        _ => {
+            warn!(
+                "POD_NAME and POD_NAMESPACE are not set (downward API); SyncFailed events are only logged"
+            );
+            None
+        }
+    };
+    (node, pod)
+}
 
 /// The ConfigMap as last seen, enough to name it in an Event.
 #[derive(Debug, Clone, PartialEq, Eq)]

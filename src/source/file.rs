@@ -1,4 +1,5 @@
-//! Noticing config changes the moment they happen.
+//! The config file source (`--config`): reading it, and noticing changes
+//! the moment they happen.
 //!
 //! A kubelet ConfigMap volume never edits the file in place: it writes a new
 //! timestamped directory and renames a `..data` symlink over the old one. So
@@ -10,19 +11,138 @@
 //! ConfigMap volume is optional), it vanished, or the node ran out of inotify
 //! watches. Then the agent falls back to polling the file's identity, says so
 //! once, and `ensure` re-establishes the watch when it can.
+//!
+//! [`FileSource`] owns all of it: the path, the watch, the poll, and the
+//! file's identity at the last read.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime};
 
 use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
+use tokio::time::{Interval, MissedTickBehavior};
 use tracing::{info, warn};
+
+use super::{Content, Read};
+use crate::config;
+
+/// How often the config file's identity is checked besides the watch, so an
+/// edit (or a fix after an invalid file) is picked up within this delay even
+/// when inotify is unavailable.
+pub const FILE_POLL: Duration = Duration::from_secs(1);
+
+/// After a directory event, wait this long for the rest of the burst (a
+/// kubelet update is several renames and unlinks within microseconds).
+pub const COALESCE: Duration = Duration::from_millis(5);
+
+/// The config file, watched through its directory and polled as a fallback.
+pub struct FileSource {
+    path: PathBuf,
+    watch: ConfigWatch,
+    events: mpsc::Receiver<()>,
+    poll: Option<Interval>,
+    /// The file's identity when it was last read.
+    stamp: Option<FileStamp>,
+    /// An event arrived and its burst is still being waited out; kept here
+    /// so that a caller dropping `changed()` mid-wait loses nothing.
+    pending: bool,
+}
+
+impl FileSource {
+    pub fn new(path: PathBuf) -> Self {
+        let (watch, events) = ConfigWatch::new(&path);
+        FileSource {
+            path,
+            watch,
+            events,
+            poll: None,
+            stamp: None,
+            pending: false,
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The file's bytes now; a missing file is `Absent` (the defaults).
+    pub fn read(&mut self) -> Read {
+        self.stamp = Some(stamp(&self.path));
+        match config::read(&self.path) {
+            Ok(Some(bytes)) => Read::Ready(Content::Bytes(bytes)),
+            Ok(None) => Read::Ready(Content::Absent),
+            Err(err) => Read::Failed(err.to_string()),
+        }
+    }
+
+    /// Resolves when the file may have changed: a directory event (after
+    /// its burst), a watch just (re)established, or a poll that finds the
+    /// file's identity different from the last read. Cancel-safe.
+    pub async fn changed(&mut self) {
+        let poll = self.poll.get_or_insert_with(|| {
+            let mut poll = tokio::time::interval(FILE_POLL);
+            poll.set_missed_tick_behavior(MissedTickBehavior::Skip);
+            poll
+        });
+        loop {
+            if self.pending {
+                tokio::time::sleep(COALESCE).await;
+                while self.events.try_recv().is_ok() {}
+                self.pending = false;
+                return;
+            }
+            tokio::select! {
+                Some(()) = self.events.recv() => self.pending = true,
+                _ = poll.tick() => {
+                    // Re-watch a directory that appeared or was replaced,
+                    // and poll the file itself as the fallback.
+                    if self.watch.ensure() || self.stamp.as_ref() != Some(&stamp(&self.path)) {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Start watching (a missing directory is polled until it appears).
+    pub fn start(&mut self) {
+        self.watch.ensure();
+    }
+}
+
+/// Identity of the config file as the kubelet changes it: a ConfigMap update
+/// swaps a symlink, so the resolved inode changes even if size and mtime match.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum FileStamp {
+    Absent,
+    Present {
+        dev: u64,
+        ino: u64,
+        len: u64,
+        modified: Option<SystemTime>,
+    },
+    Unreadable(String),
+}
+
+fn stamp(path: &Path) -> FileStamp {
+    match std::fs::metadata(path) {
+        Ok(meta) => FileStamp::Present {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            len: meta.len(),
+            modified: meta.modified().ok(),
+        },
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => FileStamp::Absent,
+        Err(err) => FileStamp::Unreadable(err.kind().to_string()),
+    }
+}
 
 /// How the config file is being observed right now.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Mode {
+enum Mode {
     /// inotify on the parent directory.
     Watching,
     /// Polling, with the reason the watch is not possible.
@@ -30,7 +150,7 @@ pub enum Mode {
 }
 
 /// A watch on the config file's directory that can re-establish itself.
-pub struct ConfigWatch {
+struct ConfigWatch {
     dir: PathBuf,
     /// (dev, inode) of the directory we watch: a replaced directory needs a
     /// new watch even though the path is the same.
@@ -64,7 +184,8 @@ impl ConfigWatch {
     }
 
     /// The current mode.
-    pub fn mode(&self) -> Option<&Mode> {
+    #[cfg(test)]
+    fn mode(&self) -> Option<&Mode> {
         self.mode.as_ref()
     }
 
@@ -142,7 +263,7 @@ impl ConfigWatch {
             Mode::Polling(reason) => warn!(
                 dir = %self.dir.display(),
                 "{reason}; polling the config file every {} s instead",
-                crate::agent::FILE_POLL.as_secs()
+                FILE_POLL.as_secs()
             ),
         }
         self.mode = Some(mode);
@@ -169,7 +290,6 @@ const fn libc_emfile() -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     async fn next(rx: &mut mpsc::Receiver<()>) -> bool {
         tokio::time::timeout(Duration::from_secs(5), rx.recv())
@@ -249,5 +369,23 @@ mod tests {
         while rx.try_recv().is_ok() {}
         std::fs::write(config_dir.join("ip-masq-agent"), "y").unwrap();
         assert!(next(&mut rx).await);
+    }
+
+    #[test]
+    fn stamp_sees_a_symlink_swap() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a");
+        let b = dir.path().join("b");
+        std::fs::write(&a, "x").unwrap();
+        std::fs::write(&b, "y").unwrap();
+        let link = dir.path().join("config");
+        std::os::unix::fs::symlink(&a, &link).unwrap();
+        let first = stamp(&link);
+        let tmp = dir.path().join("tmp");
+        std::os::unix::fs::symlink(&b, &tmp).unwrap();
+        std::fs::rename(&tmp, &link).unwrap();
+        assert_ne!(first, stamp(&link));
+        std::fs::remove_file(&link).unwrap();
+        assert_eq!(stamp(&link), FileStamp::Absent);
     }
 }

@@ -1,0 +1,418 @@
+//! The agent loop: next trigger, reload, sync, record.
+//!
+//! Invariants an operator relies on:
+//! - The last valid config is enforced until a new valid one replaces it; an
+//!   invalid config is reported once per distinct error and never written.
+//! - Every resync observes the kernel and writes only when it differs, so an
+//!   unchanged node sees no writes (and no xtables lock contention).
+//! - The resync period runs start to start, whatever a sync costs.
+//! - A failed kernel write is retried with backoff; the loop never exits on it.
+//! - SIGTERM/SIGINT stop the loop promptly, even mid-sync, and leave the rules
+//!   in place (a rolling update must not change traffic). SIGHUP reloads now.
+
+mod reconcile;
+#[cfg(test)]
+mod tests;
+
+use std::time::{Duration, SystemTime};
+
+use tokio::signal::unix::{Signal, SignalKind, signal};
+use tokio::time::{Instant, Interval, MissedTickBehavior};
+use tracing::{error, info, warn};
+
+pub use reconcile::{Reconciler, SyncResult};
+
+use crate::backend::Backend;
+use crate::config::{self, Config, LoadOptions, Loaded};
+use crate::plan::{Family, Settings};
+use crate::source::{ChangeKind, Content, Read, Source};
+use crate::telemetry::Telemetry;
+
+/// After this many failed syncs in a row, a `SyncFailed` Event is reported
+/// (with the API source): one failure is often a passing lock conflict.
+pub const SYNC_FAILED_AFTER: u32 = 3;
+
+/// How often the loop proves it is alive to the liveness probe while idle.
+const HEARTBEAT: Duration = Duration::from_secs(1);
+
+/// Why a reload happened: the `trigger` of logs and metric labels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    Startup,
+    Resync,
+    FileChange,
+    ApiChange,
+    Signal,
+    Retry,
+}
+
+impl Trigger {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Startup => "startup",
+            Trigger::Resync => "resync",
+            Trigger::FileChange => "file_event",
+            Trigger::ApiChange => "api_event",
+            Trigger::Signal => "signal",
+            Trigger::Retry => "retry",
+        }
+    }
+}
+
+impl From<ChangeKind> for Trigger {
+    fn from(kind: ChangeKind) -> Self {
+        match kind {
+            ChangeKind::File => Trigger::FileChange,
+            ChangeKind::Api => Trigger::ApiChange,
+        }
+    }
+}
+
+/// Retry delays after a failed sync: 0.8 s doubling to 30 s, with jitter,
+/// reset after a success (the shape kube-runtime's watcher uses).
+#[derive(Debug, Clone, Default)]
+pub struct Backoff {
+    failures: u32,
+}
+
+impl Backoff {
+    const INITIAL: Duration = Duration::from_millis(800);
+    const MAX: Duration = Duration::from_secs(30);
+
+    pub fn new() -> Self {
+        Backoff { failures: 0 }
+    }
+
+    /// The delay before the next attempt, given how many failed in a row.
+    pub fn next_delay(&mut self) -> Duration {
+        let exp = self.failures.min(8);
+        self.failures = self.failures.saturating_add(1);
+        let base = Self::INITIAL.saturating_mul(1 << exp).min(Self::MAX);
+        // Up to +25 % jitter so a fleet does not retry in lockstep.
+        let nanos = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let jitter = base.mul_f64(f64::from(nanos % 1000) / 4000.0);
+        (base + jitter).min(Self::MAX)
+    }
+
+    pub fn reset(&mut self) {
+        self.failures = 0;
+    }
+}
+
+/// What loading has learned: the last content read (so an event that leaves
+/// it as it was costs no parse and no sync), the enforced config, and what
+/// was already reported about it.
+#[derive(Default)]
+struct LoadMemory {
+    content: Option<Content>,
+    config: Option<Config>,
+    error: Option<String>,
+    warnings: Vec<String>,
+}
+
+/// The agent: the config source, what loading learned, and the reconciler.
+pub struct Agent<B: Backend> {
+    load_options: LoadOptions,
+    /// The resync period before any config was loaded.
+    default_period: Duration,
+    source: Source,
+    loaded: LoadMemory,
+    reconciler: Reconciler<B>,
+}
+
+impl<B: Backend> Agent<B> {
+    pub fn new(
+        settings: Settings,
+        load_options: LoadOptions,
+        source: Source,
+        backend: B,
+        telemetry: Telemetry,
+    ) -> Self {
+        Agent {
+            default_period: Config::defaults(load_options.all_reserved_ranges).resync_interval,
+            load_options,
+            source,
+            loaded: LoadMemory::default(),
+            reconciler: Reconciler::new(settings, backend, telemetry),
+        }
+    }
+
+    fn telemetry(&self) -> &Telemetry {
+        &self.reconciler.telemetry
+    }
+
+    /// Read the source again. Returns whether the enforced config changed.
+    /// Unchanged bytes are not parsed again; an invalid config keeps the
+    /// previous one and is logged once per distinct error.
+    pub fn reload(&mut self, trigger: Trigger) -> bool {
+        let content = match self.source.read() {
+            Read::Ready(content) => content,
+            Read::Failed(err) => {
+                self.rejected(trigger, err);
+                return false;
+            }
+            Read::NotYet => return false,
+        };
+        if self.loaded.content.as_ref() == Some(&content) {
+            return false;
+        }
+        let result = match &content {
+            Content::Bytes(bytes) => config::parse(bytes, &self.load_options),
+            Content::Absent => Ok(Loaded::absent(&self.load_options)),
+        };
+        let accepted = match result {
+            Ok(loaded) => self.accepted(trigger, &content, loaded),
+            Err(err) => {
+                let text = err.to_string();
+                self.source.report_invalid(&content, &text);
+                self.rejected(trigger, text);
+                false
+            }
+        };
+        self.loaded.content = Some(content);
+        accepted
+    }
+
+    fn accepted(&mut self, trigger: Trigger, content: &Content, loaded: Loaded) -> bool {
+        self.telemetry().metrics.config_load(true, trigger.as_str());
+        if let Some(previous) = self.loaded.error.take() {
+            info!(trigger = trigger.as_str(), previous_error = %previous, "config is valid again");
+        }
+        if loaded.warnings != self.loaded.warnings {
+            for warning in &loaded.warnings {
+                warn!(source = %self.source, "{warning}");
+            }
+            self.loaded.warnings = loaded.warnings;
+        }
+        if self.loaded.config.as_ref() == Some(&loaded.config) {
+            return false;
+        }
+        let fingerprint = loaded.config.fingerprint();
+        info!(
+            trigger = trigger.as_str(),
+            from = %self.source,
+            source = self.source.origin(content),
+            fingerprint = %fingerprint,
+            config = %loaded.config.to_json(),
+            "using config"
+        );
+        let count = |family: Family| {
+            loaded
+                .config
+                .non_masquerade_cidrs
+                .iter()
+                .filter(|net| family.contains(net))
+                .count()
+        };
+        self.telemetry().metrics.config_enforced(
+            &fingerprint,
+            count(Family::Ipv4),
+            count(Family::Ipv6),
+        );
+        self.loaded.config = Some(loaded.config);
+        true
+    }
+
+    fn rejected(&mut self, trigger: Trigger, text: String) {
+        self.telemetry()
+            .metrics
+            .config_load(false, trigger.as_str());
+        if self.loaded.error.as_deref() == Some(text.as_str()) {
+            return;
+        }
+        match &self.loaded.config {
+            Some(current) => error!(
+                trigger = trigger.as_str(),
+                source = %self.source,
+                keeping = %current.fingerprint(),
+                "Error syncing configuration: {text}; keeping the last valid config"
+            ),
+            None => error!(
+                trigger = trigger.as_str(),
+                source = %self.source,
+                "Error syncing configuration: {text}; no valid config yet, writing nothing"
+            ),
+        }
+        self.loaded.error = Some(text);
+    }
+
+    /// Make the kernel hold the enforced config; with none yet, say why in
+    /// the readiness text and write nothing.
+    pub async fn sync(&mut self, trigger: Trigger) -> SyncResult {
+        let Some(config) = &self.loaded.config else {
+            let reason = match &self.loaded.error {
+                Some(error) => error.clone(),
+                None => self.source.waiting_reason(),
+            };
+            self.telemetry().health.no_config(reason);
+            return SyncResult::NoConfig;
+        };
+        let result = self.reconciler.sync(config, trigger).await;
+        if let SyncResult::Failed(err) = &result
+            && self.reconciler.failures() >= SYNC_FAILED_AFTER
+        {
+            self.source.report_sync_failure(format!(
+                "rule sync keeps failing ({}): {err}",
+                err.kind.label()
+            ));
+        }
+        result
+    }
+
+    fn resync_period(&self) -> Duration {
+        match &self.loaded.config {
+            Some(config) => config.resync_interval,
+            None => self.default_period,
+        }
+    }
+
+    /// One turn of the loop: reload (unless retrying a failed write), then
+    /// sync unless a change event left the config as it was. `None`: skipped.
+    async fn pass(&mut self, trigger: Trigger) -> Option<SyncResult> {
+        self.telemetry().health.beat();
+        let changed = trigger != Trigger::Retry && self.reload(trigger);
+        // A change event that left the content as it was needs no sync; the
+        // resync timer keeps checking the kernel.
+        let skip = matches!(trigger, Trigger::FileChange | Trigger::ApiChange) && !changed;
+        if skip {
+            None
+        } else {
+            Some(self.sync(trigger).await)
+        }
+    }
+
+    /// Wait for the next reason to run a pass.
+    async fn next_trigger(&mut self, timers: &mut Timers, sighup: &mut Signal) -> Trigger {
+        loop {
+            let retry = async {
+                match timers.retry_at {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = sighup.recv() => {
+                    info!("SIGHUP: reloading now");
+                    return Trigger::Signal;
+                }
+                kind = self.source.changed() => return kind.into(),
+                _ = timers.resync.tick() => return Trigger::Resync,
+                _ = retry => return Trigger::Retry,
+                _ = timers.heartbeat.tick() => self.reconciler.telemetry.health.beat(),
+            }
+        }
+    }
+
+    /// Run until SIGTERM or SIGINT.
+    pub async fn run(mut self) -> std::io::Result<()> {
+        let mut shutdown = Shutdown::new()?;
+        let mut sighup = signal(SignalKind::hangup())?;
+        self.source.start();
+        let mut timers = Timers::new(self.resync_period());
+        let mut trigger = Trigger::Startup;
+        loop {
+            let result = tokio::select! {
+                result = self.pass(trigger) => result,
+                name = shutdown.wait() => return stopping(name),
+            };
+            timers.after(result);
+            timers.follow(self.resync_period());
+            trigger = tokio::select! {
+                trigger = self.next_trigger(&mut timers, &mut sighup) => trigger,
+                name = shutdown.wait() => return stopping(name),
+            };
+        }
+    }
+}
+
+/// SIGTERM (the kubelet stopping the pod) or SIGINT. One place, so every
+/// wait in the loop can be cut short by it the same way.
+struct Shutdown {
+    sigterm: Signal,
+    sigint: Signal,
+}
+
+impl Shutdown {
+    fn new() -> std::io::Result<Self> {
+        Ok(Shutdown {
+            sigterm: signal(SignalKind::terminate())?,
+            sigint: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    /// Resolves with the signal's name. Cancel-safe.
+    async fn wait(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.sigterm.recv() => "SIGTERM",
+            _ = self.sigint.recv() => "SIGINT",
+        }
+    }
+}
+
+/// The loop's clocks: the resync period, a pending retry, the heartbeat.
+struct Timers {
+    period: Duration,
+    resync: Interval,
+    retry_at: Option<Instant>,
+    backoff: Backoff,
+    heartbeat: Interval,
+}
+
+impl Timers {
+    fn new(period: Duration) -> Self {
+        let mut heartbeat = tokio::time::interval(HEARTBEAT);
+        heartbeat.set_missed_tick_behavior(MissedTickBehavior::Skip);
+        Timers {
+            period,
+            resync: new_ticker(period),
+            retry_at: None,
+            backoff: Backoff::new(),
+            heartbeat,
+        }
+    }
+
+    /// Arm or clear the retry after a pass.
+    fn after(&mut self, result: Option<SyncResult>) {
+        match result {
+            Some(SyncResult::Failed(_)) => {
+                let delay = self.backoff.next_delay();
+                info!(
+                    retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+                    "will retry the sync"
+                );
+                self.retry_at = Some(Instant::now() + delay);
+            }
+            Some(SyncResult::Ok | SyncResult::NoConfig) => {
+                self.backoff.reset();
+                self.retry_at = None;
+            }
+            None => self.retry_at = None,
+        }
+    }
+
+    /// Re-arm the resync timer when the config changed its interval.
+    fn follow(&mut self, period: Duration) {
+        if period != self.period {
+            self.period = period;
+            let nanos = i64::try_from(period.as_nanos()).unwrap_or(i64::MAX);
+            info!(resync_interval = %config::duration::format(nanos), "resync interval changed");
+            self.resync = new_ticker(period);
+        }
+    }
+}
+
+fn new_ticker(period: Duration) -> Interval {
+    // Start to start: the first tick is one period from now (the sync that
+    // just ran counts as this period's), and a slow sync delays only itself.
+    let mut ticker = tokio::time::interval_at(Instant::now() + period, period);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    ticker
+}
+
+fn stopping(signal: &str) -> std::io::Result<()> {
+    info!(signal, "stopping; rules stay in place");
+    Ok(())
+}

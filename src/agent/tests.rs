@@ -1,0 +1,266 @@
+//! The loop above the seam, against the recording fake backend.
+
+use std::path::Path;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use super::*;
+use crate::backend::ErrorKind;
+use crate::backend::fake::Fake;
+use crate::config::LoadOptions;
+use crate::plan::{Family, Settings};
+use crate::source::api::events::{EventSink, Report};
+use crate::source::api::{ConfigMapSource, ObjectInfo, Snapshot};
+use crate::source::file::FileSource;
+use crate::telemetry::Telemetry;
+
+fn agent(dir: &Path, ipv6: bool) -> Agent<Fake> {
+    Agent::new(
+        Settings {
+            chain: "IP-MASQ-AGENT".parse().unwrap(),
+            enable_ipv6: ipv6,
+            random_fully: true,
+            to_ports: Vec::new(),
+        },
+        LoadOptions {
+            all_reserved_ranges: false,
+            enable_ipv6: ipv6,
+        },
+        Source::File(FileSource::new(dir.join("ip-masq-agent"))),
+        Fake::default(),
+        Telemetry::default(),
+    )
+}
+
+fn cidrs(agent: &Agent<Fake>, family: Family) -> Vec<String> {
+    agent.reconciler.backend.cidrs(family)
+}
+
+#[tokio::test]
+async fn writes_once_then_only_on_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("ip-masq-agent");
+    std::fs::write(&file, "nonMasqueradeCIDRs: [10.0.0.0/8]\n").unwrap();
+    let mut a = agent(dir.path(), false);
+    assert!(a.reload(Trigger::Startup));
+    assert_eq!(a.sync(Trigger::Startup).await, SyncResult::Ok);
+    assert_eq!(a.reconciler.backend.writes, 1);
+    assert_eq!(cidrs(&a, Family::Ipv4), ["169.254.0.0/16", "10.0.0.0/8"]);
+    assert!(!a.reload(Trigger::Resync));
+    a.sync(Trigger::Resync).await;
+    assert_eq!(
+        a.reconciler.backend.writes, 1,
+        "an unchanged node must see no write"
+    );
+    std::fs::write(
+        &file,
+        "nonMasqueradeCIDRs: [10.0.0.0/8, 192.168.0.0/16]\nmasqLinkLocal: true\n",
+    )
+    .unwrap();
+    assert!(a.reload(Trigger::FileChange));
+    a.sync(Trigger::FileChange).await;
+    assert_eq!(a.reconciler.backend.writes, 2);
+    assert_eq!(cidrs(&a, Family::Ipv4), ["10.0.0.0/8", "192.168.0.0/16"]);
+}
+
+#[tokio::test]
+async fn invalid_config_keeps_enforcing_the_last_good_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("ip-masq-agent");
+    std::fs::write(&file, "nonMasqueradeCIDRs: [10.0.0.0/8]\n").unwrap();
+    let mut a = agent(dir.path(), false);
+    a.reload(Trigger::Startup);
+    a.sync(Trigger::Startup).await;
+    std::fs::write(&file, "nonMasqueradeCIDRs: [10.0.0.1/8]\n").unwrap();
+    assert!(!a.reload(Trigger::FileChange));
+    assert!(
+        a.loaded
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("is not aligned")
+    );
+    // Someone flushes the rules: the last good config is put back.
+    a.reconciler.backend.kernel.clear();
+    a.sync(Trigger::Resync).await;
+    assert_eq!(cidrs(&a, Family::Ipv4), ["169.254.0.0/16", "10.0.0.0/8"]);
+    assert_eq!(a.reconciler.backend.writes, 2);
+}
+
+#[tokio::test]
+async fn invalid_at_start_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("ip-masq-agent"), "cidrLimit: \"64\"\n").unwrap();
+    let mut a = agent(dir.path(), false);
+    assert!(!a.reload(Trigger::Startup));
+    assert_eq!(a.sync(Trigger::Startup).await, SyncResult::NoConfig);
+    assert_eq!(a.reconciler.backend.writes, 0);
+    std::fs::write(dir.path().join("ip-masq-agent"), "cidrLimit: 64\n").unwrap();
+    assert!(a.reload(Trigger::Resync));
+}
+
+#[tokio::test]
+async fn absent_file_means_defaults_and_ipv6_follows_ipv4() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = agent(dir.path(), true);
+    assert!(a.reload(Trigger::Startup));
+    a.sync(Trigger::Startup).await;
+    assert_eq!(
+        cidrs(&a, Family::Ipv4),
+        [
+            "169.254.0.0/16",
+            "10.0.0.0/8",
+            "172.16.0.0/12",
+            "192.168.0.0/16"
+        ]
+    );
+    assert_eq!(cidrs(&a, Family::Ipv6), ["fe80::/10"]);
+}
+
+#[tokio::test]
+async fn ipv4_failure_skips_ipv6() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = agent(dir.path(), true);
+    a.reload(Trigger::Startup);
+    a.reconciler.backend.fail = Some(ErrorKind::LockHeld);
+    assert!(
+        matches!(a.sync(Trigger::Startup).await, SyncResult::Failed(e) if e.kind == ErrorKind::LockHeld)
+    );
+    assert!(a.reconciler.backend.kernel.is_empty());
+}
+
+/// An agent on the API source, with the sender standing in for the
+/// watch and the receiver collecting Event reports.
+fn api_agent() -> (
+    Agent<Fake>,
+    watch::Sender<Option<Snapshot>>,
+    tokio::sync::mpsc::Receiver<Report>,
+) {
+    let (tx, rx) = watch::channel(None);
+    let telemetry = Telemetry::default();
+    let (sink, reports) = EventSink::capture(telemetry.metrics.clone());
+    let agent = Agent::new(
+        Settings {
+            chain: "IP-MASQ-AGENT".parse().unwrap(),
+            enable_ipv6: false,
+            random_fully: true,
+            to_ports: Vec::new(),
+        },
+        LoadOptions {
+            all_reserved_ranges: false,
+            enable_ipv6: false,
+        },
+        Source::ConfigMap(ConfigMapSource::new(
+            "kube-system/ip-masq-agent".parse().unwrap(),
+            "config".parse().unwrap(),
+            rx,
+            Some(sink),
+        )),
+        Fake::default(),
+        telemetry,
+    );
+    (agent, tx, reports)
+}
+
+fn object(text: &str, rv: u32) -> Option<Snapshot> {
+    Some(Snapshot {
+        bytes: Some(text.as_bytes().to_vec()),
+        object: Some(ObjectInfo {
+            namespace: "kube-system".into(),
+            name: "ip-masq-agent".into(),
+            uid: Some("u-1".into()),
+            resource_version: Some(rv.to_string()),
+        }),
+    })
+}
+
+#[tokio::test]
+async fn api_source_writes_nothing_before_the_first_list() {
+    let (mut a, tx, _reports) = api_agent();
+    assert!(!a.reload(Trigger::Startup));
+    assert_eq!(a.sync(Trigger::Startup).await, SyncResult::NoConfig);
+    assert_eq!(a.reconciler.backend.writes, 0);
+    let (ready, reason) = a.reconciler.telemetry.health.readiness();
+    assert!(!ready);
+    assert!(
+        reason
+            .contains("waiting for the Kubernetes API to list configmap kube-system/ip-masq-agent"),
+        "{reason}"
+    );
+    tx.send_replace(object("nonMasqueradeCIDRs: [10.0.0.0/8]\n", 1));
+    assert!(a.reload(Trigger::ApiChange));
+    assert_eq!(a.sync(Trigger::ApiChange).await, SyncResult::Ok);
+    assert_eq!(cidrs(&a, Family::Ipv4), ["169.254.0.0/16", "10.0.0.0/8"]);
+}
+
+#[tokio::test]
+async fn api_source_reports_each_distinct_rejection_once() {
+    let (mut a, tx, mut reports) = api_agent();
+    tx.send_replace(object("nonMasqueradeCIDRs: [10.0.0.0/8]\n", 1));
+    a.reload(Trigger::Startup);
+    a.sync(Trigger::Startup).await;
+    tx.send_replace(object("nonMasqueradeCIDRs: [10.0.0.1/8]\n", 2));
+    assert!(!a.reload(Trigger::ApiChange));
+    let Ok(Report::InvalidConfig {
+        configmap, error, ..
+    }) = reports.try_recv()
+    else {
+        panic!("no InvalidConfig report");
+    };
+    assert_eq!(configmap.uid.as_deref(), Some("u-1"));
+    assert_eq!(configmap.resource_version.as_deref(), Some("2"));
+    assert!(error.contains("is not aligned"), "{error}");
+    // The same content again (a label edit, a relist): no new report.
+    tx.send_replace(object("nonMasqueradeCIDRs: [10.0.0.1/8]\n", 3));
+    assert!(!a.reload(Trigger::ApiChange));
+    assert!(reports.try_recv().is_err());
+    // The last good config stays enforced.
+    a.sync(Trigger::Resync).await;
+    assert_eq!(cidrs(&a, Family::Ipv4), ["169.254.0.0/16", "10.0.0.0/8"]);
+    // Deleted: defaults, as for an absent file.
+    tx.send_replace(Some(Snapshot {
+        bytes: None,
+        object: None,
+    }));
+    assert!(a.reload(Trigger::ApiChange));
+    a.sync(Trigger::ApiChange).await;
+    assert_eq!(cidrs(&a, Family::Ipv4).len(), 4);
+    assert!(reports.try_recv().is_err());
+}
+
+#[tokio::test]
+async fn api_source_reports_sync_failures_that_persist() {
+    let (mut a, tx, mut reports) = api_agent();
+    tx.send_replace(object("nonMasqueradeCIDRs: [10.0.0.0/8]\n", 1));
+    a.reload(Trigger::Startup);
+    a.reconciler.backend.fail = Some(ErrorKind::LockHeld);
+    for _ in 1..SYNC_FAILED_AFTER {
+        a.sync(Trigger::Retry).await;
+    }
+    assert!(reports.try_recv().is_err(), "one failure is not a pattern");
+    a.sync(Trigger::Retry).await;
+    let Ok(Report::SyncFailed { error }) = reports.try_recv() else {
+        panic!("no SyncFailed report");
+    };
+    assert!(error.contains("refused"), "{error}");
+    a.reconciler.backend.fail = None;
+    assert_eq!(a.sync(Trigger::Retry).await, SyncResult::Ok);
+    a.reconciler.backend.fail = Some(ErrorKind::LockHeld);
+    a.sync(Trigger::Retry).await;
+    assert!(reports.try_recv().is_err(), "a success resets the count");
+}
+
+#[test]
+fn backoff_grows_and_caps() {
+    let mut b = Backoff::new();
+    let first = b.next_delay();
+    assert!(first >= Duration::from_millis(800) && first <= Duration::from_millis(1000));
+    let second = b.next_delay();
+    assert!(second >= Duration::from_millis(1600) && second <= Duration::from_millis(2000));
+    for _ in 0..20 {
+        assert!(b.next_delay() <= Duration::from_secs(30));
+    }
+    b.reset();
+    assert!(b.next_delay() <= Duration::from_millis(1000));
+}

@@ -1,0 +1,72 @@
+//! The long-running agent: telemetry and its HTTP listener, the backend, the
+//! config source, then the loop. Wiring only; the loop is in `agent`.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use tracing::{error, info, warn};
+
+use super::{load_options, settings};
+use crate::agent::Agent;
+use crate::backend::Backend;
+use crate::backend::select::{self, AnyBackend};
+use crate::cli::Options;
+use crate::source::Source;
+use crate::source::api::ConfigMapSource;
+use crate::source::file::FileSource;
+use crate::telemetry::{Telemetry, http};
+
+pub async fn run(options: &Options) -> Result<ExitCode> {
+    let telemetry = Telemetry::default();
+    if let Some(address) = options.metrics_address {
+        serve(address, &telemetry).await;
+    }
+    let mut backend = AnyBackend::select(options.backend, options.iptables_mode).await;
+    match backend.probe().await {
+        Ok(()) => info!(backend = %backend.describe(), "kernel backend ready"),
+        // Not fatal: the loop retries, and a fixed image or node recovers.
+        Err(err) => warn!(error = %err, "cannot run {} yet; will keep retrying", options.backend),
+    }
+    select::remove_other(options.backend, &options.masq_chain).await;
+    // With `--configmap`, the file (`--config`) is not read at all: one
+    // source of truth per node, and the one that reaches every node at once
+    // wins. Bad or missing credentials are a deployment error: exit so the
+    // pod shows it (CrashLoopBackOff) instead of running without a config.
+    let source = match &options.api_source {
+        None => Source::File(FileSource::new(options.config.clone())),
+        Some(api) => Source::ConfigMap(
+            ConfigMapSource::connect(api, &options.configmap_key, &telemetry)
+                .await
+                .map_err(anyhow::Error::msg)
+                .context("--configmap")?,
+        ),
+    };
+    let agent = Agent::new(
+        settings(options),
+        load_options(options),
+        source,
+        backend,
+        telemetry,
+    );
+    agent.run().await.context("installing signal handlers")?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Serve metrics and probes. Rules matter more than observability: a port
+/// that cannot be bound is logged and the agent keeps enforcing; the missing
+/// readiness endpoint makes the problem visible.
+async fn serve(address: SocketAddr, telemetry: &Telemetry) {
+    match http::bind(address).await {
+        Ok(listener) => {
+            info!(%address, "serving /metrics, /healthz and /readyz");
+            let served = telemetry.clone();
+            tokio::spawn(async move {
+                if let Err(err) = http::serve(listener, served).await {
+                    error!(error = %err, "metrics endpoint stopped");
+                }
+            });
+        }
+        Err(err) => error!(%address, error = %err, "cannot serve metrics and probes"),
+    }
+}
