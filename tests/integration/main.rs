@@ -14,7 +14,8 @@
 //!   scraped by a real Prometheus server inside the namespace;
 //! - `harness_telemetry`: tests of the HTTP helpers, needing no root;
 //! - `apiserver`: tests of the fake kube-apiserver (`support::apiserver`)
-//!   with the real kube client, watcher and event recorder.
+//!   with the real kube client, watcher and event recorder;
+//! - `layout`: the module layering of `src/`, read from the source.
 //!
 //! Kernel tests need root and the tools (see `support::env`). Outside CI they
 //! skip with a printed reason; under `CI=true` they fail instead, because a
@@ -26,5 +27,6 @@ mod cli;
 mod harness;
 mod harness_telemetry;
 mod kernel;
+mod layout;
 mod support;
 mod telemetry;
