@@ -62,7 +62,7 @@ async fn serve(address: SocketAddr, telemetry: &Telemetry) {
             info!(%address, "serving /metrics, /healthz and /readyz");
             let served = telemetry.clone();
             tokio::spawn(async move {
-                if let Err(err) = http::serve(listener, served).await {
+                if let Err(err) = http::serve(listener, served, http::Limits::default()).await {
                     error!(error = %err, "metrics endpoint stopped");
                 }
             });
