@@ -24,17 +24,20 @@ use rustix::net::{RecvFlags, SendFlags};
 
 use super::bytecode::{self, SetInfo};
 use super::elements;
+use super::observe::{Observed, ObservedSet};
+use super::table::{BASE_PRIORITY, SET, TABLE, nft_family};
 use super::wire::{
     self, Ack, Attrs, Batch, Builder, KindName, Message, NLM_F_CREATE, NLM_F_DUMP, NLM_F_DUMP_INTR,
     NLMSG_DONE, NLMSG_ERROR, NLMSG_NOOP, attr, msg,
 };
-use super::{BASE_PRIORITY, Observed, ObservedSet, SET, TABLE};
 use crate::backend::{BackendError, ErrorKind};
 use crate::plan::Family;
 
 /// The kernel's answer when a batch's generation check fails: someone
 /// committed since we read.
 pub const ERESTART: i32 = 85;
+/// The kernel's answer for an object that does not exist.
+const ENOENT: i32 = 2;
 /// Large enough for any one reply: the kernel fills dump messages up to
 /// 32 KiB.
 const RECV_BUF: usize = 64 * 1024;
@@ -112,6 +115,25 @@ impl NlError {
 
     pub fn into_backend(self) -> BackendError {
         BackendError::new(self.kind(), &format!("netlink: {}", self.op), self.detail)
+    }
+}
+
+impl From<NlError> for BackendError {
+    fn from(err: NlError) -> Self {
+        err.into_backend()
+    }
+}
+
+/// Runs blocking netlink I/O off the runtime's thread, keeping the errno
+/// (a stale generation is retried, not reported).
+pub async fn blocking<T, F>(f: F) -> Result<T, NlError>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, NlError> + Send + 'static,
+{
+    match tokio::task::spawn_blocking(f).await {
+        Ok(result) => result,
+        Err(err) => Err(NlError::protocol("run the netlink task", err.to_string())),
     }
 }
 
@@ -394,7 +416,7 @@ fn nfproto(family: Family) -> u8 {
 }
 
 fn table_op(family: Family, what: &str) -> String {
-    format!("{what} {} {TABLE}", super::nft_family(family))
+    format!("{what} {} {TABLE}", nft_family(family))
 }
 
 /// Our table as one netlink read.
@@ -433,7 +455,7 @@ pub fn snapshot(family: Family) -> Result<Snapshot, NlError> {
         b.string(attr::TABLE_NAME, TABLE)
     }) {
         Ok(_) => snap.observed.table = true,
-        Err(e) if e.errno == Some(2) => return Ok(snap), // ENOENT
+        Err(e) if e.errno == Some(ENOENT) => return Ok(snap),
         Err(e) => return Err(e),
     }
     let mut interrupted = false;
@@ -578,7 +600,7 @@ fn dump_elements(
     set: &str,
     mut each: impl FnMut(&[u8]),
 ) -> Result<bool, NlError> {
-    let op = format!("list set {} {TABLE} {set}", super::nft_family(family));
+    let op = format!("list set {} {TABLE} {set}", nft_family(family));
     conn.dump(
         &op,
         msg::GETSETELEM,
@@ -709,7 +731,7 @@ pub fn write_set(family: Family, write: &Write) -> Result<(), NlError> {
     let batch = build(family, write, first);
     let op = format!(
         "update set {} {TABLE} {SET} ({})",
-        super::nft_family(family),
+        nft_family(family),
         write.describe()
     );
     conn.batch(&op, batch)
@@ -805,7 +827,7 @@ mod tests {
         assert_eq!(e(ERESTART).kind(), ErrorKind::Rejected);
         assert_eq!(e(12).kind(), ErrorKind::Io);
         let backend = e(2).into_backend();
-        assert!(backend.detail.contains(super::super::ABSENT), "{backend}");
+        assert!(super::super::is_absent(&backend), "{backend}");
         assert!(backend.command.starts_with("netlink: "));
     }
 }
