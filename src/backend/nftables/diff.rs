@@ -85,7 +85,16 @@ impl Changes {
     }
 }
 
-pub(super) fn count(n: usize, what: &str) -> String {
+/// How a config change's element delta is reported.
+pub(super) fn delta_text(add: &[IpNet], remove: &[IpNet]) -> String {
+    format!(
+        "set {SET}: {} added, {} removed",
+        count(add.len(), "element"),
+        remove.len()
+    )
+}
+
+fn count(n: usize, what: &str) -> String {
     if n == 1 {
         format!("1 {what}")
     } else {
@@ -144,11 +153,7 @@ pub fn diff<R: PartialEq>(
                     remove.len()
                 ));
             } else {
-                changes.differences.push(format!(
-                    "set {SET}: {} added, {} removed",
-                    count(add.len(), "element"),
-                    remove.len()
-                ));
+                changes.differences.push(delta_text(&add, &remove));
                 changes.set = SetChange::Delta { remove, add };
             }
         }

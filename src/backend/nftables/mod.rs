@@ -47,12 +47,12 @@ use tracing::{debug, warn};
 use super::exec;
 use super::{Backend, BackendError, CleanupReport, ErrorKind, Outcome};
 use crate::plan::{ChainName, Family, Ruleset};
-use diff::{count, diff, transaction};
+use diff::{delta_text, diff, transaction};
 use netlink::{Snapshot, blocking};
 use observe::{Observed, parse_json};
-use table::{NftRule, Plan};
+use table::{NftRule, Plan, nft_family};
 
-pub use table::{BASE_CHAIN, GATE, SET, TABLE, gated_script, nft_family, plan_nft, script};
+pub use table::{BASE_CHAIN, GATE, SET, TABLE, gated_script, plan_nft, script};
 
 mod bytecode;
 mod diff;
@@ -202,11 +202,7 @@ impl Memory {
         // left (a deleted element is missing), and then the read below
         // repairs.
         if let Some((remove, add)) = self.pending_delta(target) {
-            let differences = vec![format!(
-                "set {SET}: {} added, {} removed",
-                count(add.len(), "element"),
-                remove.len()
-            )];
+            let differences = vec![delta_text(&add, &remove)];
             let write = netlink::Write {
                 remove,
                 add,

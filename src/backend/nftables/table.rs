@@ -15,6 +15,7 @@ use ipnet::IpNet;
 use serde_json::{Value, json};
 
 use super::bytecode::predict;
+use super::wire::Proto;
 use crate::plan::{self, Family, PortRange, Protocol, Ruleset};
 
 /// Our table's name, the same in both families.
@@ -34,10 +35,7 @@ pub const GATE: &str = "return";
 
 /// nft's name for the family.
 pub fn nft_family(family: Family) -> &'static str {
-    match family {
-        Family::Ipv4 => "ip",
-        Family::Ipv6 => "ip6",
-    }
+    Proto::of(family).name()
 }
 
 /// nft's type of the set's keys.
