@@ -49,10 +49,11 @@ use super::{Backend, BackendError, CleanupReport, ErrorKind, Outcome};
 use crate::plan::{ChainName, Family, Ruleset};
 use diff::{delta_text, diff, transaction};
 use netlink::{Snapshot, blocking};
-use observe::{Observed, parse_json};
-use table::{NftRule, Plan, nft_family};
+use observe::parse_json;
+use table::{NftRule, nft_family};
 
-pub use table::{BASE_CHAIN, GATE, SET, TABLE, gated_script, plan_nft, script};
+pub use observe::{Observed, ObservedChain, ObservedSet};
+pub use table::{BASE_CHAIN, GATE, Plan, SET, TABLE, gated_script, plan_nft, script};
 
 mod bytecode;
 mod diff;

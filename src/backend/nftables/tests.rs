@@ -3,7 +3,6 @@
 //! transactions. Expected text is literal, never built from the constants.
 
 use super::diff::{Changes, SetChange};
-use super::observe::{ObservedChain, ObservedSet};
 use super::*;
 use crate::plan::{PortRange, port_shares};
 
