@@ -838,4 +838,14 @@ mod tests {
         assert!(super::super::is_absent(&backend), "{backend}");
         assert!(backend.command.starts_with("netlink: "));
     }
+
+    #[test]
+    fn hooks_and_policies_are_named_as_nft_names_them() {
+        assert_eq!(hook_name(4), Some("postrouting"));
+        assert_eq!(hook_name(0), Some("prerouting"));
+        assert_eq!(hook_name(5), None);
+        assert_eq!(policy_name(1), Some("accept"));
+        assert_eq!(policy_name(0), Some("drop"));
+        assert_eq!(policy_name(2), None);
+    }
 }
