@@ -107,9 +107,12 @@ impl NftRule {
             NftRule::Shares { modulus, slices } => {
                 let map: Vec<String> = slices
                     .iter()
-                    .map(|s| match s.lo == s.hi {
-                        true => format!("{} : jump {}", s.lo, s.chain),
-                        false => format!("{}-{} : jump {}", s.lo, s.hi, s.chain),
+                    .map(|s| {
+                        if s.lo == s.hi {
+                            format!("{} : jump {}", s.lo, s.chain)
+                        } else {
+                            format!("{}-{} : jump {}", s.lo, s.hi, s.chain)
+                        }
                     })
                     .collect();
                 format!(
@@ -141,18 +144,20 @@ impl NftRule {
                 let mut statement = serde_json::Map::new();
                 if let Some(range) = ports {
                     expr.push(l4proto_json());
-                    let port = match range.first == range.last {
-                        true => json!(range.first),
-                        false => json!({"range": [range.first, range.last]}),
+                    let port = if range.first == range.last {
+                        json!(range.first)
+                    } else {
+                        json!({"range": [range.first, range.last]})
                     };
                     statement.insert("port".into(), port);
                 }
                 if *random_fully {
                     statement.insert("flags".into(), json!("fully-random"));
                 }
-                let statement = match statement.is_empty() {
-                    true => Value::Null,
-                    false => Value::Object(statement),
+                let statement = if statement.is_empty() {
+                    Value::Null
+                } else {
+                    Value::Object(statement)
                 };
                 expr.push(json!({ "masquerade": statement }));
                 Value::Array(expr)
@@ -161,9 +166,10 @@ impl NftRule {
                 let map: Vec<Value> = slices
                     .iter()
                     .map(|s| {
-                        let key = match s.lo == s.hi {
-                            true => json!(s.lo),
-                            false => json!({"range": [s.lo, s.hi]}),
+                        let key = if s.lo == s.hi {
+                            json!(s.lo)
+                        } else {
+                            json!({"range": [s.lo, s.hi]})
                         };
                         json!([key, {"jump": {"target": s.chain}}])
                     })
