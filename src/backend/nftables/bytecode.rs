@@ -628,7 +628,11 @@ mod tests {
         );
         assert_eq!(
             predict::numgen_vmap(61744, &[(0, "share-0".into()), (28976, "share-1".into())]),
-            "[ numgen reg 1 = random mod 61744 offset 0 ] [ byteorder reg 1 = hton(reg 1, 4, 4) ] [ lookup reg 1 set { flags 0xf key 4/4 data verdict/16 elements 00000000 : jump share-0, 00007130 : jump share-1, 0000f130 end } dreg 0 ]"
+            concat!(
+                "[ numgen reg 1 = random mod 61744 offset 0 ] [ byteorder reg 1 = hton(reg 1, 4, 4) ] ",
+                "[ lookup reg 1 set { flags 0xf key 4/4 data verdict/16 elements ",
+                "00000000 : jump share-0, 00007130 : jump share-1, 0000f130 end } dreg 0 ]"
+            )
         );
     }
 }

@@ -23,8 +23,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
-use super::wire::{Attrs, Builder, as_be32, attr};
-use crate::plan::Family;
+use super::wire::{Attrs, Builder, Proto, as_be32, attr};
 
 /// `NFT_SET_ELEM_INTERVAL_END`.
 const ELEM_INTERVAL_END: u32 = 1;
@@ -44,26 +43,23 @@ pub struct Elem {
     pub open: bool,
 }
 
-fn width(family: Family) -> usize {
+fn width(family: Proto) -> usize {
+    family.addr_len()
+}
+
+fn top(family: Proto) -> u128 {
     match family {
-        Family::Ipv4 => 4,
-        Family::Ipv6 => 16,
+        Proto::Ip => u128::from(u32::MAX),
+        Proto::Ip6 => u128::MAX,
     }
 }
 
-fn top(family: Family) -> u128 {
-    match family {
-        Family::Ipv4 => u128::from(u32::MAX),
-        Family::Ipv6 => u128::MAX,
-    }
-}
-
-fn key_bytes(family: Family, key: u128) -> Vec<u8> {
+fn key_bytes(family: Proto, key: u128) -> Vec<u8> {
     let all = key.to_be_bytes();
     all[16 - width(family)..].to_vec()
 }
 
-fn key_from(family: Family, bytes: &[u8]) -> Option<u128> {
+fn key_from(family: Proto, bytes: &[u8]) -> Option<u128> {
     if bytes.len() != width(family) {
         return None;
     }
@@ -84,7 +80,7 @@ fn bounds(net: &IpNet) -> (u128, u128) {
 }
 
 /// The prefix covering exactly `first..=last`, if there is one.
-fn prefix(family: Family, first: u128, last: u128) -> Option<IpNet> {
+fn prefix(family: Proto, first: u128, last: u128) -> Option<IpNet> {
     if last < first || last > top(family) {
         return None;
     }
@@ -95,18 +91,18 @@ fn prefix(family: Family, first: u128, last: u128) -> Option<IpNet> {
     }
     let len = u8::try_from(width(family) * 8 - host.count_ones() as usize).ok()?;
     match family {
-        Family::Ipv4 => {
+        Proto::Ip => {
             let addr = Ipv4Addr::from(u32::try_from(first).ok()?);
             Ipv4Net::new(addr, len).ok().map(IpNet::V4)
         }
-        Family::Ipv6 => Ipv6Net::new(Ipv6Addr::from(first), len).ok().map(IpNet::V6),
+        Proto::Ip6 => Ipv6Net::new(Ipv6Addr::from(first), len).ok().map(IpNet::V6),
     }
 }
 
 /// The elements that add `nets` (sorted, disjoint: the aggregated list).
 /// `into_empty`: the set is empty when they arrive (a full write), which is
 /// when nft prepends its zero end element.
-pub fn for_add(nets: &[IpNet], family: Family, into_empty: bool) -> Vec<Elem> {
+pub fn for_add(nets: &[IpNet], family: Proto, into_empty: bool) -> Vec<Elem> {
     let mut out = Vec::with_capacity(nets.len() * 2 + 1);
     if into_empty && nets.first().is_some_and(|n| bounds(n).0 != 0) {
         out.push(Elem {
@@ -136,7 +132,7 @@ pub fn for_add(nets: &[IpNet], family: Family, into_empty: bool) -> Vec<Elem> {
 
 /// The elements that delete `nets`: both boundaries of each (the kernel
 /// matches key and end flag; user data plays no part).
-pub fn for_delete(nets: &[IpNet], family: Family) -> Vec<Elem> {
+pub fn for_delete(nets: &[IpNet], family: Proto) -> Vec<Elem> {
     let mut out = for_add(nets, family, false);
     for e in &mut out {
         e.open = false;
@@ -146,13 +142,13 @@ pub fn for_delete(nets: &[IpNet], family: Family) -> Vec<Elem> {
 
 /// Bytes `put` adds for `e`, so callers can split a list before a nest
 /// outgrows its u16 length.
-pub fn encoded_len(e: &Elem, family: Family) -> usize {
+pub fn encoded_len(e: &Elem, family: Proto) -> usize {
     let key = 4 + 4 + width(family);
     4 + key + if e.end { 8 } else { 0 } + if e.open { 12 } else { 0 }
 }
 
 /// Appends `e` as one `NFTA_LIST_ELEM`, attributes in nft's order.
-pub fn put(b: &mut Builder, e: &Elem, family: Family) {
+pub fn put(b: &mut Builder, e: &Elem, family: Proto) {
     b.begin_nest(attr::LIST_ELEM);
     if e.end {
         b.be32(attr::SET_ELEM_FLAGS, ELEM_INTERVAL_END);
@@ -178,7 +174,7 @@ pub struct Dumped {
 }
 
 /// Reads one `NFTA_LIST_ELEM` payload.
-pub fn parse(payload: &[u8], family: Family) -> Dumped {
+pub fn parse(payload: &[u8], family: Proto) -> Dumped {
     let mut key = None;
     let mut end = false;
     let mut open = false;
@@ -219,7 +215,7 @@ pub fn parse(payload: &[u8], family: Family) -> Dumped {
 
 /// The prefixes a dumped set holds, and how many of its elements are not
 /// ours (see the module doc).
-pub fn decode(dumped: &[Dumped], family: Family) -> (BTreeSet<IpNet>, usize) {
+pub fn decode(dumped: &[Dumped], family: Proto) -> (BTreeSet<IpNet>, usize) {
     let mut nets = BTreeSet::new();
     let mut foreign = 0;
     let mut sorted: Vec<(Elem, bool)> = Vec::with_capacity(dumped.len());
@@ -312,7 +308,7 @@ mod tests {
         // `nft --debug=netlink add element ip t s { 10.0.0.0/8, 192.168.0.0/16 }`
         // into an empty set: 0 [end], 10.0.0.0, 11.0.0.0 [end],
         // 192.168.0.0, 192.169.0.0 [end].
-        let got = for_add(&nets(&["10.0.0.0/8", "192.168.0.0/16"]), Family::Ipv4, true);
+        let got = for_add(&nets(&["10.0.0.0/8", "192.168.0.0/16"]), Proto::Ip, true);
         assert_eq!(
             got,
             vec![
@@ -324,13 +320,10 @@ mod tests {
             ]
         );
         // Into a set that holds elements: no first segment.
-        assert_eq!(
-            for_add(&nets(&["10.0.0.0/8"]), Family::Ipv4, false).len(),
-            2
-        );
+        assert_eq!(for_add(&nets(&["10.0.0.0/8"]), Proto::Ip, false).len(), 2);
         // Starting at zero: none either.
         assert_eq!(
-            for_add(&nets(&["0.0.0.0/8"]), Family::Ipv4, true),
+            for_add(&nets(&["0.0.0.0/8"]), Proto::Ip, true),
             vec![start(0), end(v4([1, 0, 0, 0]))]
         );
     }
@@ -339,7 +332,7 @@ mod tests {
     fn a_range_to_the_top_is_open() {
         // `nft add element ip t s2 { 10.0.0.0/8, 128.0.0.0/1 }`: the last
         // start has no end and carries the "interval open" user data.
-        let got = for_add(&nets(&["10.0.0.0/8", "128.0.0.0/1"]), Family::Ipv4, true);
+        let got = for_add(&nets(&["10.0.0.0/8", "128.0.0.0/1"]), Proto::Ip, true);
         assert_eq!(
             got.last(),
             Some(&Elem {
@@ -348,7 +341,7 @@ mod tests {
                 open: true
             })
         );
-        let all = for_add(&nets(&["::/0"]), Family::Ipv6, true);
+        let all = for_add(&nets(&["::/0"]), Proto::Ip6, true);
         assert_eq!(
             all,
             vec![Elem {
@@ -358,9 +351,9 @@ mod tests {
             }]
         );
         let mut b = Builder::new();
-        put(&mut b, &all[0], Family::Ipv6);
+        put(&mut b, &all[0], Proto::Ip6);
         let bytes = b.finish().unwrap();
-        assert_eq!(bytes.len(), encoded_len(&all[0], Family::Ipv6));
+        assert_eq!(bytes.len(), encoded_len(&all[0], Proto::Ip6));
         // The user data nft printed as `\x01\x04\x01\x00\x00\x00`.
         assert!(
             bytes
@@ -371,7 +364,7 @@ mod tests {
 
     #[test]
     fn encoded_len_matches_the_bytes() {
-        for family in [Family::Ipv4, Family::Ipv6] {
+        for family in [Proto::Ip, Proto::Ip6] {
             for e in [start(0), end(1)] {
                 let mut b = Builder::new();
                 put(&mut b, &e, family);
@@ -382,17 +375,17 @@ mod tests {
 
     #[test]
     fn round_trips_edge_cases() {
-        let cases: &[(Family, &[&str])] = &[
-            (Family::Ipv4, &["10.0.0.0/8", "192.168.0.0/16"]),
-            (Family::Ipv4, &["0.0.0.0/8", "10.0.0.0/8"]),
-            (Family::Ipv4, &["0.0.0.0/0"]),
-            (Family::Ipv4, &["255.255.255.255/32"]),
-            (Family::Ipv4, &["0.0.0.0/32", "255.255.255.0/24"]),
+        let cases: &[(Proto, &[&str])] = &[
+            (Proto::Ip, &["10.0.0.0/8", "192.168.0.0/16"]),
+            (Proto::Ip, &["0.0.0.0/8", "10.0.0.0/8"]),
+            (Proto::Ip, &["0.0.0.0/0"]),
+            (Proto::Ip, &["255.255.255.255/32"]),
+            (Proto::Ip, &["0.0.0.0/32", "255.255.255.0/24"]),
             // Adjacent, not mergeable into one prefix.
-            (Family::Ipv4, &["10.0.0.0/9", "10.128.0.0/10"]),
-            (Family::Ipv6, &["::/0"]),
-            (Family::Ipv6, &["::/128", "fe80::/10"]),
-            (Family::Ipv6, &["fd00::/8", "ffff:ffff:ffff:ffff::/64"]),
+            (Proto::Ip, &["10.0.0.0/9", "10.128.0.0/10"]),
+            (Proto::Ip6, &["::/0"]),
+            (Proto::Ip6, &["::/128", "fe80::/10"]),
+            (Proto::Ip6, &["fd00::/8", "ffff:ffff:ffff:ffff::/64"]),
         ];
         for (family, list) in cases {
             let list = nets(list);
@@ -416,7 +409,7 @@ mod tests {
             start(v4([10, 0, 0, 0])),
             end(0),
         ];
-        let (got, foreign) = decode(&dumped(&elems), Family::Ipv4);
+        let (got, foreign) = decode(&dumped(&elems), Proto::Ip);
         assert_eq!(foreign, 0);
         assert_eq!(
             got.into_iter().collect::<Vec<_>>(),
@@ -426,7 +419,7 @@ mod tests {
 
     #[test]
     fn what_we_never_write_is_foreign() {
-        let fam = Family::Ipv4;
+        let fam = Proto::Ip;
         // A range that is not a prefix: 192.0.2.5-192.0.2.9.
         let range = [start(v4([192, 0, 2, 5])), end(v4([192, 0, 2, 10]))];
         assert_eq!(decode(&dumped(&range), fam), (BTreeSet::new(), 1));
@@ -460,7 +453,7 @@ mod tests {
 
     #[test]
     fn parses_dumped_elements() {
-        let fam = Family::Ipv6;
+        let fam = Proto::Ip6;
         let e = Elem {
             key: 1 << 100,
             end: true,
@@ -478,7 +471,7 @@ mod tests {
             }
         );
         // The same bytes read as IPv4: the key has the wrong length.
-        assert!(parse(list_elem, Family::Ipv4).foreign);
+        assert!(parse(list_elem, Proto::Ip).foreign);
         // A comment in the user data (TLV type 0) is not ours.
         let mut b = Builder::new();
         b.begin_nest(attr::LIST_ELEM);
@@ -489,6 +482,6 @@ mod tests {
         b.end_nest();
         let bytes = b.finish().unwrap();
         let list_elem = Attrs::new(&bytes).next().unwrap().unwrap().1;
-        assert!(parse(list_elem, Family::Ipv4).foreign);
+        assert!(parse(list_elem, Proto::Ip).foreign);
     }
 }

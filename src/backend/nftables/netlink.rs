@@ -1,10 +1,13 @@
 //! The nf_tables netlink socket: one consistent snapshot of our table, and
 //! the set's elements written in one batch (one kernel transaction).
 //!
-//! This is the edge: blocking socket I/O, nothing else. The bytes are built
-//! and read by `wire`, `elements` and `bytecode`. The socket belongs to the
-//! network namespace of the thread that opens it: the agent's own, where
-//! `ip netns exec` or the pod put it.
+//! This is the edge: blocking socket I/O, and errnos sorted into the
+//! backend's error kinds. The family becomes a [`Proto`] once, at each entry
+//! point; the bytes are built and read by `wire`, `elements` and
+//! `bytecode`, and the kernel's numbers (hooks, policies) are named in nft's
+//! words for `observe`, which decides what is ours. The socket belongs to
+//! the network namespace of the thread that opens it: the agent's own,
+//! where `ip netns exec` or the pod put it.
 //!
 //! Why netlink and not `nft`: at 10 000 elements `nft -j list table` takes
 //! 50-80 ms and nft re-reads the whole interval set before any element
@@ -24,17 +27,20 @@ use rustix::net::{RecvFlags, SendFlags};
 
 use super::bytecode::{self, SetInfo};
 use super::elements;
+use super::observe::{Hook, Observed, ObservedSet};
+use super::table::{SET, TABLE};
 use super::wire::{
     self, Ack, Attrs, Batch, Builder, KindName, Message, NLM_F_CREATE, NLM_F_DUMP, NLM_F_DUMP_INTR,
-    NLMSG_DONE, NLMSG_ERROR, NLMSG_NOOP, attr, msg,
+    NLMSG_DONE, NLMSG_ERROR, NLMSG_NOOP, Proto, attr, msg,
 };
-use super::{BASE_PRIORITY, Observed, ObservedSet, SET, TABLE};
 use crate::backend::{BackendError, ErrorKind};
 use crate::plan::Family;
 
 /// The kernel's answer when a batch's generation check fails: someone
 /// committed since we read.
 pub const ERESTART: i32 = 85;
+/// The kernel's answer for an object that does not exist.
+const ENOENT: i32 = 2;
 /// Large enough for any one reply: the kernel fills dump messages up to
 /// 32 KiB.
 const RECV_BUF: usize = 64 * 1024;
@@ -43,9 +49,6 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 /// Bytes of elements per NEWSETELEM / DELSETELEM message, well below the
 /// 64 KiB an attribute can hold.
 const ELEMENT_BYTES_PER_MESSAGE: usize = 32 * 1024;
-/// `NF_INET_POST_ROUTING` and `NF_ACCEPT`.
-const HOOK_POSTROUTING: u32 = 4;
-const POLICY_ACCEPT: u32 = 1;
 
 /// A failed netlink operation: what we asked, and the errno if the kernel
 /// (or the socket) gave one.
@@ -113,6 +116,25 @@ impl NlError {
 
     pub fn into_backend(self) -> BackendError {
         BackendError::new(self.kind(), &format!("netlink: {}", self.op), self.detail)
+    }
+}
+
+impl From<NlError> for BackendError {
+    fn from(err: NlError) -> Self {
+        err.into_backend()
+    }
+}
+
+/// Runs blocking netlink I/O off the runtime's thread, keeping the errno
+/// (a stale generation is retried, not reported).
+pub async fn blocking<T, F>(f: F) -> Result<T, NlError>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, NlError> + Send + 'static,
+{
+    match tokio::task::spawn_blocking(f).await {
+        Ok(result) => result,
+        Err(err) => Err(NlError::protocol("run the netlink task", err.to_string())),
     }
 }
 
@@ -387,15 +409,34 @@ impl Drop for Conn {
     }
 }
 
-fn nfproto(family: Family) -> u8 {
-    match family {
-        Family::Ipv4 => wire::NFPROTO_IPV4,
-        Family::Ipv6 => wire::NFPROTO_IPV6,
-    }
+fn table_op(proto: Proto, what: &str) -> String {
+    format!("{what} {} {TABLE}", proto.name())
 }
 
-fn table_op(family: Family, what: &str) -> String {
-    format!("{what} {} {TABLE}", super::nft_family(family))
+/// `enum nf_inet_hooks`, by number.
+fn hook_name(hooknum: u32) -> Option<&'static str> {
+    ["prerouting", "input", "forward", "output", "postrouting"]
+        .get(usize::try_from(hooknum).ok()?)
+        .copied()
+}
+
+/// `NF_DROP`, `NF_ACCEPT`.
+fn policy_name(policy: u32) -> Option<&'static str> {
+    ["drop", "accept"]
+        .get(usize::try_from(policy).ok()?)
+        .copied()
+}
+
+/// A NEWCHAIN message's hook, in nft's words.
+fn chain_hook<'a>(a: &Attrs<'a>) -> Hook<'a> {
+    let hook = a.get_nested(attr::CHAIN_HOOK);
+    let hook_u32 = |kind| hook.as_ref().and_then(|h| h.get_be32(kind));
+    Hook {
+        kind: a.get_str(attr::CHAIN_TYPE),
+        hook: hook_u32(attr::HOOK_HOOKNUM).and_then(hook_name),
+        priority: hook_u32(attr::HOOK_PRIORITY).map(|p| i64::from(p as i32)),
+        policy: a.get_be32(attr::CHAIN_POLICY).and_then(policy_name),
+    }
 }
 
 /// Our table as one netlink read.
@@ -418,11 +459,73 @@ struct RawRule {
     attrs: Vec<u8>,
 }
 
+/// The dumps of one read of our table, and whether a commit interrupted
+/// any of them.
+struct TableDump<'c> {
+    conn: &'c mut Conn,
+    proto: Proto,
+    interrupted: bool,
+}
+
+impl TableDump<'_> {
+    /// Every object of kind `nft_msg` in our table (`table_attr` names the
+    /// table, in the request and in each reply) that `each` reads.
+    fn objects<T>(
+        &mut self,
+        what: &str,
+        nft_msg: u16,
+        table_attr: u16,
+        mut each: impl FnMut(&Attrs<'_>, &Message<'_>) -> Option<T>,
+    ) -> Result<Vec<T>, NlError> {
+        let mut found = Vec::new();
+        self.interrupted |= self.conn.dump(
+            &table_op(self.proto, what),
+            nft_msg,
+            self.proto.nfproto(),
+            |b| b.string(table_attr, TABLE),
+            |m| {
+                let a = m.attrs();
+                if a.get_str(table_attr) == Some(TABLE)
+                    && let Some(object) = each(&a, m)
+                {
+                    found.push(object);
+                }
+                Ok(())
+            },
+        )?;
+        Ok(found)
+    }
+
+    /// One set's elements, each `NFTA_LIST_ELEM` payload handed to `each`.
+    fn elements(&mut self, set: &str, mut each: impl FnMut(&[u8])) -> Result<(), NlError> {
+        let op = format!("list set {} {TABLE} {set}", self.proto.name());
+        self.interrupted |= self.conn.dump(
+            &op,
+            msg::GETSETELEM,
+            self.proto.nfproto(),
+            |b| {
+                b.string(attr::SET_ELEM_LIST_TABLE, TABLE);
+                b.string(attr::SET_ELEM_LIST_SET, set);
+            },
+            |m| {
+                if let Some(list) = m.attrs().get_nested(attr::SET_ELEM_LIST_ELEMENTS) {
+                    for item in list {
+                        let (_, payload) = item.map_err(|e| NlError::protocol(&op, e))?;
+                        each(payload);
+                    }
+                }
+                Ok(())
+            },
+        )?;
+        Ok(())
+    }
+}
+
 /// Reads our table (`table`, set shape and elements, chains, rules) for
 /// `family`, with the generation before and after to tell whether it is
 /// one consistent state.
 pub fn snapshot(family: Family) -> Result<Snapshot, NlError> {
-    let fam = nfproto(family);
+    let proto = Proto::of(family);
     let mut conn = Conn::open()?;
     let genid = conn.genid()?;
     let mut snap = Snapshot {
@@ -430,95 +533,62 @@ pub fn snapshot(family: Family) -> Result<Snapshot, NlError> {
         consistent: true,
         ..Snapshot::default()
     };
-    match conn.get(&table_op(family, "get table"), msg::GETTABLE, fam, |b| {
-        b.string(attr::TABLE_NAME, TABLE)
-    }) {
+    let get_table = conn.get(
+        &table_op(proto, "get table"),
+        msg::GETTABLE,
+        proto.nfproto(),
+        |b| b.string(attr::TABLE_NAME, TABLE),
+    );
+    match get_table {
         Ok(_) => snap.observed.table = true,
-        Err(e) if e.errno == Some(2) => return Ok(snap), // ENOENT
+        Err(e) if e.errno == Some(ENOENT) => return Ok(snap),
         Err(e) => return Err(e),
     }
-    let mut interrupted = false;
-
-    let mut sets: BTreeMap<String, SetInfo> = BTreeMap::new();
-    interrupted |= conn.dump(
-        &table_op(family, "list sets of"),
-        msg::GETSET,
-        fam,
-        |b| b.string(attr::SET_TABLE, TABLE),
-        |m| {
-            let a = m.attrs();
-            if a.get_str(attr::SET_TABLE) == Some(TABLE)
-                && let Some(name) = a.get_str(attr::SET_NAME)
-            {
-                sets.insert(name.to_owned(), SetInfo::parse(&a));
-            }
-            Ok(())
-        },
-    )?;
-
-    let chains = &mut snap.observed.chains;
-    interrupted |= conn.dump(
-        &table_op(family, "list chains of"),
+    let mut dump = TableDump {
+        conn: &mut conn,
+        proto,
+        interrupted: false,
+    };
+    let sets: BTreeMap<String, SetInfo> = dump
+        .objects("list sets of", msg::GETSET, attr::SET_TABLE, |a, _| {
+            Some((a.get_str(attr::SET_NAME)?.to_owned(), SetInfo::parse(a)))
+        })?
+        .into_iter()
+        .collect();
+    let chains = dump.objects(
+        "list chains of",
         msg::GETCHAIN,
-        fam,
-        |b| b.string(attr::CHAIN_TABLE, TABLE),
-        |m| {
-            let a = m.attrs();
-            if a.get_str(attr::CHAIN_TABLE) != Some(TABLE) {
-                return Ok(());
-            }
-            let Some(name) = a.get_str(attr::CHAIN_NAME) else {
-                return Ok(());
-            };
-            let hook = a.get_nested(attr::CHAIN_HOOK);
-            let base_ok = a.get_str(attr::CHAIN_TYPE) == Some("nat")
-                && hook.as_ref().and_then(|h| h.get_be32(attr::HOOK_HOOKNUM))
-                    == Some(HOOK_POSTROUTING)
-                && hook
-                    .as_ref()
-                    .and_then(|h| h.get_be32(attr::HOOK_PRIORITY))
-                    .map(|p| i64::from(p as i32))
-                    == Some(BASE_PRIORITY)
-                && a.get_be32(attr::CHAIN_POLICY) == Some(POLICY_ACCEPT);
-            chains.entry(name.to_owned()).or_default().base_ok = base_ok;
-            Ok(())
+        attr::CHAIN_TABLE,
+        |a, _| {
+            Some((
+                a.get_str(attr::CHAIN_NAME)?.to_owned(),
+                chain_hook(a).is_ours(),
+            ))
         },
     )?;
-
-    let mut rules = Vec::new();
-    interrupted |= conn.dump(
-        &table_op(family, "list rules of"),
-        msg::GETRULE,
-        fam,
-        |b| b.string(attr::RULE_TABLE, TABLE),
-        |m| {
-            let a = m.attrs();
-            if a.get_str(attr::RULE_TABLE) != Some(TABLE) {
-                return Ok(());
-            }
-            let chain = a.get_str(attr::RULE_CHAIN).unwrap_or_default().to_owned();
-            let handle = a
+    for (name, base_ok) in chains {
+        snap.observed.chains.entry(name).or_default().base_ok = base_ok;
+    }
+    let rules = dump.objects("list rules of", msg::GETRULE, attr::RULE_TABLE, |a, m| {
+        Some(RawRule {
+            chain: a.get_str(attr::RULE_CHAIN).unwrap_or_default().to_owned(),
+            handle: a
                 .get(attr::RULE_HANDLE)
                 .and_then(wire::as_be64)
-                .unwrap_or(0);
-            let attrs = m.payload.get(4..).unwrap_or(&[]).to_vec();
-            rules.push(RawRule {
-                chain,
-                handle,
-                attrs,
-            });
-            Ok(())
-        },
-    )?;
+                .unwrap_or(0),
+            attrs: m.payload.get(4..).unwrap_or(&[]).to_vec(),
+        })
+    })?;
 
     // Anonymous sets the rules look up, rendered inline.
     let mut anonymous: BTreeMap<String, String> = BTreeMap::new();
     for rule in &rules {
         let attrs = Attrs::new(&rule.attrs);
-        let Some(expressions) = attrs.get(attr::RULE_EXPRESSIONS) else {
-            continue;
-        };
-        for name in bytecode::looked_up_sets(expressions) {
+        let looked_up = attrs
+            .get(attr::RULE_EXPRESSIONS)
+            .map(bytecode::looked_up_sets)
+            .unwrap_or_default();
+        for name in looked_up {
             let Some(info) = sets.get(&name).filter(|i| i.anonymous()) else {
                 continue;
             };
@@ -526,20 +596,14 @@ pub fn snapshot(family: Family) -> Result<Snapshot, NlError> {
                 continue;
             }
             let mut elems: Vec<Vec<u8>> = Vec::new();
-            interrupted |= dump_elements(&mut conn, family, &name, |payload| {
-                elems.push(payload.to_vec());
-            })?;
+            dump.elements(&name, |payload| elems.push(payload.to_vec()))?;
             anonymous.insert(name, bytecode::render_set(info, &elems));
         }
     }
     for rule in &rules {
         let text = bytecode::render_rule(&Attrs::new(&rule.attrs), &anonymous);
-        snap.observed
-            .chains
-            .entry(rule.chain.clone())
-            .or_default()
-            .rules
-            .push(text);
+        let chain = snap.observed.chains.entry(rule.chain.clone()).or_default();
+        chain.rules.push(text);
         snap.handles
             .entry(rule.chain.clone())
             .or_default()
@@ -547,24 +611,16 @@ pub fn snapshot(family: Family) -> Result<Snapshot, NlError> {
     }
 
     if let Some(info) = sets.get(SET) {
-        let (key_type, key_len) = match family {
-            Family::Ipv4 => (7, 4), // nft's ipv4_addr
-            Family::Ipv6 => (8, 16),
-        };
         let mut dumped = Vec::new();
-        interrupted |= dump_elements(&mut conn, family, SET, |payload| {
-            dumped.push(elements::parse(payload, family));
-        })?;
-        let (nets, foreign) = elements::decode(&dumped, family);
+        dump.elements(SET, |payload| dumped.push(elements::parse(payload, proto)))?;
+        let (nets, foreign) = elements::decode(&dumped, proto);
         snap.observed.set = Some(ObservedSet {
-            shape_ok: info.key_type == key_type
-                && info.key_len == key_len
-                && info.flags == SET_INTERVAL
-                && info.data_type.is_none(),
+            shape_ok: our_set_shape(info, proto),
             elements: nets,
             foreign_elements: foreign,
         });
     }
+    let interrupted = dump.interrupted;
     snap.consistent = !interrupted && conn.genid()? == genid;
     Ok(snap)
 }
@@ -572,48 +628,22 @@ pub fn snapshot(family: Family) -> Result<Snapshot, NlError> {
 /// `NFT_SET_INTERVAL`: the only flag our set has.
 const SET_INTERVAL: u32 = 0x4;
 
-/// Dumps one set's elements, handing each `NFTA_LIST_ELEM` payload to `each`.
-fn dump_elements(
-    conn: &mut Conn,
-    family: Family,
-    set: &str,
-    mut each: impl FnMut(&[u8]),
-) -> Result<bool, NlError> {
-    let op = format!("list set {} {TABLE} {set}", super::nft_family(family));
-    conn.dump(
-        &op,
-        msg::GETSETELEM,
-        nfproto(family),
-        |b| {
-            b.string(attr::SET_ELEM_LIST_TABLE, TABLE);
-            b.string(attr::SET_ELEM_LIST_SET, set);
-        },
-        |m| {
-            let a = m.attrs();
-            if let Some(list) = a.get_nested(attr::SET_ELEM_LIST_ELEMENTS) {
-                for item in list {
-                    let (_, payload) = item.map_err(|e| NlError::protocol(&op, e))?;
-                    each(payload);
-                }
-            }
-            Ok(())
-        },
-    )
+/// The set is `type ipvX_addr; flags interval;` and no map.
+fn our_set_shape(info: &SetInfo, proto: Proto) -> bool {
+    // nft's ipv4_addr and ipv6_addr types.
+    let key_type = match proto {
+        Proto::Ip => 7,
+        Proto::Ip6 => 8,
+    };
+    info.key_type == key_type
+        && usize::try_from(info.key_len).ok() == Some(proto.addr_len())
+        && info.flags == SET_INTERVAL
+        && info.data_type.is_none()
 }
 
 /// The ruleset generation now.
 pub fn genid() -> Result<u32, NlError> {
     Conn::open()?.genid()
-}
-
-/// Reads only the elements of our set (for verification after a write).
-pub fn set_elements(family: Family) -> Result<(BTreeSet<IpNet>, usize), NlError> {
-    let mut conn = Conn::open()?;
-    let mut dumped = Vec::new();
-    dump_elements(&mut conn, family, SET, |payload| {
-        dumped.push(elements::parse(payload, family));
-    })?;
-    Ok(elements::decode(&dumped, family))
 }
 
 /// One transaction on the set's elements.
@@ -651,7 +681,7 @@ impl Write {
 
 /// Appends element messages of `kind` for `elems`, split so no message's
 /// element list outgrows an attribute.
-fn element_messages(batch: &mut Batch, kind: u16, family: Family, elems: &[elements::Elem]) {
+fn element_messages(batch: &mut Batch, kind: u16, proto: Proto, elems: &[elements::Elem]) {
     let flags = if kind == msg::NEWSETELEM {
         NLM_F_CREATE
     } else {
@@ -663,17 +693,17 @@ fn element_messages(batch: &mut Batch, kind: u16, family: Family, elems: &[eleme
         let n = rest
             .iter()
             .take_while(|e| {
-                bytes += elements::encoded_len(e, family);
+                bytes += elements::encoded_len(e, proto);
                 bytes <= ELEMENT_BYTES_PER_MESSAGE
             })
             .count()
             .max(1);
-        let b = batch.message(kind, flags, nfproto(family));
+        let b = batch.message(kind, flags, proto.nfproto());
         b.string(attr::SET_ELEM_LIST_TABLE, TABLE);
         b.string(attr::SET_ELEM_LIST_SET, SET);
         b.begin_nest(attr::SET_ELEM_LIST_ELEMENTS);
         for e in &rest[..n] {
-            elements::put(b, e, family);
+            elements::put(b, e, proto);
         }
         b.end_nest();
         rest = &rest[n..];
@@ -681,21 +711,21 @@ fn element_messages(batch: &mut Batch, kind: u16, family: Family, elems: &[eleme
 }
 
 /// Builds the batch for `write` (pure; `write_set` sends it).
-pub fn build(family: Family, write: &Write, first_seq: u32) -> Batch {
+fn build(proto: Proto, write: &Write, first_seq: u32) -> Batch {
     let mut batch = Batch::new(first_seq, write.genid);
     if write.flush {
         // DELSETELEM without elements empties the set.
-        let b = batch.message(msg::DELSETELEM, 0, nfproto(family));
+        let b = batch.message(msg::DELSETELEM, 0, proto.nfproto());
         b.string(attr::SET_ELEM_LIST_TABLE, TABLE);
         b.string(attr::SET_ELEM_LIST_SET, SET);
     }
     // Removals first: an added range may overlap one that goes.
-    let remove = elements::for_delete(&write.remove, family);
-    element_messages(&mut batch, msg::DELSETELEM, family, &remove);
-    let add = elements::for_add(&write.add, family, write.flush);
-    element_messages(&mut batch, msg::NEWSETELEM, family, &add);
+    let remove = elements::for_delete(&write.remove, proto);
+    element_messages(&mut batch, msg::DELSETELEM, proto, &remove);
+    let add = elements::for_add(&write.add, proto, write.flush);
+    element_messages(&mut batch, msg::NEWSETELEM, proto, &add);
     if let Some((chain, handle)) = &write.delete_rule {
-        let b = batch.message(msg::DELRULE, 0, nfproto(family));
+        let b = batch.message(msg::DELRULE, 0, proto.nfproto());
         b.string(attr::RULE_TABLE, TABLE);
         b.string(attr::RULE_CHAIN, chain);
         b.be64(attr::RULE_HANDLE, *handle);
@@ -705,12 +735,12 @@ pub fn build(family: Family, write: &Write, first_seq: u32) -> Batch {
 
 /// Applies `write` as one kernel transaction.
 pub fn write_set(family: Family, write: &Write) -> Result<(), NlError> {
+    let proto = Proto::of(family);
     let mut conn = Conn::open()?;
-    let first = conn.seq;
-    let batch = build(family, write, first);
+    let batch = build(proto, write, conn.seq);
     let op = format!(
         "update set {} {TABLE} {SET} ({})",
-        super::nft_family(family),
+        proto.name(),
         write.describe()
     );
     conn.batch(&op, batch)
@@ -731,7 +761,7 @@ mod tests {
             add: nets(&["10.0.0.0/8"]),
             ..Write::default()
         };
-        let (bytes, acked) = build(Family::Ipv4, &write, 1).finish().unwrap();
+        let (bytes, acked) = build(Proto::Ip, &write, 1).finish().unwrap();
         let kinds: Vec<u16> = acked.iter().map(|(_, k)| *k).collect();
         assert_eq!(kinds, vec![msg::DELSETELEM, msg::NEWSETELEM]);
         let all: Vec<_> = wire::messages(&bytes).map(Result::unwrap).collect();
@@ -748,7 +778,7 @@ mod tests {
             genid: Some(42),
             ..Write::default()
         };
-        let (bytes, acked) = build(Family::Ipv4, &write, 1).finish().unwrap();
+        let (bytes, acked) = build(Proto::Ip, &write, 1).finish().unwrap();
         let kinds: Vec<u16> = acked.iter().map(|(_, k)| *k).collect();
         assert_eq!(kinds, vec![msg::DELSETELEM, msg::NEWSETELEM, msg::DELRULE]);
         let all: Vec<_> = wire::messages(&bytes).map(Result::unwrap).collect();
@@ -781,7 +811,7 @@ mod tests {
             add: list,
             ..Write::default()
         };
-        let (bytes, acked) = build(Family::Ipv6, &write, 1).finish().unwrap();
+        let (bytes, acked) = build(Proto::Ip6, &write, 1).finish().unwrap();
         assert!(acked.len() > 50, "{}", acked.len());
         let mut elements = 0;
         for m in wire::messages(&bytes) {
@@ -806,10 +836,17 @@ mod tests {
         assert_eq!(e(ERESTART).kind(), ErrorKind::Rejected);
         assert_eq!(e(12).kind(), ErrorKind::Io);
         let backend = e(2).into_backend();
-        assert!(
-            backend.detail.contains("No such file or directory"),
-            "{backend}"
-        );
+        assert!(super::super::is_absent(&backend), "{backend}");
         assert!(backend.command.starts_with("netlink: "));
+    }
+
+    #[test]
+    fn hooks_and_policies_are_named_as_nft_names_them() {
+        assert_eq!(hook_name(4), Some("postrouting"));
+        assert_eq!(hook_name(0), Some("prerouting"));
+        assert_eq!(hook_name(5), None);
+        assert_eq!(policy_name(1), Some("accept"));
+        assert_eq!(policy_name(0), Some("drop"));
+        assert_eq!(policy_name(2), None);
     }
 }

@@ -10,6 +10,8 @@
 
 use std::fmt;
 
+use crate::plan::Family;
+
 /// `NETLINK_NETFILTER`, the protocol of nfnetlink sockets.
 pub const NETLINK_NETFILTER: isize = 12;
 
@@ -55,6 +57,47 @@ pub const NFNLA_BATCH_GENID: u16 = 1;
 pub const NFPROTO_UNSPEC: u8 = 0;
 pub const NFPROTO_IPV4: u8 = 2;
 pub const NFPROTO_IPV6: u8 = 10;
+
+/// A family as nf_tables sees it: made once from [`Family`] where the
+/// backend turns to the kernel, and the one form the encoder takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Proto {
+    Ip,
+    Ip6,
+}
+
+impl Proto {
+    pub fn of(family: Family) -> Proto {
+        match family {
+            Family::Ipv4 => Proto::Ip,
+            Family::Ipv6 => Proto::Ip6,
+        }
+    }
+
+    /// `nfgenmsg.nfgen_family`.
+    pub fn nfproto(self) -> u8 {
+        match self {
+            Proto::Ip => NFPROTO_IPV4,
+            Proto::Ip6 => NFPROTO_IPV6,
+        }
+    }
+
+    /// nft's name for the family.
+    pub fn name(self) -> &'static str {
+        match self {
+            Proto::Ip => "ip",
+            Proto::Ip6 => "ip6",
+        }
+    }
+
+    /// Bytes in an address (a set key).
+    pub fn addr_len(self) -> usize {
+        match self {
+            Proto::Ip => 4,
+            Proto::Ip6 => 16,
+        }
+    }
+}
 
 /// `enum nf_tables_msg_types`.
 pub mod msg {

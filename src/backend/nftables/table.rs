@@ -1,0 +1,379 @@
+//! Our table as data: the names we own, the plan of one family's table
+//! (its set's elements and its chains of typed rules), and the nft scripts
+//! that create it. Pure.
+//!
+//! What must stay true: every rule is one [`NftRule`] value, and its three
+//! forms (the nft text we send, the JSON `nft -j` prints, the expressions
+//! the kernel holds) are rendered from that one value, so they cannot
+//! disagree about what the rule is. Share chains come before the base chain
+//! in a plan, so a script defines them before the jump to them.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use ipnet::IpNet;
+use serde_json::{Value, json};
+
+use super::bytecode::predict;
+use super::wire::Proto;
+use crate::plan::{self, Family, PortRange, Protocol, Ruleset};
+
+/// Our table's name, the same in both families.
+pub const TABLE: &str = "ip-masq-agent";
+/// The interval set of destinations that keep their source address.
+pub const SET: &str = "no-masquerade";
+/// The base chain.
+pub const BASE_CHAIN: &str = "postrouting";
+/// Prefix of the per-interval chains of `--to-ports`.
+pub(super) const SHARE_PREFIX: &str = "share-";
+/// `srcnat + 10` as the kernel stores it (srcnat is 100 in ip and ip6).
+pub(super) const BASE_PRIORITY: i64 = 110;
+/// The rule that keeps a freshly created table from masquerading anything
+/// until its set is filled: the base chain returns at once (its policy is
+/// accept), as if the table did not exist yet.
+pub const GATE: &str = "return";
+
+/// nft's name for the family.
+pub fn nft_family(family: Family) -> &'static str {
+    Proto::of(family).name()
+}
+
+/// nft's type of the set's keys.
+pub(super) fn addr_type(family: Family) -> &'static str {
+    match family {
+        Family::Ipv4 => "ipv4_addr",
+        Family::Ipv6 => "ipv6_addr",
+    }
+}
+
+/// One interval of the `--to-ports` vmap: random numbers `lo..=hi` jump
+/// to `chain`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Slice {
+    pub lo: u64,
+    pub hi: u64,
+    pub chain: String,
+}
+
+/// One rule of ours.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum NftRule {
+    /// [`GATE`], first in the base chain of a table being created.
+    Gate,
+    /// `fib daddr type local return`: upstream's `-m addrtype ! --dst-type
+    /// LOCAL` on its jump, as a return.
+    LocalReturn,
+    /// `ip daddr @no-masquerade return` (`ip6` for IPv6).
+    ListedReturn(Family),
+    /// `masquerade`, with `--to-ports` after a transport protocol match
+    /// (the port mapping is only valid after one).
+    Masquerade {
+        ports: Option<PortRange>,
+        random_fully: bool,
+    },
+    /// Several `--to-ports` intervals, weighted by size like iptables'
+    /// statistic rules: a random number below `modulus` picks the share
+    /// chain whose slice holds it.
+    Shares { modulus: u64, slices: Vec<Slice> },
+}
+
+impl NftRule {
+    /// The rule as written in an nft script.
+    pub fn text(&self) -> String {
+        match self {
+            NftRule::Gate => GATE.to_owned(),
+            NftRule::LocalReturn => "fib daddr type local return".to_owned(),
+            NftRule::ListedReturn(family) => format!("{} daddr @{SET} return", nft_family(*family)),
+            NftRule::Masquerade {
+                ports,
+                random_fully,
+            } => {
+                let mut text = String::new();
+                if let Some(range) = ports {
+                    let _ = write!(text, "{} masquerade to :", l4proto_text());
+                    if range.first == range.last {
+                        let _ = write!(text, "{}", range.first);
+                    } else {
+                        let _ = write!(text, "{range}");
+                    }
+                } else {
+                    text.push_str("masquerade");
+                }
+                if *random_fully {
+                    text.push_str(" fully-random");
+                }
+                text
+            }
+            NftRule::Shares { modulus, slices } => {
+                let map: Vec<String> = slices
+                    .iter()
+                    .map(|s| {
+                        if s.lo == s.hi {
+                            format!("{} : jump {}", s.lo, s.chain)
+                        } else {
+                            format!("{}-{} : jump {}", s.lo, s.hi, s.chain)
+                        }
+                    })
+                    .collect();
+                format!(
+                    "{} numgen random mod {modulus} vmap {{ {} }}",
+                    l4proto_text(),
+                    map.join(", ")
+                )
+            }
+        }
+    }
+
+    /// The rule's `expr` array as `nft -j` prints it.
+    pub fn json(&self) -> Value {
+        match self {
+            NftRule::Gate => json!([{"return": null}]),
+            NftRule::LocalReturn => json!([
+                {"match": {"op": "==", "left": {"fib": {"result": "type", "flags": ["daddr"]}}, "right": "local"}},
+                {"return": null}
+            ]),
+            NftRule::ListedReturn(family) => json!([
+                {"match": {"op": "==", "left": {"payload": {"protocol": nft_family(*family), "field": "daddr"}}, "right": format!("@{SET}")}},
+                {"return": null}
+            ]),
+            NftRule::Masquerade {
+                ports,
+                random_fully,
+            } => {
+                let mut expr = Vec::new();
+                let mut statement = serde_json::Map::new();
+                if let Some(range) = ports {
+                    expr.push(l4proto_json());
+                    let port = if range.first == range.last {
+                        json!(range.first)
+                    } else {
+                        json!({"range": [range.first, range.last]})
+                    };
+                    statement.insert("port".into(), port);
+                }
+                if *random_fully {
+                    statement.insert("flags".into(), json!("fully-random"));
+                }
+                let statement = if statement.is_empty() {
+                    Value::Null
+                } else {
+                    Value::Object(statement)
+                };
+                expr.push(json!({ "masquerade": statement }));
+                Value::Array(expr)
+            }
+            NftRule::Shares { modulus, slices } => {
+                let map: Vec<Value> = slices
+                    .iter()
+                    .map(|s| {
+                        let key = if s.lo == s.hi {
+                            json!(s.lo)
+                        } else {
+                            json!({"range": [s.lo, s.hi]})
+                        };
+                        json!([key, {"jump": {"target": s.chain}}])
+                    })
+                    .collect();
+                json!([
+                    l4proto_json(),
+                    {"vmap": {"key": {"numgen": {"mode": "random", "mod": modulus, "offset": 0}}, "data": {"set": map}}}
+                ])
+            }
+        }
+    }
+
+    /// The rule's expressions as a netlink read shows them (`bytecode`).
+    pub fn bytecode(&self) -> String {
+        match self {
+            NftRule::Gate => predict::gate(),
+            NftRule::LocalReturn => predict::fib_local_return(),
+            NftRule::ListedReturn(family) => predict::daddr_in_set_return(*family, SET),
+            NftRule::Masquerade {
+                ports,
+                random_fully,
+            } => {
+                let masquerade = predict::masquerade(*ports, *random_fully);
+                match ports {
+                    Some(_) => format!(
+                        "{} {masquerade}",
+                        predict::l4proto_in(&plan::PORT_PROTOCOLS)
+                    ),
+                    None => masquerade,
+                }
+            }
+            NftRule::Shares { modulus, slices } => {
+                let starts: Vec<(u64, String)> =
+                    slices.iter().map(|s| (s.lo, s.chain.clone())).collect();
+                format!(
+                    "{} {}",
+                    predict::l4proto_in(&plan::PORT_PROTOCOLS),
+                    predict::numgen_vmap(*modulus, &starts)
+                )
+            }
+        }
+    }
+}
+
+/// `meta l4proto { tcp, udp, sctp }`: the protocols `--to-ports` applies to.
+fn l4proto_text() -> String {
+    let names: Vec<&str> = plan::PORT_PROTOCOLS.iter().map(|p| p.as_str()).collect();
+    format!("meta l4proto {{ {} }}", names.join(", "))
+}
+
+fn l4proto_json() -> Value {
+    let names: Vec<&str> = plan::PORT_PROTOCOLS.iter().map(|p| p.as_str()).collect();
+    json!({"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": {"set": names}}})
+}
+
+/// One of our chains and its rules in order.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct Chain {
+    pub name: String,
+    pub base: bool,
+    pub rules: Vec<NftRule>,
+}
+
+/// A `Ruleset` in nftables terms: the set's elements and our chains.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    pub(super) family: Family,
+    /// Aggregated, sorted by address.
+    pub(super) elements: Vec<IpNet>,
+    /// Share chains first, the base chain last.
+    pub(super) chains: Vec<Chain>,
+}
+
+impl Plan {
+    /// Predicted rules per chain, as compared with what `nft -j` shows.
+    pub(super) fn predicted(&self) -> BTreeMap<String, Vec<Value>> {
+        self.per_chain(NftRule::json)
+    }
+
+    /// Predicted rules per chain as a netlink read shows them
+    /// ([`super::netlink::snapshot`]).
+    pub fn predicted_bytecode(&self) -> BTreeMap<String, Vec<String>> {
+        self.per_chain(NftRule::bytecode)
+    }
+
+    fn per_chain<R>(&self, form: impl Fn(&NftRule) -> R) -> BTreeMap<String, Vec<R>> {
+        self.chains
+            .iter()
+            .map(|c| (c.name.clone(), c.rules.iter().map(&form).collect()))
+            .collect()
+    }
+
+    /// The set's elements: the aggregated list, sorted.
+    pub fn elements(&self) -> &[IpNet] {
+        &self.elements
+    }
+}
+
+/// The `--to-ports` intervals in order, recovered from the per-protocol
+/// shares (every protocol repeats them).
+fn port_ranges(desired: &Ruleset) -> Vec<PortRange> {
+    desired
+        .port_shares
+        .iter()
+        .filter(|s| s.protocol == Protocol::Tcp)
+        .map(|s| s.range)
+        .collect()
+}
+
+/// Turn the family's `Ruleset` into our table's content.
+pub fn plan_nft(desired: &Ruleset) -> Plan {
+    let family = desired.family;
+    let random_fully = desired.random_fully;
+    let masquerade = |ports| NftRule::Masquerade {
+        ports,
+        random_fully,
+    };
+    let mut chains = Vec::new();
+    let mut base = vec![NftRule::LocalReturn, NftRule::ListedReturn(family)];
+    match port_ranges(desired).as_slice() {
+        [] => {}
+        [only] => base.push(masquerade(Some(*only))),
+        // `masquerade to :numgen map` is broken in nft 1.0.6, hence a
+        // chain per interval.
+        several => {
+            let mut modulus: u64 = 0;
+            let mut slices = Vec::new();
+            for (i, range) in several.iter().enumerate() {
+                let chain = format!("{SHARE_PREFIX}{i}");
+                let size = u64::from(range.size());
+                slices.push(Slice {
+                    lo: modulus,
+                    hi: modulus + size - 1,
+                    chain: chain.clone(),
+                });
+                modulus += size;
+                chains.push(Chain {
+                    name: chain,
+                    base: false,
+                    rules: vec![masquerade(Some(*range))],
+                });
+            }
+            base.push(NftRule::Shares { modulus, slices });
+        }
+    }
+    // Everything not returned above, other protocols included.
+    base.push(masquerade(None));
+    chains.push(Chain {
+        name: BASE_CHAIN.into(),
+        base: true,
+        rules: base,
+    });
+    Plan {
+        family,
+        elements: plan::aggregate_for_set(&desired.no_masquerade),
+        chains,
+    }
+}
+
+pub(super) fn base_chain_spec() -> &'static str {
+    "type nat hook postrouting priority srcnat + 10; policy accept;"
+}
+
+/// `{ a, b, ... }`.
+pub(super) fn elements_text(elements: &[IpNet]) -> String {
+    let items: Vec<String> = elements.iter().map(ToString::to_string).collect();
+    format!("{{ {} }}", items.join(", "))
+}
+
+/// The whole table, declaratively: what a node without our table receives
+/// (and what `render` prints).
+pub fn script(plan: &Plan) -> String {
+    table_script(plan, true)
+}
+
+/// The table without its elements and with [`GATE`] first in the base
+/// chain: how the agent creates it (see `Nftables::create`).
+pub fn gated_script(plan: &Plan) -> String {
+    table_script(plan, false)
+}
+
+fn table_script(plan: &Plan, with_elements: bool) -> String {
+    let family = plan.family;
+    let mut out = format!("table {} {TABLE} {{\n", nft_family(family));
+    let _ = writeln!(out, "\tset {SET} {{");
+    let _ = writeln!(out, "\t\ttype {}", addr_type(family));
+    let _ = writeln!(out, "\t\tflags interval");
+    if with_elements && !plan.elements.is_empty() {
+        let _ = writeln!(out, "\t\telements = {}", elements_text(&plan.elements));
+    }
+    let _ = writeln!(out, "\t}}");
+    for chain in &plan.chains {
+        let _ = writeln!(out, "\tchain {} {{", chain.name);
+        if chain.base {
+            let _ = writeln!(out, "\t\t{}", base_chain_spec());
+            if !with_elements {
+                let _ = writeln!(out, "\t\t{}", NftRule::Gate.text());
+            }
+        }
+        for rule in &chain.rules {
+            let _ = writeln!(out, "\t\t{}", rule.text());
+        }
+        let _ = writeln!(out, "\t}}");
+    }
+    out.push_str("}\n");
+    out
+}
