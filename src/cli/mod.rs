@@ -18,6 +18,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use crate::apisource::{ConfigMapKey, ObjectName};
+use crate::logging::LogFormat;
 use crate::plan::{ChainName, PortRange};
 
 pub use strconv::quote as go_quote;
@@ -31,28 +32,6 @@ use strconv::{atoi, parse_bool, parse_int, parse_uint, quote};
 
 /// The program name Go's usage text starts with.
 const PROGRAM: &str = "ip-masq-agent";
-
-/// Format of log lines (`--log-format`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
-
-impl LogFormat {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            LogFormat::Text => "text",
-            LogFormat::Json => "json",
-        }
-    }
-}
-
-impl fmt::Display for LogFormat {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
 
 /// Which iptables flavour to drive (`--iptables-mode`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -582,13 +561,7 @@ impl Values {
             }
             Flag::Vmodule => self.vmodule = parse_vmodule(value)?,
             Flag::LogBacktraceAt => self.log_backtrace_at = parse_backtrace_at(value)?,
-            Flag::LogFormat => {
-                self.log_format = match value {
-                    "text" => LogFormat::Text,
-                    "json" => LogFormat::Json,
-                    _ => return Err("must be text or json".into()),
-                }
-            }
+            Flag::LogFormat => self.log_format = value.parse()?,
             Flag::Backend => {
                 self.backend = match value {
                     "iptables" => BackendKind::Iptables,
