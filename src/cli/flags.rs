@@ -60,6 +60,8 @@ flag_set! {
 }
 
 /// Our enums as custom `flag.Value`s; each type parses its own spelling.
+/// Their zero prints as "", as the string a Go program would keep them in,
+/// so usage always shows their default.
 macro_rules! choice_flag_value {
     ($($ty:ty),*) => {$(
         impl FlagValue for $ty {
