@@ -113,8 +113,9 @@ pub struct FlagDef<S: 'static> {
 
 /// Define a struct of flag values and the table of its flags, one entry per
 /// flag: `"name" => field: Type = default, "usage";` (doc comments on an
-/// entry document the field). `Default` holds every default; the table's
-/// setters and printers go through the field type's [`FlagValue`].
+/// entry document the field). `Default` holds every default, converted with
+/// `Into` (a `String` field takes a `&str`); the table's setters and printers
+/// go through the field type's [`FlagValue`].
 macro_rules! flag_set {
     (
         $(#[$struct_meta:meta])*
