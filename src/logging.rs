@@ -1,7 +1,10 @@
 //! Logging setup: human-readable text or JSON lines on stderr, with klog's
 //! `-v=N` mapped onto levels so existing DaemonSet args keep their meaning.
+//! It owns [`LogFormat`] and its flag spelling (`text`, `json`), which the
+//! command line hands it; this module depends on nothing else in the crate.
 
 use std::fmt;
+use std::str::FromStr;
 
 use tracing::level_filters::LevelFilter;
 use tracing_subscriber::Layer;
@@ -28,6 +31,19 @@ impl LogFormat {
 impl fmt::Display for LogFormat {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for LogFormat {
+    type Err = String;
+
+    /// The spellings `as_str` prints, exactly (no case folding).
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            _ => Err("must be text or json".into()),
+        }
     }
 }
 
@@ -79,6 +95,17 @@ pub fn init(format: LogFormat, verbosity: u8) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn log_format_spellings_round_trip() {
+        for format in [LogFormat::Text, LogFormat::Json] {
+            assert_eq!(format.as_str().parse::<LogFormat>(), Ok(format));
+        }
+        assert_eq!(
+            "JSON".parse::<LogFormat>(),
+            Err("must be text or json".into())
+        );
+    }
 
     #[test]
     fn klog_levels() {

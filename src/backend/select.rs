@@ -3,6 +3,7 @@
 //! left behind (a node switching backends).
 
 use std::fmt;
+use std::str::FromStr;
 
 use futures_util::future::join_all;
 use tracing::{info, warn};
@@ -43,6 +44,19 @@ impl fmt::Display for BackendKind {
     }
 }
 
+impl FromStr for BackendKind {
+    type Err = String;
+
+    /// The spellings `as_str` prints, exactly.
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "iptables" => Ok(BackendKind::Iptables),
+            "nftables" => Ok(BackendKind::Nftables),
+            _ => Err("must be iptables or nftables".into()),
+        }
+    }
+}
+
 /// Which iptables flavour to drive (`--iptables-mode`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IptablesMode {
@@ -65,6 +79,20 @@ impl IptablesMode {
 impl fmt::Display for IptablesMode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for IptablesMode {
+    type Err = String;
+
+    /// The spellings `as_str` prints, exactly.
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "auto" => Ok(IptablesMode::Auto),
+            "nft" => Ok(IptablesMode::Nft),
+            "legacy" => Ok(IptablesMode::Legacy),
+            _ => Err("must be auto, nft or legacy".into()),
+        }
     }
 }
 
@@ -239,5 +267,20 @@ pub async fn remove_other(chosen: BackendKind, chain: &ChainName) {
     }
     for failure in removal.failures {
         warn!("cannot remove the other backend's state ({failure})");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spellings_round_trip() {
+        for kind in [BackendKind::Iptables, BackendKind::Nftables] {
+            assert_eq!(kind.as_str().parse::<BackendKind>(), Ok(kind));
+        }
+        for mode in [IptablesMode::Auto, IptablesMode::Nft, IptablesMode::Legacy] {
+            assert_eq!(mode.as_str().parse::<IptablesMode>(), Ok(mode));
+        }
     }
 }

@@ -103,17 +103,6 @@ async fn readyz(State(telemetry): State<Telemetry>) -> impl IntoResponse {
     probe(telemetry.health.readiness())
 }
 
-/// Parse `--metrics-address`: Go style `:PORT` means all addresses.
-pub fn parse_address(text: &str) -> Result<SocketAddr, String> {
-    let full = if text.starts_with(':') {
-        format!("0.0.0.0{text}")
-    } else {
-        text.to_owned()
-    };
-    full.parse::<SocketAddr>()
-        .map_err(|_| format!("invalid listen address {text:?}: use HOST:PORT, [V6]:PORT or :PORT"))
-}
-
 /// Bind the listener (errors surface at start, not later).
 pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
@@ -209,14 +198,6 @@ mod tests {
         assert!(text.contains("# TYPE ip_masq_agent_sync_duration_seconds histogram\n"));
         assert!(!text.contains("# EOF"));
         assert!(!text.contains("# UNIT"));
-    }
-
-    #[test]
-    fn addresses() {
-        assert_eq!(parse_address(":9557").unwrap().to_string(), "0.0.0.0:9557");
-        assert_eq!(parse_address("127.0.0.1:1").unwrap().port(), 1);
-        assert_eq!(parse_address("[::1]:80").unwrap().port(), 80);
-        assert!(parse_address("nope").is_err());
     }
 
     const SHORT: Limits = Limits {

@@ -40,6 +40,17 @@ pub struct ApiSource {
     pub kubeconfig: Option<PathBuf>,
 }
 
+impl ApiSource {
+    /// From `namespace/name` and a kubeconfig path, empty meaning none. The
+    /// error is about the ConfigMap's name, the only part that can fail.
+    pub fn parse(configmap: &str, kubeconfig: &str) -> Result<Self, String> {
+        Ok(ApiSource {
+            configmap: configmap.parse()?,
+            kubeconfig: (!kubeconfig.is_empty()).then(|| PathBuf::from(kubeconfig)),
+        })
+    }
+}
+
 /// One key of a ConfigMap, watched through the Kubernetes API. With it,
 /// rejections and persistent sync failures are also reported as Events.
 pub struct ConfigMapSource {
@@ -431,5 +442,18 @@ mod tests {
         let s = snapshot_of(&configmap(&[("other", "x")], &[]), &key);
         assert_eq!(s.bytes, None);
         assert!(s.object.is_some());
+    }
+
+    #[test]
+    fn api_source_from_flag_text() {
+        let source = ApiSource::parse("kube-system/ip-masq-agent", "").unwrap();
+        assert_eq!(source.configmap.to_string(), "kube-system/ip-masq-agent");
+        assert_eq!(source.kubeconfig, None);
+        let source = ApiSource::parse("a/b", "/etc/kubeconfig").unwrap();
+        assert_eq!(source.kubeconfig, Some(PathBuf::from("/etc/kubeconfig")));
+        assert_eq!(
+            ApiSource::parse("ip-masq-agent", "/k"),
+            Err("must be NAMESPACE/NAME".into())
+        );
     }
 }
