@@ -47,6 +47,15 @@ pub enum Trigger {
 }
 
 impl Trigger {
+    /// The triggers that read the config (a retry only writes again).
+    pub const READS: [Trigger; 5] = [
+        Trigger::Startup,
+        Trigger::Resync,
+        Trigger::FileChange,
+        Trigger::ApiChange,
+        Trigger::Signal,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Trigger::Startup => "startup",
@@ -151,6 +160,9 @@ impl<B: Backend> Agent<B> {
         let content = match self.source.read() {
             Read::Ready(content) => content,
             Read::Failed(err) => {
+                // Forget what was read before, so that the same valid
+                // content coming back is accepted again (and says so).
+                self.loaded.content = None;
                 self.rejected(trigger, err);
                 return false;
             }

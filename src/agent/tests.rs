@@ -264,3 +264,37 @@ fn backoff_grows_and_caps() {
     b.reset();
     assert!(b.next_delay() <= Duration::from_millis(1000));
 }
+
+#[tokio::test]
+async fn the_same_valid_content_after_a_read_error_is_valid_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("ip-masq-agent");
+    let text = "nonMasqueradeCIDRs: [10.0.0.0/8]\n";
+    std::fs::write(&file, text).unwrap();
+    let mut a = agent(dir.path(), false);
+    let valid = |a: &Agent<Fake>| {
+        a.reconciler
+            .telemetry
+            .metrics
+            .encode()
+            .lines()
+            .any(|l| l == "ip_masq_agent_config_valid 1")
+    };
+    assert!(a.reload(Trigger::Startup));
+    assert!(valid(&a));
+    // A directory where the file was: unreadable, rejected.
+    std::fs::remove_file(&file).unwrap();
+    std::fs::create_dir(&file).unwrap();
+    assert!(!a.reload(Trigger::FileChange));
+    assert!(!valid(&a));
+    assert!(a.loaded.error.is_some());
+    // The same bytes as before come back: valid again, nothing to sync.
+    std::fs::remove_dir(&file).unwrap();
+    std::fs::write(&file, text).unwrap();
+    assert!(
+        !a.reload(Trigger::FileChange),
+        "the enforced config did not change"
+    );
+    assert!(valid(&a), "config_valid stuck at 0");
+    assert!(a.loaded.error.is_none());
+}

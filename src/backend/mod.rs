@@ -55,6 +55,17 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
+    pub const ALL: [ErrorKind; 8] = [
+        ErrorKind::NotFound,
+        ErrorKind::LockHeld,
+        ErrorKind::Permission,
+        ErrorKind::Rejected,
+        ErrorKind::Absent,
+        ErrorKind::Timeout,
+        ErrorKind::Io,
+        ErrorKind::Verify,
+    ];
+
     /// A short stable label (logs, metrics).
     pub fn label(self) -> &'static str {
         match self {

@@ -8,17 +8,26 @@ use anyhow::{Context, Result};
 use tracing::{error, info, warn};
 
 use super::{load_options, settings};
-use crate::agent::Agent;
-use crate::backend::Backend;
+use crate::agent::{Agent, Trigger};
 use crate::backend::select::{self, AnyBackend};
+use crate::backend::{Backend, ErrorKind};
 use crate::cli::Options;
+use crate::plan;
 use crate::source::Source;
 use crate::source::api::ConfigMapSource;
 use crate::source::file::FileSource;
-use crate::telemetry::{Telemetry, http};
+use crate::telemetry::{Series, Telemetry, http};
 
 pub async fn run(options: &Options) -> Result<ExitCode> {
-    let telemetry = Telemetry::default();
+    let settings = settings(options);
+    let families = plan::families(&settings);
+    let error_kinds = ErrorKind::ALL.map(ErrorKind::label);
+    let triggers = Trigger::READS.map(Trigger::as_str);
+    let telemetry = Telemetry::new(Series {
+        families: &families,
+        error_kinds: &error_kinds,
+        triggers: &triggers,
+    });
     if let Some(address) = options.metrics_address {
         serve(address, &telemetry).await;
     }
@@ -42,13 +51,7 @@ pub async fn run(options: &Options) -> Result<ExitCode> {
                 .context("--configmap")?,
         ),
     };
-    let agent = Agent::new(
-        settings(options),
-        load_options(options),
-        source,
-        backend,
-        telemetry,
-    );
+    let agent = Agent::new(settings, load_options(options), source, backend, telemetry);
     agent.run().await.context("installing signal handlers")?;
     Ok(ExitCode::SUCCESS)
 }

@@ -283,9 +283,24 @@ fn register_build_info(registry: &mut Registry) {
     );
 }
 
+/// The label values the labelled counters can take, so that they are
+/// exported at 0 from the start and an `increase()` alert sees the first
+/// error. Each list belongs to the module that defines the values.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Series<'a> {
+    /// The address families this agent programs.
+    pub families: &'a [Family],
+    /// Every `kind` of a failed sync.
+    pub error_kinds: &'a [&'static str],
+    /// Every `trigger` of a config read.
+    pub triggers: &'a [&'static str],
+}
+
 /// Every metric the agent exports.
 pub struct Metrics {
     registry: Registry,
+    /// The families whose per-family series are exported.
+    families: Vec<Family>,
     sync: SyncMetrics,
     config: ConfigMetrics,
     source: SourceMetrics,
@@ -302,10 +317,65 @@ impl Metrics {
         register_build_info(&mut registry);
         Metrics {
             registry,
+            families: vec![Family::Ipv4, Family::Ipv6],
             sync,
             config,
             source,
             events,
+        }
+    }
+
+    /// Metrics whose labelled series start at 0, for the families given.
+    pub fn with_series(series: Series<'_>) -> Self {
+        let mut metrics = Metrics::new();
+        metrics.families = series.families.to_vec();
+        for family in series.families {
+            let family = family.as_str();
+            for outcome in [
+                SyncOutcome::Applied,
+                SyncOutcome::Unchanged,
+                SyncOutcome::Failed,
+            ] {
+                let result = outcome.label();
+                let _ = metrics
+                    .sync
+                    .syncs
+                    .get_or_create(&SyncLabels { family, result });
+            }
+            for &kind in series.error_kinds {
+                let _ = metrics
+                    .sync
+                    .errors
+                    .get_or_create(&ErrorLabels { family, kind });
+            }
+            let _ = metrics
+                .sync
+                .drift_repairs
+                .get_or_create(&FamilyLabels { family });
+        }
+        for result in ["valid", "invalid"] {
+            for &trigger in series.triggers {
+                let _ = metrics
+                    .config
+                    .loads
+                    .get_or_create(&LoadLabels { result, trigger });
+            }
+        }
+        metrics
+    }
+
+    /// The API source is in use: its series, and those of the Events it
+    /// publishes, exist from now on (at 0 until something happens).
+    pub fn api_source_started(&self, reasons: &[&'static str], results: &[&'static str]) {
+        let _ = self.source.connected.get_or_create(&API_SOURCE);
+        let _ = self.source.errors.get_or_create(&API_SOURCE);
+        for &reason in reasons {
+            for &result in results {
+                let _ = self
+                    .events
+                    .events
+                    .get_or_create(&EventLabels { reason, result });
+            }
         }
     }
 
@@ -380,6 +450,9 @@ impl Metrics {
             })
             .set(1);
         for (family, n) in [(Family::Ipv4, cidrs_v4), (Family::Ipv6, cidrs_v6)] {
+            if !self.families.contains(&family) {
+                continue;
+            }
             self.config
                 .cidrs
                 .get_or_create(&FamilyLabels {
@@ -453,6 +526,41 @@ mod tests {
         let text = m.encode();
         assert!(!text.contains("fingerprint=\"old\""));
         assert!(text.contains("fingerprint=\"new\""));
+    }
+
+    #[test]
+    fn labelled_series_start_at_zero_for_the_families_in_use() {
+        let m = Metrics::with_series(Series {
+            families: &[Family::Ipv4],
+            error_kinds: &["lock_held", "rejected"],
+            triggers: &["startup", "file_event"],
+        });
+        m.config_enforced("abc", 2, 0);
+        let text = m.encode();
+        for line in [
+            "ip_masq_agent_syncs_total{family=\"ipv4\",result=\"failed\"} 0",
+            "ip_masq_agent_sync_errors_total{family=\"ipv4\",kind=\"lock_held\"} 0",
+            "ip_masq_agent_sync_errors_total{family=\"ipv4\",kind=\"rejected\"} 0",
+            "ip_masq_agent_drift_repairs_total{family=\"ipv4\"} 0",
+            "ip_masq_agent_config_loads_total{result=\"invalid\",trigger=\"file_event\"} 0",
+            "ip_masq_agent_non_masquerade_cidrs{family=\"ipv4\"} 2",
+        ] {
+            assert!(text.contains(line), "{line} not in\n{text}");
+        }
+        assert!(!text.contains("ipv6"), "IPv6 series with IPv6 off:\n{text}");
+        assert!(
+            !text.contains("config_source"),
+            "API series without the API source"
+        );
+        m.api_source_started(&["InvalidConfig"], &["published", "failed"]);
+        let text = m.encode();
+        for line in [
+            "ip_masq_agent_config_source_connected{source=\"kubernetes\"} 0",
+            "ip_masq_agent_config_source_errors_total{source=\"kubernetes\"} 0",
+            "ip_masq_agent_events_total{reason=\"InvalidConfig\",result=\"failed\"} 0",
+        ] {
+            assert!(text.contains(line), "{line} not in\n{text}");
+        }
     }
 
     #[test]

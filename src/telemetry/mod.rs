@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 pub use health::{Health, SourceState};
-pub use metrics::{Metrics, SyncOutcome};
+pub use metrics::{Metrics, Series, SyncOutcome};
 
 /// Metrics and the probes' state, shared by the loop, the sources and the
 /// HTTP server.
@@ -20,6 +20,16 @@ pub use metrics::{Metrics, SyncOutcome};
 pub struct Telemetry {
     pub metrics: Arc<Metrics>,
     pub health: Health,
+}
+
+impl Telemetry {
+    /// Telemetry whose labelled series start at 0 (see [`Series`]).
+    pub fn new(series: Series<'_>) -> Self {
+        Telemetry {
+            metrics: Arc::new(Metrics::with_series(series)),
+            health: Health::default(),
+        }
+    }
 }
 
 /// Seconds since the Unix epoch, for timestamp gauges.

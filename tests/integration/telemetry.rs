@@ -193,11 +193,18 @@ both_modes! {
             last_sync.is_some_and(|t| t > 1.6e9),
             "last successful sync should be a Unix time: {last_sync:?}\n{m}"
         );
+        // Every failure series exists from the start, at 0, so that an
+        // increase() alert sees the first failure; IPv6 is off, so none of
+        // its series exist.
         let failures: Vec<_> = parse_samples(m)
             .into_iter()
             .filter(|s| s.name == "ip_masq_agent_sync_errors_total" || s.labels.get("result").is_some_and(|r| r == "failed"))
             .collect();
-        assert!(failures.is_empty(), "no sync failed, yet: {failures:?}");
+        assert_eq!(failures.len(), 9, "failed syncs and one series per error kind: {failures:?}");
+        assert!(failures.iter().all(|s| s.value == 0.0), "no sync failed, yet: {failures:?}");
+        assert_sample(m, "ip_masq_agent_sync_errors_total", &[("family", "ipv4"), ("kind", "lock_held")], 0.0);
+        assert_sample(m, "ip_masq_agent_config_loads_total", &[("result", "invalid"), ("trigger", "file_event")], 0.0);
+        assert!(!m.contains("family=\"ipv6\""), "IPv6 series with IPv6 off:\n{m}");
 
         let open = fetch(&ns, &url(PORT, "/metrics"), &["-H", PROMETHEUS_ACCEPT], 200);
         assert!(

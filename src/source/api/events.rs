@@ -30,6 +30,8 @@ use crate::telemetry::Metrics;
 pub const CONTROLLER: &str = "ip-masq-agent";
 pub const INVALID_CONFIG: &str = "InvalidConfig";
 pub const SYNC_FAILED: &str = "SyncFailed";
+/// What can become of a report, as the `result` label of its metric.
+pub const RESULTS: [&str; 3] = ["published", "failed", "dropped"];
 /// The API server refuses notes longer than this (bytes).
 const NOTE_LIMIT: usize = 1024;
 /// A problem that keeps recurring updates its Event's series at most this

@@ -91,6 +91,10 @@ impl ConfigMapSource {
         telemetry: &Telemetry,
     ) -> Result<Self, String> {
         let client = client(source).await?;
+        telemetry.metrics.api_source_started(
+            &[events::INVALID_CONFIG, events::SYNC_FAILED],
+            &events::RESULTS,
+        );
         let (node, pod) = identity();
         info!(configmap = %source.configmap, key = %key, node = %node, "reading the config through the Kubernetes API; --config is not used");
         let events = EventSink::spawn(client.clone(), node, pod, telemetry.metrics.clone());
