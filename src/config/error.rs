@@ -9,6 +9,7 @@ use std::path::PathBuf;
 
 use thiserror::Error;
 
+use super::budget::{Exhausted, MAX_EXPANDED_BYTES, MAX_NODES};
 use super::gostr::quote;
 
 /// Why a config file could not be read, decoded or accepted.
@@ -79,6 +80,15 @@ pub enum ConfigError {
 
     #[error("ConfigMap data key {} {problem}", quote(.key))]
     ConfigMapKey { key: String, problem: String },
+}
+
+impl From<Exhausted> for ConfigError {
+    fn from(_: Exhausted) -> Self {
+        ConfigError::TooComplex {
+            max_nodes: MAX_NODES,
+            max_bytes: MAX_EXPANDED_BYTES,
+        }
+    }
 }
 
 impl ConfigError {

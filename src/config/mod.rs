@@ -16,6 +16,7 @@ use std::time::Duration;
 use ipnet::{IpNet, Ipv4Net};
 
 mod bind;
+mod budget;
 mod cidr;
 mod configmap;
 mod decode;
@@ -33,9 +34,6 @@ mod tests;
 
 pub use duration::DurationError;
 pub use error::ConfigError;
-
-/// Where upstream (and the DaemonSet's ConfigMap volume) puts the file.
-pub const DEFAULT_PATH: &str = "/etc/config/ip-masq-agent";
 
 /// Largest config accepted: the ConfigMap size limit (1 MiB).
 pub const MAX_CONFIG_BYTES: usize = 1 << 20;
@@ -214,15 +212,6 @@ pub fn read(path: &Path) -> Result<Option<Vec<u8>>, ConfigError> {
         });
     }
     Ok(Some(bytes))
-}
-
-/// [`read`] then [`parse`]; no file gives the defaults with
-/// [`Source::Absent`].
-pub fn load(path: &Path, opts: &LoadOptions) -> Result<Loaded, ConfigError> {
-    match read(path)? {
-        Some(bytes) => parse(&bytes, opts),
-        None => Ok(Loaded::absent(opts)),
-    }
 }
 
 impl Loaded {

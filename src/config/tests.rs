@@ -633,11 +633,11 @@ fn configmap_manifest_then_parse() {
 }
 
 #[test]
-fn read_and_load_files() {
+fn read_then_parse_files() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("ip-masq-agent");
     assert_eq!(read(&path).unwrap(), None);
-    let loaded = load(&path, &V4).unwrap();
+    let loaded = Loaded::absent(&V4);
     assert_eq!(loaded.source, Source::Absent);
     assert_eq!(loaded.config, Config::defaults(false));
 
@@ -646,7 +646,7 @@ fn read_and_load_files() {
         read(&path).unwrap().as_deref(),
         Some(b"cidrLimit: 5\n".as_slice())
     );
-    let loaded = load(&path, &V4).unwrap();
+    let loaded = parse(&read(&path).unwrap().unwrap(), &V4).unwrap();
     assert_eq!(loaded.source, Source::File);
     assert_eq!(loaded.config.cidr_limit, 5);
 
@@ -671,7 +671,8 @@ fn read_and_load_files() {
     assert_eq!(read(dir.path()).unwrap_err().metric_label(), "read");
 
     std::fs::write(&path, "cidrLimit: \"5\"\n").unwrap();
-    assert_eq!(load(&path, &V4).unwrap_err().metric_label(), "type");
+    let bytes = read(&path).unwrap().unwrap();
+    assert_eq!(parse(&bytes, &V4).unwrap_err().metric_label(), "type");
 }
 
 #[test]
