@@ -26,6 +26,8 @@ pub mod logging;
 pub mod metrics;
 /// Config + options -> the desired ruleset per address family.
 pub mod plan;
+/// The masquerade decision (longest prefix, pod sources), explained and compiled flat.
+pub mod policy;
 /// Watching the config file's directory for kubelet's updates.
 pub mod watch;
 

@@ -695,7 +695,10 @@ fn masquerade_and_pod_lists_in_a_file() {
     assert_eq!(show(&config.pod_cidrs), ["10.4.0.0/14", "fd00:10::/64"]);
     assert_eq!(
         config.to_json(),
-        r#"{"nonMasqueradeCIDRs":["10.0.0.0/8","10.9.5.128/25"],"cidrLimit":64,"masqLinkLocal":false,"masqLinkLocalIPv6":false,"resyncInterval":"1m0s","masqueradeCIDRs":["10.9.0.0/16"],"podCIDRs":["10.4.0.0/14","fd00:10::/64"]}"#
+        concat!(
+            r#"{"nonMasqueradeCIDRs":["10.0.0.0/8","10.9.5.128/25"],"cidrLimit":64,"masqLinkLocal":false,"masqLinkLocalIPv6":false,"#,
+            r#""resyncInterval":"1m0s","masqueradeCIDRs":["10.9.0.0/16"],"podCIDRs":["10.4.0.0/14","fd00:10::/64"]}"#
+        )
     );
     // The JSON form reads back as the same config, and differs in fingerprint.
     assert_eq!(ok_with(&config.to_json(), &V6), config);
