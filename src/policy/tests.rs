@@ -495,6 +495,35 @@ fn reference_verdict(c: &Config, source: Option<IpAddr>, dst: IpAddr) -> Verdict
         .map_or(Verdict::Masquerade, |e| e.list.verdict())
 }
 
+/// The reason names entries that exist, contain the destination and have
+/// the right verdicts and lengths; and nothing longer contradicts it.
+fn assert_reason_is_consistent(d: &Decision, c: &Config) {
+    let all = entries(c, Family::of(d.destination));
+    match d.reason {
+        Reason::Cidr { decided, over } => {
+            assert!(all.contains(&decided), "{d}");
+            assert!(decided.cidr.contains(&d.destination), "{d}");
+            assert_eq!(decided.list.verdict(), d.verdict, "{d}");
+            if let Some(o) = over {
+                assert!(all.contains(&o) && o.cidr.contains(&d.destination), "{d}");
+                assert_ne!(o.list.verdict(), d.verdict, "{d}");
+                assert!(o.cidr.prefix_len() <= decided.cidr.prefix_len(), "{d}");
+            }
+            let longest_other = all
+                .iter()
+                .filter(|e| e.cidr.contains(&d.destination) && e.list.verdict() != d.verdict)
+                .map(|e| e.cidr.prefix_len())
+                .max();
+            assert_eq!(longest_other, over.map(|o| o.cidr.prefix_len()), "{d}");
+        }
+        Reason::PodSource => assert_eq!(d.verdict, Verdict::NoMasquerade, "{d}"),
+        Reason::Default => {
+            assert_eq!(d.verdict, Verdict::Masquerade, "{d}");
+            assert!(!all.iter().any(|e| e.cidr.contains(&d.destination)), "{d}");
+        }
+    }
+}
+
 fn assert_sorted_disjoint_minimal(list: &[IpNet], what: &str) {
     assert_eq!(
         IpNet::aggregate(&list.to_vec()),
@@ -537,6 +566,7 @@ fn compiled_structures_equal_the_decision_on_random_configs() {
                         "reference: {}",
                         ctx()
                     );
+                    assert_reason_is_consistent(&d, &c);
                     assert_eq!(
                         d.verdict,
                         iptables_verdict(&compiled, source, dst),
