@@ -25,6 +25,8 @@ pub mod config;
 pub mod logging;
 /// Config + options -> the desired ruleset per address family.
 pub mod plan;
+/// The masquerade decision (longest prefix, pod sources), explained and compiled flat.
+pub mod policy;
 /// Where the config comes from: a watched file, or a ConfigMap through the API.
 pub mod source;
 /// Metrics, the probes' state, and the HTTP listener serving them.

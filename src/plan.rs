@@ -9,53 +9,11 @@
 use std::fmt;
 use std::str::FromStr;
 
-use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use ipnet::IpNet;
 
 use crate::config::Config;
 
-/// An address family the agent programs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Family {
-    Ipv4,
-    Ipv6,
-}
-
-impl Family {
-    /// Stable lower-case name used in logs and (later) metric labels.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Family::Ipv4 => "ipv4",
-            Family::Ipv6 => "ipv6",
-        }
-    }
-
-    /// Whether `net` belongs to this family. Like upstream, an IPv4-mapped
-    /// IPv6 network never reaches here: validation already turned it into v4.
-    pub fn contains(self, net: &IpNet) -> bool {
-        matches!(
-            (self, net),
-            (Family::Ipv4, IpNet::V4(_)) | (Family::Ipv6, IpNet::V6(_))
-        )
-    }
-
-    /// The link-local range that is exempt from masquerading unless the config
-    /// says otherwise (RFC 3927 for IPv4, RFC 4291 for IPv6).
-    pub fn link_local(self) -> IpNet {
-        match self {
-            Family::Ipv4 => IpNet::V4(Ipv4Net::new_assert([169, 254, 0, 0].into(), 16)),
-            Family::Ipv6 => IpNet::V6(Ipv6Net::new_assert(
-                [0xfe80, 0, 0, 0, 0, 0, 0, 0].into(),
-                10,
-            )),
-        }
-    }
-}
-
-impl fmt::Display for Family {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+pub use crate::policy::Family;
 
 /// A validated nat chain name (`--masq-chain`).
 ///

@@ -6,9 +6,10 @@
 //!   ignored; absent keys keep the defaults; a repeated key applies again.
 //! - Types are strict. `cidrLimit` takes a JSON integer literal in `i64`
 //!   range (YAML floats arrive already spelled as Go would, so `64.0` is `64`
-//!   but `64.5` is refused); booleans take booleans; the list takes a list of
-//!   strings and replaces the default list entirely.
-//! - `null` leaves a boolean or the limit unchanged and empties the list; for
+//!   but `64.5` is refused); booleans take booleans; each CIDR list
+//!   (`nonMasqueradeCIDRs`, and our `masqueradeCIDRs` and `podCIDRs`) takes a
+//!   list of strings and replaces its default entirely.
+//! - `null` leaves a boolean or the limit unchanged and empties a list; for
 //!   `resyncInterval` it is an error, as is any non-string.
 //! - Like Go, a type mismatch is remembered and binding goes on, the first
 //!   one being reported at the end; a bad `resyncInterval` (upstream's own
@@ -23,6 +24,10 @@ use super::value::Value;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Raw {
     pub cidrs: Vec<String>,
+    /// `masqueradeCIDRs`: empty by default.
+    pub masquerade_cidrs: Vec<String>,
+    /// `podCIDRs`: empty by default.
+    pub pod_cidrs: Vec<String>,
     pub cidr_limit: i64,
     pub masq_link_local: bool,
     pub masq_link_local_ipv6: bool,
@@ -32,14 +37,18 @@ pub(crate) struct Raw {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Field {
     Cidrs,
+    MasqCidrs,
+    PodCidrs,
     Limit,
     LinkLocal,
     LinkLocalIpv6,
     Resync,
 }
 
-const FIELDS: [(&str, Field); 5] = [
+const FIELDS: [(&str, Field); 7] = [
     ("nonMasqueradeCIDRs", Field::Cidrs),
+    ("masqueradeCIDRs", Field::MasqCidrs),
+    ("podCIDRs", Field::PodCidrs),
     ("cidrLimit", Field::Limit),
     ("masqLinkLocal", Field::LinkLocal),
     ("masqLinkLocalIPv6", Field::LinkLocalIpv6),
@@ -95,19 +104,14 @@ pub(crate) fn bind(root: &Value, mut raw: Raw) -> Result<Raw, ConfigError> {
             (Field::LinkLocal | Field::LinkLocalIpv6, other) => {
                 remember(mismatch(key, "true or false", other));
             }
-            (Field::Cidrs, Value::Null) => raw.cidrs = Vec::new(),
-            (Field::Cidrs, Value::Seq(items)) => {
-                raw.cidrs = Vec::with_capacity(items.len());
-                for (i, item) in items.iter().enumerate() {
-                    match item {
-                        Value::Str(s) => raw.cidrs.push(s.text.clone()),
-                        other => {
-                            remember(mismatch(&format!("{key}[{i}]"), "a CIDR string", other));
-                        }
-                    }
-                }
+            (Field::Cidrs | Field::MasqCidrs | Field::PodCidrs, _) => {
+                let list = match field {
+                    Field::MasqCidrs => &mut raw.masquerade_cidrs,
+                    Field::PodCidrs => &mut raw.pod_cidrs,
+                    _ => &mut raw.cidrs,
+                };
+                bind_list(key, value, list, &mut remember);
             }
-            (Field::Cidrs, other) => remember(mismatch(key, "a list of CIDR strings", other)),
             (Field::Resync, Value::Str(s)) => {
                 // Upstream parses the raw JSON text between the quotes.
                 raw.resync_nanos =
@@ -127,6 +131,29 @@ pub(crate) fn bind(root: &Value, mut raw: Raw) -> Result<Raw, ConfigError> {
     }
 }
 
+/// A CIDR list field: `null` empties it, a list of strings replaces it,
+/// anything else (or a non-string element, named by index) is a mismatch.
+fn bind_list(
+    key: &str,
+    value: &Value,
+    list: &mut Vec<String>,
+    remember: &mut impl FnMut(ConfigError),
+) {
+    match value {
+        Value::Null => list.clear(),
+        Value::Seq(items) => {
+            *list = Vec::with_capacity(items.len());
+            for (i, item) in items.iter().enumerate() {
+                match item {
+                    Value::Str(s) => list.push(s.text.clone()),
+                    other => remember(mismatch(&format!("{key}[{i}]"), "a CIDR string", other)),
+                }
+            }
+        }
+        other => remember(mismatch(key, "a list of CIDR strings", other)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -135,6 +162,8 @@ mod tests {
     fn defaults() -> Raw {
         Raw {
             cidrs: vec!["10.0.0.0/8".into()],
+            masquerade_cidrs: Vec::new(),
+            pod_cidrs: Vec::new(),
             cidr_limit: 64,
             masq_link_local: false,
             masq_link_local_ipv6: false,
@@ -167,6 +196,11 @@ mod tests {
         assert_eq!(field_for("masqlinklocalipv6"), Some(Field::LinkLocalIpv6));
         assert_eq!(field_for("masq_link_local"), None);
         assert_eq!(field_for("cidr-limit"), None);
+        assert_eq!(field_for("masqueradeCIDRs"), Some(Field::MasqCidrs));
+        assert_eq!(field_for("MasqueradeCidrs"), Some(Field::MasqCidrs));
+        assert_eq!(field_for("podCIDRs"), Some(Field::PodCidrs));
+        assert_eq!(field_for("PODCIDRS"), Some(Field::PodCidrs));
+        assert_eq!(field_for("podCIDR"), None);
     }
 
     #[test]
@@ -221,6 +255,45 @@ mod tests {
         assert_eq!(
             err.to_string(),
             r#"config field "nonMasqueradeCIDRs[1]": expected a CIDR string, got number 5"#
+        );
+    }
+
+    #[test]
+    fn new_lists_bind_like_the_upstream_list() {
+        let raw = bind(
+            &map(vec![
+                ("masqueradeCIDRs", Value::Seq(vec![s("10.9.0.0/16")])),
+                (
+                    "podCIDRs",
+                    Value::Seq(vec![s("10.4.0.0/14"), s("10.8.0.0/16")]),
+                ),
+            ]),
+            defaults(),
+        )
+        .unwrap();
+        assert_eq!(raw.cidrs, ["10.0.0.0/8"]);
+        assert_eq!(raw.masquerade_cidrs, ["10.9.0.0/16"]);
+        assert_eq!(raw.pod_cidrs, ["10.4.0.0/14", "10.8.0.0/16"]);
+        let mut start = defaults();
+        start.pod_cidrs = vec!["10.4.0.0/14".into()];
+        let raw = bind(&map(vec![("podCIDRs", Value::Null)]), start).unwrap();
+        assert!(raw.pod_cidrs.is_empty());
+        let err = bind(&map(vec![("podCIDRs", s("10.4.0.0/14"))]), defaults()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            r#"config field "podCIDRs": expected a list of CIDR strings, got string "10.4.0.0/14""#
+        );
+        let err = bind(
+            &map(vec![(
+                "masqueradeCIDRs",
+                Value::Seq(vec![s("10.9.0.0/16"), Value::Bool(true)]),
+            )]),
+            defaults(),
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            r#"config field "masqueradeCIDRs[1]": expected a CIDR string, got boolean true"#
         );
     }
 

@@ -1,6 +1,6 @@
 //! Bytes to the untyped [`Value`] tree: picks JSON or YAML as upstream does,
-//! checks the text encoding, and owns the limits that keep a hostile file
-//! from costing more than a bounded amount of time and memory.
+//! checks the text encoding, and gives each input one [`Budget`] (the
+//! decoding limits, owned by `budget`) shared by all its documents.
 //!
 //! Upstream's rule: if the first non-whitespace character is `{` the file is
 //! JSON, read strictly; otherwise it is YAML 1.1 (which also covers JSON
@@ -11,47 +11,9 @@
 use std::borrow::Cow;
 
 use super::ConfigError;
+use super::budget::Budget;
 use super::value::Value;
 use super::{json, yaml};
-
-/// Deepest nesting of lists and mappings accepted (aliases included).
-pub(crate) const MAX_DEPTH: usize = 64;
-/// Most values a config may hold once YAML aliases are expanded.
-pub(crate) const MAX_NODES: usize = 100_000;
-/// Most bytes of text a config may hold once YAML aliases are expanded.
-pub(crate) const MAX_EXPANDED_BYTES: usize = 16 << 20;
-
-/// What is left of the decoding limits; shared by every document read from
-/// one input.
-#[derive(Debug)]
-pub(crate) struct Budget {
-    nodes: usize,
-    bytes: usize,
-}
-
-impl Budget {
-    pub fn new() -> Self {
-        Budget {
-            nodes: MAX_NODES,
-            bytes: MAX_EXPANDED_BYTES,
-        }
-    }
-
-    /// Charge `nodes` values and `bytes` bytes of text, or fail once over.
-    pub fn take(&mut self, nodes: usize, bytes: usize) -> Result<(), ConfigError> {
-        match (self.nodes.checked_sub(nodes), self.bytes.checked_sub(bytes)) {
-            (Some(n), Some(b)) => {
-                self.nodes = n;
-                self.bytes = b;
-                Ok(())
-            }
-            _ => Err(ConfigError::TooComplex {
-                max_nodes: MAX_NODES,
-                max_bytes: MAX_EXPANDED_BYTES,
-            }),
-        }
-    }
-}
 
 /// The two syntaxes upstream accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -223,14 +185,5 @@ mod tests {
         );
         assert!(decode(b"a: \x7f").is_err());
         assert!(decode(b"a: \t1").is_ok());
-    }
-
-    #[test]
-    fn budget_counts_down() {
-        let mut budget = Budget::new();
-        assert!(budget.take(MAX_NODES, 0).is_ok());
-        assert!(budget.take(1, 0).is_err());
-        let mut budget = Budget::new();
-        assert!(budget.take(0, MAX_EXPANDED_BYTES + 1).is_err());
     }
 }

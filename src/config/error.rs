@@ -9,6 +9,7 @@ use std::path::PathBuf;
 
 use thiserror::Error;
 
+use super::budget::{Exhausted, MAX_EXPANDED_BYTES, MAX_NODES};
 use super::gostr::quote;
 
 /// Why a config file could not be read, decoded or accepted.
@@ -77,8 +78,31 @@ pub enum ConfigError {
     )]
     Ipv6NotEnabled { cidr: String },
 
+    // Ours: upstream's texts above, for the lists upstream does not have.
+    /// A CIDR of `masqueradeCIDRs` or `podCIDRs` failed one of the checks
+    /// above; the text is upstream's, prefixed by the key.
+    #[error("{key}: {error}")]
+    InList {
+        key: &'static str,
+        error: Box<ConfigError>,
+    },
+    #[error(
+        "CIDR {} is in both nonMasqueradeCIDRs and masqueradeCIDRs; a destination cannot be both masqueraded and not, so remove it from one of them",
+        quote(.cidr)
+    )]
+    CidrInBothLists { cidr: String },
+
     #[error("ConfigMap data key {} {problem}", quote(.key))]
     ConfigMapKey { key: String, problem: String },
+}
+
+impl From<Exhausted> for ConfigError {
+    fn from(_: Exhausted) -> Self {
+        ConfigError::TooComplex {
+            max_nodes: MAX_NODES,
+            max_bytes: MAX_EXPANDED_BYTES,
+        }
+    }
 }
 
 impl ConfigError {
@@ -96,7 +120,9 @@ impl ConfigError {
             ConfigError::TooManyCidrs { .. }
             | ConfigError::UnparsableCidr { .. }
             | ConfigError::MisalignedCidr { .. }
-            | ConfigError::Ipv6NotEnabled { .. } => "invalid",
+            | ConfigError::Ipv6NotEnabled { .. }
+            | ConfigError::InList { .. }
+            | ConfigError::CidrInBothLists { .. } => "invalid",
             ConfigError::ConfigMapKey { .. } => "configmap",
         }
     }

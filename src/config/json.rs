@@ -11,7 +11,7 @@
 //! [`Budget`].
 
 use super::ConfigError;
-use super::decode::{Budget, MAX_DEPTH};
+use super::budget::{Budget, MAX_DEPTH};
 use super::gostr;
 use super::value::{Str, Value};
 

@@ -7,7 +7,9 @@
 //! defaults) → `validate` (upstream's checks and messages, in upstream's
 //! order) → [`Config`]. Where upstream is defective (a zero resync interval
 //! spins; no size or alias limits) we fix it and say so in
-//! [`Loaded::warnings`] or an error. The contract is COMPAT.md §1-3.
+//! [`Loaded::warnings`] or an error. The contract is COMPAT.md §1-3; our
+//! keys `masqueradeCIDRs` and `podCIDRs` are read by the same rules, and a
+//! config without them decodes exactly as upstream's does.
 
 use std::io::Read as _;
 use std::path::Path;
@@ -16,6 +18,7 @@ use std::time::Duration;
 use ipnet::{IpNet, Ipv4Net};
 
 mod bind;
+mod budget;
 mod cidr;
 mod configmap;
 mod decode;
@@ -34,9 +37,6 @@ mod tests;
 pub use duration::DurationError;
 pub use error::ConfigError;
 
-/// Where upstream (and the DaemonSet's ConfigMap volume) puts the file.
-pub const DEFAULT_PATH: &str = "/etc/config/ip-masq-agent";
-
 /// Largest config accepted: the ConfigMap size limit (1 MiB).
 pub const MAX_CONFIG_BYTES: usize = 1 << 20;
 
@@ -45,6 +45,15 @@ pub const MAX_CONFIG_BYTES: usize = 1 << 20;
 pub struct Config {
     /// Config order, duplicates kept, IPv4 and IPv6 mixed.
     pub non_masquerade_cidrs: Vec<IpNet>,
+    /// `masqueradeCIDRs` (ours): destinations masqueraded even inside a
+    /// non-masquerade range, by longest prefix (see `policy`). Config order,
+    /// duplicates kept; never equal to a `non_masquerade_cidrs` network.
+    /// Empty by default.
+    pub masquerade_cidrs: Vec<IpNet>,
+    /// `podCIDRs` (ours): when it holds ranges of a family, only sources
+    /// inside them are masqueraded, and destinations inside them are not
+    /// (see `policy`). Config order, duplicates kept. Empty by default.
+    pub pod_cidrs: Vec<IpNet>,
     pub cidr_limit: i64,
     pub masq_link_local: bool,
     pub masq_link_local_ipv6: bool,
@@ -117,6 +126,8 @@ impl Config {
             .collect();
         Config {
             non_masquerade_cidrs,
+            masquerade_cidrs: Vec::new(),
+            pod_cidrs: Vec::new(),
             cidr_limit: DEFAULT_CIDR_LIMIT,
             masq_link_local: false,
             masq_link_local_ipv6: false,
@@ -125,17 +136,27 @@ impl Config {
     }
 
     /// Compact JSON with upstream's key names and order, the duration in
-    /// Go's `Duration.String` form.
+    /// Go's `Duration.String` form. Our keys follow upstream's, each only
+    /// when non-empty, so a config without them prints (and fingerprints)
+    /// exactly as before they existed.
     pub fn to_json(&self) -> String {
-        let cidrs: Vec<String> = self
-            .non_masquerade_cidrs
-            .iter()
-            .map(|net| format!("\"{net}\""))
-            .collect();
+        let list = |nets: &[IpNet]| {
+            let quoted: Vec<String> = nets.iter().map(|net| format!("\"{net}\"")).collect();
+            quoted.join(",")
+        };
+        let mut ours = String::new();
+        for (key, nets) in [
+            ("masqueradeCIDRs", &self.masquerade_cidrs),
+            ("podCIDRs", &self.pod_cidrs),
+        ] {
+            if !nets.is_empty() {
+                ours.push_str(&format!(",\"{key}\":[{}]", list(nets)));
+            }
+        }
         let nanos = i64::try_from(self.resync_interval.as_nanos()).unwrap_or(i64::MAX);
         format!(
-            "{{\"nonMasqueradeCIDRs\":[{}],\"cidrLimit\":{},\"masqLinkLocal\":{},\"masqLinkLocalIPv6\":{},\"resyncInterval\":\"{}\"}}",
-            cidrs.join(","),
+            "{{\"nonMasqueradeCIDRs\":[{}],\"cidrLimit\":{},\"masqLinkLocal\":{},\"masqLinkLocalIPv6\":{},\"resyncInterval\":\"{}\"{ours}}}",
+            list(&self.non_masquerade_cidrs),
             self.cidr_limit,
             self.masq_link_local,
             self.masq_link_local_ipv6,
@@ -165,6 +186,8 @@ fn raw_defaults(all_reserved_ranges: bool) -> bind::Raw {
             .iter()
             .map(ToString::to_string)
             .collect(),
+        masquerade_cidrs: Vec::new(),
+        pod_cidrs: Vec::new(),
         cidr_limit: defaults.cidr_limit,
         masq_link_local: defaults.masq_link_local,
         masq_link_local_ipv6: defaults.masq_link_local_ipv6,
@@ -214,15 +237,6 @@ pub fn read(path: &Path) -> Result<Option<Vec<u8>>, ConfigError> {
         });
     }
     Ok(Some(bytes))
-}
-
-/// [`read`] then [`parse`]; no file gives the defaults with
-/// [`Source::Absent`].
-pub fn load(path: &Path, opts: &LoadOptions) -> Result<Loaded, ConfigError> {
-    match read(path)? {
-        Some(bytes) => parse(&bytes, opts),
-        None => Ok(Loaded::absent(opts)),
-    }
 }
 
 impl Loaded {

@@ -633,11 +633,11 @@ fn configmap_manifest_then_parse() {
 }
 
 #[test]
-fn read_and_load_files() {
+fn read_then_parse_files() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("ip-masq-agent");
     assert_eq!(read(&path).unwrap(), None);
-    let loaded = load(&path, &V4).unwrap();
+    let loaded = Loaded::absent(&V4);
     assert_eq!(loaded.source, Source::Absent);
     assert_eq!(loaded.config, Config::defaults(false));
 
@@ -646,7 +646,7 @@ fn read_and_load_files() {
         read(&path).unwrap().as_deref(),
         Some(b"cidrLimit: 5\n".as_slice())
     );
-    let loaded = load(&path, &V4).unwrap();
+    let loaded = parse(&read(&path).unwrap().unwrap(), &V4).unwrap();
     assert_eq!(loaded.source, Source::File);
     assert_eq!(loaded.config.cidr_limit, 5);
 
@@ -671,7 +671,8 @@ fn read_and_load_files() {
     assert_eq!(read(dir.path()).unwrap_err().metric_label(), "read");
 
     std::fs::write(&path, "cidrLimit: \"5\"\n").unwrap();
-    assert_eq!(load(&path, &V4).unwrap_err().metric_label(), "type");
+    let bytes = read(&path).unwrap().unwrap();
+    assert_eq!(parse(&bytes, &V4).unwrap_err().metric_label(), "type");
 }
 
 #[test]
@@ -681,5 +682,63 @@ fn duration_api() {
     assert_eq!(
         duration::parse("x").unwrap_err().to_string(),
         r#"time: invalid duration "x""#
+    );
+}
+
+#[test]
+fn masquerade_and_pod_lists_in_a_file() {
+    let text = "nonMasqueradeCIDRs: [10.0.0.0/8, 10.9.5.128/25]\nmasqueradeCIDRs: [10.9.0.0/16]\npodCIDRs:\n  - 10.4.0.0/14\n  - fd00:10::/64\n";
+    let config = ok_with(text, &V6);
+    let show = |nets: &[IpNet]| nets.iter().map(ToString::to_string).collect::<Vec<_>>();
+    assert_eq!(cidrs(&config), ["10.0.0.0/8", "10.9.5.128/25"]);
+    assert_eq!(show(&config.masquerade_cidrs), ["10.9.0.0/16"]);
+    assert_eq!(show(&config.pod_cidrs), ["10.4.0.0/14", "fd00:10::/64"]);
+    assert_eq!(
+        config.to_json(),
+        concat!(
+            r#"{"nonMasqueradeCIDRs":["10.0.0.0/8","10.9.5.128/25"],"cidrLimit":64,"masqLinkLocal":false,"masqLinkLocalIPv6":false,"#,
+            r#""resyncInterval":"1m0s","masqueradeCIDRs":["10.9.0.0/16"],"podCIDRs":["10.4.0.0/14","fd00:10::/64"]}"#
+        )
+    );
+    // The JSON form reads back as the same config, and differs in fingerprint.
+    assert_eq!(ok_with(&config.to_json(), &V6), config);
+    let without = ok("nonMasqueradeCIDRs: [10.0.0.0/8, 10.9.5.128/25]\n");
+    assert_ne!(config.fingerprint(), without.fingerprint());
+    // Key names fold like upstream's; JSON files take them too.
+    let folded = ok(r#"{"MasqueradeCIDRs": ["10.9.0.0/16"], "PODCIDRS": []}"#);
+    assert_eq!(show(&folded.masquerade_cidrs), ["10.9.0.0/16"]);
+    assert!(folded.pod_cidrs.is_empty());
+    assert_eq!(
+        err("masqueradeCIDRs: [10.0.0.0/8]\n"),
+        r#"CIDR "10.0.0.0/8" is in both nonMasqueradeCIDRs and masqueradeCIDRs; a destination cannot be both masqueraded and not, so remove it from one of them"#
+    );
+    assert_eq!(
+        err("podCIDRs: [fd00:10::/64]\n"),
+        "podCIDRs: ipv6 is not enabled, but ipv6 cidr fd00:10::/64 provided. Enable ipv6 using --enable-ipv6 agent flag"
+    );
+    // cidrLimit counts every list: 3 defaults + 1 + 1 is over 4.
+    assert_eq!(
+        err("cidrLimit: 4\nmasqueradeCIDRs: [10.9.0.0/16]\npodCIDRs: [10.4.0.0/14]\n"),
+        "the daemon can only accept up to 4 CIDRs (excluding link-local), but got 5 CIDRs (excluding link local)"
+    );
+}
+
+#[test]
+fn configs_without_the_new_keys_are_unchanged() {
+    for text in [
+        "",
+        "nonMasqueradeCIDRs: [10.0.0.0/8]\n",
+        "{\"masqLinkLocal\": true}",
+        "masqueradeCIDRs: null\npodCIDRs: []\n",
+    ] {
+        let config = ok(text);
+        assert!(config.masquerade_cidrs.is_empty(), "{text:?}");
+        assert!(config.pod_cidrs.is_empty(), "{text:?}");
+        assert!(!config.to_json().contains("masqueradeCIDRs"), "{text:?}");
+        assert!(!config.to_json().contains("podCIDRs"), "{text:?}");
+    }
+    assert_eq!(
+        ok("masqueradeCIDRs: []\npodCIDRs: null\n"),
+        Config::defaults(false)
     );
 }

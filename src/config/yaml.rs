@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use saphyr_parser::{Event, Parser, ScalarStyle, ScanError, Span, StrInput, Tag};
 
 use super::ConfigError;
-use super::decode::{Budget, MAX_DEPTH};
+use super::budget::{Budget, MAX_DEPTH};
 use super::value::{Str, Value};
 use super::yaml11::{self, Scalar};
 

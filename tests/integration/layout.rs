@@ -15,6 +15,7 @@ const LAYERS: &[&str] = &[
     "telemetry",
     "backend",
     "plan",
+    "policy",
     "config",
     "logging",
 ];
