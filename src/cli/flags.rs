@@ -9,7 +9,7 @@
 //! non-flag argument or after `--`. What must stay true: flag names are
 //! unique across both tables, and every listing is sorted by name, as Go's.
 
-use super::goflag::{FlagDef, FlagValue, Kind, Spec, flag_set};
+use super::goflag::{FlagDef, FlagValue, Kind, Repeated, Spec, flag_set};
 use super::klog::{KLOG_FLAGS, KlogFlags};
 use super::strconv::quote;
 use crate::backend::select::{BackendKind, IptablesMode};
@@ -30,11 +30,12 @@ flag_set! {
     "backend" => backend: BackendKind = BackendKind::Iptables,
         "Kernel `backend`: iptables (the upstream agent's rules) or nftables \
          (a native table with the list in an interval set)";
-    "config" => config: String = "/etc/config/ip-masq-agent",
-        "Path of the config `file` (YAML or JSON); if it is absent, defaults apply";
-    "configmap" => configmap: String = "",
+    "config" => config: Repeated = "/etc/config/ip-masq-agent",
+        "Path of the config `file` (YAML or JSON), or of a directory whose files are \
+         merged; repeat to merge several; if a lone file is absent, defaults apply";
+    "configmap" => configmap: Repeated = "",
         "Read the config from this ConfigMap through the Kubernetes API \
-         (`namespace/name`) instead of --config; empty: use the file";
+         (`namespace/name`) instead of --config; repeat to merge several";
     "configmap-key" => configmap_key: String = DEFAULT_CONFIGMAP_KEY,
         "The `key` in the ConfigMap's data that holds the config";
     "enable-ipv6" => enable_ipv6: bool = false,

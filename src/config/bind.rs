@@ -73,6 +73,16 @@ fn mismatch(key: &str, expected: &str, got: &Value) -> ConfigError {
     }
 }
 
+/// Whether `root` sets `resyncInterval` (matched as `bind` matches keys).
+pub(crate) fn sets_resync(root: &Value) -> bool {
+    match root {
+        Value::Map(entries) => entries
+            .iter()
+            .any(|(key, _)| field_for(key) == Some(Field::Resync)),
+        _ => false,
+    }
+}
+
 /// Apply `root` onto `raw` (which holds the defaults).
 pub(crate) fn bind(root: &Value, mut raw: Raw) -> Result<Raw, ConfigError> {
     let entries = match root {

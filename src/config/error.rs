@@ -91,6 +91,15 @@ pub enum ConfigError {
         quote(.cidr)
     )]
     CidrInBothLists { cidr: String },
+    #[error(
+        "CIDR {} is in nonMasqueradeCIDRs of {non_masquerade} and in masqueradeCIDRs of {masquerade}; a destination cannot be both masqueraded and not, so remove it from one of them",
+        quote(.cidr)
+    )]
+    CidrInBothSources {
+        cidr: String,
+        non_masquerade: String,
+        masquerade: String,
+    },
 
     #[error("ConfigMap data key {} {problem}", quote(.key))]
     ConfigMapKey { key: String, problem: String },
@@ -122,7 +131,8 @@ impl ConfigError {
             | ConfigError::MisalignedCidr { .. }
             | ConfigError::Ipv6NotEnabled { .. }
             | ConfigError::InList { .. }
-            | ConfigError::CidrInBothLists { .. } => "invalid",
+            | ConfigError::CidrInBothLists { .. }
+            | ConfigError::CidrInBothSources { .. } => "invalid",
             ConfigError::ConfigMapKey { .. } => "configmap",
         }
     }

@@ -26,6 +26,7 @@ pub mod duration;
 mod error;
 pub(crate) mod gostr;
 mod json;
+mod merge;
 mod validate;
 mod value;
 mod yaml;
@@ -36,6 +37,7 @@ mod tests;
 
 pub use duration::DurationError;
 pub use error::ConfigError;
+pub use merge::{Fragment, Merged, Origins, merge, parse_fragment};
 
 /// Largest config accepted: the ConfigMap size limit (1 MiB).
 pub const MAX_CONFIG_BYTES: usize = 1 << 20;
