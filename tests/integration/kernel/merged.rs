@@ -117,3 +117,87 @@ both_modes! {
         );
     }
 }
+
+/// Two ConfigMaps (`--configmap` twice) on the in-process API server: both
+/// merge; an invalid update of one keeps its last good contents (and is an
+/// Event on that ConfigMap only); deleting one takes its contribution away.
+#[test]
+fn two_configmaps_merge_through_the_api() {
+    use std::collections::BTreeMap;
+
+    use crate::support::apiserver::{FakeApiServer, listen_in_netns};
+
+    if !require_root_and_tools() {
+        return;
+    }
+    let data = |text: &str| BTreeMap::from([("config".to_owned(), text.to_owned())]);
+    let ns = Netns::new();
+    let server = FakeApiServer::start(listen_in_netns(ns.name()).expect("listen in the namespace"));
+    server.put_configmap("kube-system", "ip-masq-platform", data(PLATFORM));
+    server.put_configmap("kube-system", "ip-masq-users", data(USERS));
+    let dir = tempfile::tempdir().expect("temp dir");
+    let kubeconfig = dir.path().join("kubeconfig");
+    server
+        .write_kubeconfig(&kubeconfig)
+        .expect("write kubeconfig");
+    // The file beside the agent is not read with --configmap.
+    let volume = ConfigVolume::with(NODE_LOCAL);
+    let mut agent = Agent::start_with_env(
+        &ns,
+        Mode::Nft,
+        &volume,
+        &[
+            "--configmap=kube-system/ip-masq-platform",
+            "--configmap=kube-system/ip-masq-users",
+            &format!("--kubeconfig={}", kubeconfig.display()),
+        ],
+        &[("NODE_NAME", "node-a")],
+    );
+    wait_returns(
+        &mut agent,
+        &ns,
+        Mode::Nft,
+        "10.0.0.0/8 192.168.0.0/16",
+        "both ConfigMaps, not the file",
+    );
+
+    server.put_configmap("kube-system", "ip-masq-users", data(USERS_BROKEN));
+    server.put_configmap("kube-system", "ip-masq-platform", data(PLATFORM_WIDER));
+    wait_returns(
+        &mut agent,
+        &ns,
+        Mode::Nft,
+        "10.0.0.0/8 100.64.0.0/10 192.168.0.0/16",
+        "the platform's change applies, the users' last good contents stay",
+    );
+    wait_until(
+        DEADLINE,
+        "one InvalidConfig Event, on the users' ConfigMap",
+        || {
+            let events = server.events();
+            let found = events.iter().any(|e| {
+                e.reason.as_deref() == Some("InvalidConfig")
+                    && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("ip-masq-users")
+            });
+            format!("found: {found}; events: {events:?}")
+        },
+        |text| text.starts_with("found: true"),
+    );
+    assert!(
+        !server
+            .events()
+            .iter()
+            .any(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref())
+                == Some("ip-masq-platform")),
+        "no Event on the valid ConfigMap"
+    );
+
+    server.delete_configmap("kube-system", "ip-masq-users");
+    wait_returns(
+        &mut agent,
+        &ns,
+        Mode::Nft,
+        "169.254.0.0/16 10.0.0.0/8 100.64.0.0/10",
+        "the deleted ConfigMap takes its contribution (and masqLinkLocal) with it",
+    );
+}
