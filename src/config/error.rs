@@ -22,6 +22,8 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
+    #[error("config file {} is {kind}, not a regular file; refusing to read it", path.display())]
+    NotAFile { path: PathBuf, kind: &'static str },
     #[error(
         "config file {} is larger than {max} bytes (the ConfigMap size limit); refusing to read it",
         path.display()
@@ -118,7 +120,7 @@ impl ConfigError {
     /// A stable, low-cardinality label for metrics and structured logs.
     pub fn metric_label(&self) -> &'static str {
         match self {
-            ConfigError::Read { .. } => "read",
+            ConfigError::Read { .. } | ConfigError::NotAFile { .. } => "read",
             ConfigError::FileTooLarge { .. } | ConfigError::TooLarge { .. } => "too_large",
             ConfigError::NotUtf8 { .. }
             | ConfigError::ControlChar { .. }

@@ -12,6 +12,7 @@
 //! config without them decodes exactly as upstream's does.
 
 use std::io::Read as _;
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::Path;
 use std::time::Duration;
 
@@ -223,11 +224,25 @@ pub fn read(path: &Path) -> Result<Option<Vec<u8>>, ConfigError> {
         path: path.to_owned(),
         source,
     };
-    let file = match std::fs::File::open(path) {
+    // Non-blocking, so a FIFO (or a device) put where the config belongs
+    // cannot stall the agent in open(); anything but a regular file is
+    // refused before it is read.
+    let file = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+        .open(path)
+    {
         Ok(file) => file,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(read_error(e)),
     };
+    let kind = file.metadata().map_err(read_error)?.file_type();
+    if !kind.is_file() {
+        return Err(ConfigError::NotAFile {
+            path: path.to_owned(),
+            kind: describe_file_type(kind),
+        });
+    }
     let mut bytes = Vec::new();
     file.take(MAX_CONFIG_BYTES as u64 + 1)
         .read_to_end(&mut bytes)
@@ -239,6 +254,21 @@ pub fn read(path: &Path) -> Result<Option<Vec<u8>>, ConfigError> {
         });
     }
     Ok(Some(bytes))
+}
+
+fn describe_file_type(kind: std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if kind.is_dir() {
+        "a directory"
+    } else if kind.is_fifo() {
+        "a FIFO"
+    } else if kind.is_socket() {
+        "a socket"
+    } else if kind.is_char_device() || kind.is_block_device() {
+        "a device"
+    } else {
+        "not a regular file"
+    }
 }
 
 impl Loaded {

@@ -742,3 +742,42 @@ fn configs_without_the_new_keys_are_unchanged() {
         Config::defaults(false)
     );
 }
+
+#[test]
+fn only_regular_files_are_read_and_a_fifo_never_blocks() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("ip-masq-agent");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    // No writer ever opens the FIFO: a blocking open would hang here.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let path = fifo.clone();
+    std::thread::spawn(move || tx.send(read(&path).map_err(|e| e.to_string())));
+    let result = rx
+        .recv_timeout(std::time::Duration::from_secs(5))
+        .expect("reading a FIFO blocked");
+    assert_eq!(
+        result.unwrap_err(),
+        format!(
+            "config file {} is a FIFO, not a regular file; refusing to read it",
+            fifo.display()
+        )
+    );
+    let err = read(dir.path()).unwrap_err().to_string();
+    assert!(
+        err.ends_with("is a directory, not a regular file; refusing to read it"),
+        "{err}"
+    );
+    // A symlink to a regular file is read as the file (kubelet's layout).
+    let real = dir.path().join("real");
+    std::fs::write(&real, "cidrLimit: 1\n").unwrap();
+    let link = dir.path().join("link");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    assert_eq!(
+        read(&link).unwrap().as_deref(),
+        Some(&b"cidrLimit: 1\n"[..])
+    );
+}

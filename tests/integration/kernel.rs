@@ -45,6 +45,7 @@ pub(crate) use both_modes;
 mod api_source;
 mod cleanup;
 mod daemon;
+mod hostile_files;
 mod merged;
 mod nft;
 mod node_state;
