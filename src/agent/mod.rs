@@ -272,6 +272,7 @@ impl<B: Backend> Agent<B> {
                 if warnings != memory.warnings {
                     for warning in &warnings {
                         warn!(source = %Escaped(&part.name), "{}", Escaped(warning));
+                        self.telemetry().metrics.config_warning();
                     }
                     memory.warnings = warnings;
                 }

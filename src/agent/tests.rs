@@ -436,3 +436,30 @@ async fn a_conflict_between_fragments_keeps_the_last_merged_config() {
     );
     assert!(a.loaded.merge_error.is_none());
 }
+
+#[tokio::test]
+async fn a_typo_is_logged_and_counted_once_per_content() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("ip-masq-agent");
+    std::fs::write(&file, "nonMasqueradeCIDR: [10.40.0.0/14]\n").unwrap();
+    let mut a = agent(dir.path(), false);
+    let count = |a: &Agent<Fake>| {
+        a.reconciler
+            .telemetry
+            .metrics
+            .encode()
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("ip_masq_agent_config_warnings_total ")
+                    .map(str::to_owned)
+            })
+    };
+    assert!(
+        a.reload(Trigger::Startup),
+        "accepted: unknown keys stay allowed"
+    );
+    assert_eq!(count(&a).as_deref(), Some("1"));
+    // Read again unchanged: no second warning.
+    assert!(!a.reload(Trigger::Resync));
+    assert_eq!(count(&a).as_deref(), Some("1"));
+}

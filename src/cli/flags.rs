@@ -54,6 +54,8 @@ flag_set! {
         "Default the non-masquerade list to all reserved IPv4 ranges, not only RFC 1918";
     "random-fully" => random_fully: bool = true,
         "Add --random-fully to MASQUERADE rules when iptables supports it (1.6.2 and later)";
+    "strict" => strict: bool = false,
+        "check: exit 1 on any warning (an unknown key, a ConfigMap the DaemonSet does not mount)";
     "to-ports" => to_ports: String = "",
         "Source port `ranges` for masqueraded tcp, udp and sctp, comma-separated \
          (e.g. 1024-29999,32768-65535); empty leaves the choice to the kernel";
@@ -240,7 +242,7 @@ mod tests {
     #[test]
     fn names_are_unique_and_each_table_is_sorted() {
         let names: Vec<&str> = entries().iter().map(|e| e.spec().name).collect();
-        assert_eq!(names.len(), 28);
+        assert_eq!(names.len(), 29);
         assert!(names.windows(2).all(|w| w[0] < w[1]), "{names:?}");
         let agent: Vec<&str> = AGENT_FLAGS.iter().map(|d| d.spec.name).collect();
         let klog: Vec<&str> = KLOG_FLAGS.iter().map(|d| d.spec.name).collect();

@@ -63,6 +63,8 @@ pub struct Options {
     /// The ConfigMap key holding the config (`--configmap`, and `check` of
     /// a ConfigMap manifest).
     pub configmap_key: ConfigMapKey,
+    /// `check --strict`: any warning fails the check.
+    pub strict: bool,
 }
 
 /// What the invocation asks for.
@@ -296,5 +298,6 @@ fn options(low: &LowArgs) -> Result<Options, CliError> {
         metrics_address,
         api_sources,
         configmap_key,
+        strict: agent.strict,
     })
 }

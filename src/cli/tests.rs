@@ -558,6 +558,7 @@ fn flags_list_is_sorted_and_complete_with_effective_values() {
             "skip_headers",
             "skip_log_headers",
             "stderrthreshold",
+            "strict",
             "to-ports",
             "v",
             "version",

@@ -182,6 +182,8 @@ struct Checked {
     bytes: Option<Vec<u8>>,
     /// What to say, and whether that fails, when there is nothing.
     absent: (String, bool),
+    /// About the manifest rather than the config in it.
+    warnings: Vec<String>,
 }
 
 /// The one whole config `check` looks at: FILE, else the one source.
@@ -202,6 +204,7 @@ async fn checked(options: &Options, file: Option<&Path>) -> Result<Checked> {
                 ),
                 name,
                 what: String::new(),
+                warnings: Vec::new(),
                 bytes: match read {
                     Read::Ready(Content::Bytes(bytes)) => Some(bytes),
                     _ => None,
@@ -223,10 +226,12 @@ async fn checked(options: &Options, file: Option<&Path>) -> Result<Checked> {
             what: String::new(),
             bytes: None,
             absent,
+            warnings: Vec::new(),
         });
     };
     // A ConfigMap manifest is checked by its data key, as a node sees it.
     let key = options.configmap_key.as_str();
+    let warnings = config::configmap_warnings(&bytes);
     let (bytes, what) = match config::configmap_data(&bytes, key)
         .with_context(|| format!("reading ConfigMap {name}"))?
     {
@@ -238,6 +243,7 @@ async fn checked(options: &Options, file: Option<&Path>) -> Result<Checked> {
         what,
         bytes: Some(bytes),
         absent,
+        warnings,
     })
 }
 
@@ -253,6 +259,7 @@ pub async fn check(options: &Options, file: Option<&Path>) -> Result<ExitCode> {
         what,
         bytes,
         absent: (absent, absent_fails),
+        warnings: mut manifest_warnings,
     } = checked(options, file).await?;
     let loaded = match bytes {
         Some(bytes) => match config::parse(&bytes, &load_options(options)) {
@@ -274,8 +281,19 @@ pub async fn check(options: &Options, file: Option<&Path>) -> Result<ExitCode> {
             Loaded::absent(&load_options(options))
         }
     };
-    report(options, &loaded.config, &loaded.warnings, None).await?;
-    Ok(ExitCode::SUCCESS)
+    manifest_warnings.extend(loaded.warnings);
+    report(options, &loaded.config, &manifest_warnings, None).await?;
+    Ok(verdict(options, &manifest_warnings))
+}
+
+/// `check` passes, unless `--strict` and there is a warning.
+fn verdict(options: &Options, warnings: &[String]) -> ExitCode {
+    if options.strict && !warnings.is_empty() {
+        eprintln!("check --strict: {} warning(s), failing", warnings.len());
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
 }
 
 /// `check` of several parts: each one's verdict, then the merged config
@@ -323,7 +341,7 @@ async fn check_merged(options: &Options) -> Result<ExitCode> {
         print("no config in any source; the agent uses the defaults\n")?;
     }
     report(options, &merged.config, &warnings, Some(&merged.origins)).await?;
-    Ok(ExitCode::SUCCESS)
+    Ok(verdict(options, &warnings))
 }
 
 /// What `check` prints after the verdict: warnings, where each CIDR came

@@ -48,7 +48,8 @@ pub fn parse_fragment(bytes: &[u8], opts: &LoadOptions) -> Result<Fragment, Conf
     // A fragment lists its own ranges; the defaults are for no config at all.
     base.cidrs.clear();
     let raw = bind::bind(&tree, base)?;
-    let (config, warnings) = validate::validate(raw, opts)?;
+    let (config, mut warnings) = validate::validate(raw, opts)?;
+    warnings.splice(0..0, bind::unknown_keys(&tree));
     Ok(Fragment {
         config,
         sets_resync,

@@ -208,7 +208,8 @@ pub fn parse(bytes: &[u8], opts: &LoadOptions) -> Result<Loaded, ConfigError> {
     }
     let tree = decode::decode(bytes)?;
     let raw = bind::bind(&tree, raw_defaults(opts.all_reserved_ranges))?;
-    let (config, warnings) = validate::validate(raw, opts)?;
+    let (config, mut warnings) = validate::validate(raw, opts)?;
+    warnings.splice(0..0, bind::unknown_keys(&tree));
     Ok(Loaded {
         config,
         source: Source::File,
@@ -288,4 +289,11 @@ impl Loaded {
 /// key if it is missing; `None` for anything else (a bare config file).
 pub fn configmap_data(bytes: &[u8], key: &str) -> Result<Option<Vec<u8>>, ConfigError> {
     configmap::data(bytes, key)
+}
+
+/// For `check` of a ConfigMap manifest: a warning when it is not the
+/// ConfigMap the manifests mount (`kube-system/ip-masq-agent`), since
+/// applying it would change nothing on the nodes.
+pub fn configmap_warnings(bytes: &[u8]) -> Vec<String> {
+    configmap::warnings(bytes)
 }

@@ -781,3 +781,34 @@ fn only_regular_files_are_read_and_a_fifo_never_blocks() {
         Some(&b"cidrLimit: 1\n"[..])
     );
 }
+
+#[test]
+fn unknown_keys_are_accepted_but_named_with_a_suggestion() {
+    let warnings = |text: &str| parse(text.as_bytes(), &V4).unwrap().warnings;
+    // The VPN incident: a missing "s" leaves the defaults in force.
+    assert_eq!(
+        warnings("nonMasqueradeCIDR: [10.40.0.0/14]\n"),
+        [r#"unknown key "nonMasqueradeCIDR" ignored (did you mean "nonMasqueradeCIDRs"?)"#]
+    );
+    assert_eq!(
+        warnings("resyncIntervall: 10s\nfoo: 1\n"),
+        [
+            r#"unknown key "foo" ignored"#,
+            r#"unknown key "resyncIntervall" ignored (did you mean "resyncInterval"?)"#,
+        ]
+    );
+    // Go's case folding still binds these: no warning.
+    assert!(warnings("NONMASQUERADECIDRS: [10.0.0.0/8]\n").is_empty());
+    assert_eq!(
+        warnings("apiVersion: v1\nkind: List\nitems: []\n"),
+        [
+            r#"this is a Kubernetes object (kind: "List"), not an ip-masq-agent config: none of its keys are settings, so the defaults apply; give the config itself (a ConfigMap's data.config)"#
+        ]
+    );
+    // A fragment says the same.
+    let fragment = parse_fragment(b"masqLinkLocall: true\n", &V4).unwrap();
+    assert_eq!(
+        fragment.warnings,
+        [r#"unknown key "masqLinkLocall" ignored (did you mean "masqLinkLocal"?)"#]
+    );
+}

@@ -186,6 +186,7 @@ struct ConfigMetrics {
     info: MetricFamily<ConfigLabels, Gauge>,
     cidrs: MetricFamily<FamilyLabels, Gauge>,
     fragments: MetricFamily<FragmentLabels, Gauge>,
+    warnings: Counter,
 }
 
 impl ConfigMetrics {
@@ -196,6 +197,7 @@ impl ConfigMetrics {
             info: MetricFamily::default(),
             cidrs: MetricFamily::default(),
             fragments: MetricFamily::default(),
+            warnings: Counter::default(),
         };
         registry.register(
             "ip_masq_agent_non_masquerade_cidrs",
@@ -216,6 +218,11 @@ impl ConfigMetrics {
             "ip_masq_agent_config",
             "Fingerprint of the enforced config (value is always 1); equal fingerprints mean equal configs across nodes",
             this.info.clone(),
+        );
+        registry.register(
+            "ip_masq_agent_config_warnings",
+            "Warnings about an accepted config (an unknown key, a corrected value), once per distinct content",
+            this.warnings.clone(),
         );
         registry.register(
             "ip_masq_agent_config_fragment_valid",
@@ -450,6 +457,11 @@ impl Metrics {
             })
             .inc();
         self.config.valid.set(i64::from(valid));
+    }
+
+    /// A warning about an accepted config was logged.
+    pub fn config_warning(&self) {
+        self.config.warnings.inc();
     }
 
     /// Whether every config part read last was valid.
