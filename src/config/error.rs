@@ -76,6 +76,11 @@ pub enum ConfigError {
         network: String,
     },
     #[error(
+        "CIDR {} is an IPv4-mapped IPv6 range, which means the IPv4 range {ipv4}; write {ipv4} if that is what you mean",
+        quote(.cidr)
+    )]
+    MappedCidr { cidr: String, ipv4: String },
+    #[error(
         "ipv6 is not enabled, but ipv6 cidr {cidr} provided. Enable ipv6 using --enable-ipv6 agent flag"
     )]
     Ipv6NotEnabled { cidr: String },
@@ -131,6 +136,7 @@ impl ConfigError {
             ConfigError::TooManyCidrs { .. }
             | ConfigError::UnparsableCidr { .. }
             | ConfigError::MisalignedCidr { .. }
+            | ConfigError::MappedCidr { .. }
             | ConfigError::Ipv6NotEnabled { .. }
             | ConfigError::InList { .. }
             | ConfigError::CidrInBothLists { .. }

@@ -479,11 +479,17 @@ fn ipv6_needs_the_flag() {
 }
 
 #[test]
-fn ipv4_mapped_cidrs_become_ipv4() {
-    // Upstream counts these as IPv4; they are stored as the IPv4 network.
+fn ipv4_mapped_cidrs_are_refused() {
+    // Upstream counts these as IPv4 and then fails in iptables; read as IPv4,
+    // ::ffff:0:0/96 would exempt every IPv4 destination. Refused, even
+    // without --enable-ipv6, naming the IPv4 range meant.
     assert_eq!(
-        cidrs(&ok("nonMasqueradeCIDRs: [\"::ffff:10.0.0.0/104\"]\n")),
-        ["10.0.0.0/8"]
+        err("nonMasqueradeCIDRs: [\"::ffff:10.0.0.0/104\"]\n"),
+        r#"CIDR "::ffff:10.0.0.0/104" is an IPv4-mapped IPv6 range, which means the IPv4 range 10.0.0.0/8; write 10.0.0.0/8 if that is what you mean"#
+    );
+    assert_eq!(
+        err("nonMasqueradeCIDRs: [\"::ffff:0:0/96\"]\n"),
+        r#"CIDR "::ffff:0:0/96" is an IPv4-mapped IPv6 range, which means the IPv4 range 0.0.0.0/0; write 0.0.0.0/0 if that is what you mean"#
     );
     assert_eq!(
         err("nonMasqueradeCIDRs: [\"::ffff:10.0.0.1/104\"]\n"),
