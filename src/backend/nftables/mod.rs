@@ -46,7 +46,7 @@ use tracing::{debug, warn};
 
 use super::exec;
 use super::{Backend, BackendError, CleanupReport, ErrorKind, Outcome};
-use crate::plan::{self, ChainName, Family, PortRange, Protocol, Ruleset};
+use crate::plan::{self, ChainName, Family, PortRange, Ruleset};
 use bytecode::predict;
 use netlink::{NlError, Snapshot};
 
@@ -199,17 +199,6 @@ fn masquerade_rule(ports: Option<PortRange>, random_fully: bool) -> Rule {
     }
 }
 
-/// The `--to-ports` intervals in order, recovered from the per-protocol
-/// shares (every protocol repeats them).
-fn port_ranges(desired: &Ruleset) -> Vec<PortRange> {
-    desired
-        .port_shares
-        .iter()
-        .filter(|s| s.protocol == Protocol::Tcp)
-        .map(|s| s.range)
-        .collect()
-}
-
 /// Turn the family's `Ruleset` into our table's content.
 pub fn plan_nft(desired: &Ruleset) -> Plan {
     let family = desired.family;
@@ -234,8 +223,7 @@ pub fn plan_nft(desired: &Ruleset) -> Plan {
             bytecode: predict::daddr_in_set_return(family, SET),
         },
     ];
-    let ranges = port_ranges(desired);
-    match ranges.as_slice() {
+    match desired.to_ports.as_slice() {
         [] => {}
         [only] => base.push(masquerade_rule(Some(*only), random)),
         several => {
@@ -1282,7 +1270,7 @@ mod tests {
         let write = shrink(10_000).element_write(&plan).unwrap();
         assert_eq!((write.flush, write.remove.len()), (false, 10_000));
     }
-    use crate::plan::{PortRange, port_shares};
+    use crate::plan::PortRange;
 
     fn nets(list: &[&str]) -> Vec<IpNet> {
         list.iter().map(|n| n.parse().unwrap()).collect()
@@ -1294,7 +1282,7 @@ mod tests {
             chain: "IP-MASQ-AGENT".parse().unwrap(),
             no_masquerade: nets(list),
             random_fully: true,
-            port_shares: Vec::new(),
+            to_ports: Vec::new(),
         }
     }
 
@@ -1313,7 +1301,7 @@ mod tests {
     fn two_intervals() -> Ruleset {
         let mut rs = ruleset(Family::Ipv4, &["10.0.0.0/8", "192.0.2.1/32"]);
         rs.random_fully = false;
-        rs.port_shares = port_shares(&[
+        rs.to_ports = vec![
             PortRange {
                 first: 1024,
                 last: 29999,
@@ -1322,7 +1310,7 @@ mod tests {
                 first: 32768,
                 last: 65535,
             },
-        ]);
+        ];
         rs
     }
 
@@ -1423,10 +1411,10 @@ mod tests {
     #[test]
     fn render_one_port_interval() {
         let mut rs = ruleset(Family::Ipv4, &["10.0.0.0/8"]);
-        rs.port_shares = port_shares(&[PortRange {
+        rs.to_ports = vec![PortRange {
             first: 1024,
             last: 29999,
-        }]);
+        }];
         let text = Nftables::new().render(&rs);
         assert!(
             text.contains(
@@ -1438,10 +1426,10 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("share-"), "{text}");
-        rs.port_shares = port_shares(&[PortRange {
+        rs.to_ports = vec![PortRange {
             first: 40000,
             last: 40000,
-        }]);
+        }];
         assert!(
             Nftables::new()
                 .render(&rs)
@@ -1699,7 +1687,7 @@ add rule ip ip-masq-agent postrouting masquerade fully-random
     fn unused_share_chains_are_removed() {
         let old = two_intervals();
         let mut new = old.clone();
-        new.port_shares.clear();
+        new.to_ports.clear();
         let plan = plan_nft(&new);
         let changes = diff(&plan, &live(&old), &plan.predicted(), None);
         assert_eq!(changes.stale_chains, vec!["share-0", "share-1"]);
