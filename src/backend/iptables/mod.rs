@@ -1,15 +1,16 @@
 //! The iptables backend: the upstream agent's exact rules, written the safe way.
 //!
 //! State we own per family: the nat chain (`--masq-chain`) and one jump to it
-//! at the end of POSTROUTING. A reconcile reads `iptables-save -t nat`,
-//! compares our chain and jump with what the ruleset wants, and when they
-//! differ sends one `iptables-restore --noflush` transaction: the chain line
-//! `:CHAIN - [0:0]` flushes only our chain, so its new content appears
-//! atomically, and jump fixes ride in the same transaction. Nothing else in the
-//! table is read for more than finding our objects, and nothing else is written.
+//! at the end of POSTROUTING. A reconcile reads just those, by name
+//! (`iptables -t nat -S CHAIN` and `-S POSTROUTING`, never the whole table,
+//! so its cost does not grow with other programs' rules), compares them with
+//! what the ruleset wants, and when they differ sends one
+//! `iptables-restore --noflush` transaction: the chain line `:CHAIN - [0:0]`
+//! flushes only our chain, so its new content appears atomically, and jump
+//! fixes ride in the same transaction. Nothing else is written.
 //!
-//! Expected state is predicted in `iptables-save` form (which reorders matches
-//! and rounds probabilities); if a given iptables prints differently, the
+//! Expected state is predicted in the form iptables prints (which reorders
+//! matches and rounds probabilities); if a given iptables prints differently, the
 //! read-back after our own write becomes the reference, so a node is never
 //! rewritten just because of formatting.
 //!
@@ -20,18 +21,16 @@ mod rules;
 mod variant;
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
 
 use tracing::{debug, warn};
 
-use super::exec::{self, Output};
+use super::exec;
 use super::{Backend, BackendError, CleanupReport, ErrorKind, Outcome};
 use crate::plan::{ChainName, Family, Ruleset};
 use rules::{
-    Observed, diff, jump_save_line, legacy_jump_save_line, parse_save, predicted_chain_rules,
-    restore_chain_lines, transaction,
+    Observed, diff, parse_listing, predicted_chain_rules, removal, restore_chain_lines, transaction,
 };
-use variant::{RANDOM_FULLY_SINCE, Tool};
+use variant::{RANDOM_FULLY_SINCE, Tool, is_missing_chain, legacy_table_present};
 
 pub use variant::{
     Variant, VariantEvidence, Version, choose_variant, detect_variant, parse_version,
@@ -90,20 +89,41 @@ impl Iptables {
 
     fn restore_args(&self) -> Vec<&'static str> {
         // `-w` on restore appeared with --random-fully's release.
-        if self.version.is_none_or(|v| v >= RANDOM_FULLY_SINCE) {
-            vec!["-w", LOCK_WAIT, "--noflush"]
-        } else {
-            vec!["--noflush"]
+        let mut args = self.lock_args();
+        args.push("--noflush");
+        args
+    }
+
+    /// `iptables -t nat -S CHAIN`: one chain's rules, None when the chain
+    /// does not exist. The cost is bounded by that chain, not by the table
+    /// (for iptables-nft; the legacy kernel API only hands out whole tables).
+    async fn list(&self, family: Family, chain: &str) -> Result<Option<String>, BackendError> {
+        let program = self.variant.binary(family, Tool::Main);
+        let mut args = self.lock_args();
+        args.extend(["-t", "nat", "-S", chain]);
+        match exec::run(&program, &args, None).await {
+            Ok(out) => Ok(Some(out.stdout)),
+            Err(err) if is_missing_chain(&err) => Ok(None),
+            Err(err) => Err(err),
         }
     }
 
-    async fn save(&self, family: Family) -> Result<Output, BackendError> {
-        let program = self.variant.binary(family, Tool::Save);
-        exec::run(&program, &["-t", "nat"], None).await
+    /// Our chain and the POSTROUTING rules that enter it, read concurrently.
+    async fn observe(&self, family: Family, chain: &ChainName) -> Result<Observed, BackendError> {
+        let (listing, postrouting) = tokio::join!(
+            self.list(family, chain.as_str()),
+            self.list(family, "POSTROUTING")
+        );
+        let postrouting = postrouting?.unwrap_or_default();
+        Ok(parse_listing(chain, listing?.as_deref(), &postrouting))
     }
 
-    async fn observe(&self, family: Family, chain: &ChainName) -> Result<Observed, BackendError> {
-        Ok(parse_save(&self.save(family).await?.stdout, chain))
+    fn lock_args(&self) -> Vec<&'static str> {
+        if self.version.is_none_or(|v| v >= RANDOM_FULLY_SINCE) {
+            vec!["-w", LOCK_WAIT]
+        } else {
+            Vec::new()
+        }
     }
 
     async fn restore(&self, family: Family, payload: &str) -> Result<(), BackendError> {
@@ -111,19 +131,6 @@ impl Iptables {
         let args = self.restore_args();
         debug!(family = %family, command = %program, payload, "iptables-restore");
         exec::run(&program, &args, Some(payload)).await.map(drop)
-    }
-
-    /// Whether the legacy nat table is loaded in this network namespace.
-    /// Reading it otherwise would load the kernel module and create it.
-    async fn legacy_table_present(family: Family) -> bool {
-        let names = match family {
-            Family::Ipv4 => "/proc/net/ip_tables_names",
-            Family::Ipv6 => "/proc/net/ip6_tables_names",
-        };
-        tokio::fs::read_to_string(names)
-            .await
-            .map(|text| text.lines().any(|l| l.trim() == "nat"))
-            .unwrap_or(false)
     }
 }
 
@@ -171,7 +178,7 @@ impl Backend for Iptables {
         if !after.chain_exists || check.add_jump || !check.delete_jumps.is_empty() {
             return Err(BackendError::new(
                 ErrorKind::Verify,
-                &self.variant.binary(family, Tool::Save),
+                &self.variant.binary(family, Tool::Main),
                 format!("after writing, {}", check.differences.join("; ")),
             ));
         }
@@ -202,47 +209,25 @@ impl Backend for Iptables {
         family: Family,
         chain: &ChainName,
     ) -> Result<CleanupReport, BackendError> {
-        let mut report = Vec::new();
         let name = format!("{} {}", self.variant.label(), family);
-        if self.variant == Variant::Legacy && !Self::legacy_table_present(family).await {
-            return Ok(report);
+        if self.variant == Variant::Legacy && !legacy_table_present(family, "nat").await {
+            return Ok(Vec::new());
         }
-        let observed = match self.observe(family, chain).await {
-            Ok(observed) => observed,
-            Err(err) if err.kind == ErrorKind::NotFound => return Ok(report),
+        // Looked up by name: on a node without our chain this is one
+        // short command, however many rules other programs keep.
+        let observed = match self.list(family, chain.as_str()).await {
+            Ok(None) => return Ok(Vec::new()),
+            Ok(Some(listing)) => {
+                let postrouting = self.list(family, "POSTROUTING").await?;
+                parse_listing(chain, Some(&listing), &postrouting.unwrap_or_default())
+            }
+            Err(err) if err.kind == ErrorKind::NotFound => return Ok(Vec::new()),
             Err(err) => return Err(err),
         };
-        let ours = jump_save_line(chain);
-        let legacy = legacy_jump_save_line(chain);
-        let mut payload = String::from("*nat\n");
-        let mut foreign = Vec::new();
-        for jump in &observed.jumps {
-            if *jump == ours || *jump == legacy {
-                let _ = writeln!(
-                    payload,
-                    "-D POSTROUTING {}",
-                    jump.trim_start_matches("-A POSTROUTING ")
-                );
-                report.push(format!("{name}: removed jump to {chain}"));
-            } else {
-                foreign.push(jump.clone());
-            }
-        }
-        if observed.chain_exists {
-            if foreign.is_empty() {
-                let _ = writeln!(payload, "-F {chain}\n-X {chain}");
-                report.push(format!("{name}: removed chain {chain}"));
-            } else {
-                report.push(format!(
-                    "{name}: kept chain {chain}: still entered by rules we do not own: {}",
-                    foreign.join(" | ")
-                ));
-            }
-        }
-        if report.is_empty() {
+        let (payload, report) = removal(&observed, chain, &name);
+        let Some(payload) = payload else {
             return Ok(report);
-        }
-        payload.push_str("COMMIT\n");
+        };
         self.probe_version().await?;
         self.restore(family, &payload).await?;
         Ok(report)

@@ -24,7 +24,8 @@ pub(super) fn jump_comment(chain: &ChainName) -> String {
     )
 }
 
-/// Our objects as found in one `iptables-save -t nat` dump.
+/// Our objects as read from the kernel: `iptables -t nat -S CHAIN` and
+/// `iptables -t nat -S POSTROUTING`, never the whole table.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Observed {
     pub chain_exists: bool,
@@ -34,30 +35,33 @@ pub struct Observed {
     pub jumps: Vec<String>,
 }
 
-/// Find our chain and every POSTROUTING rule that enters it.
-pub fn parse_save(dump: &str, chain: &ChainName) -> Observed {
-    let declaration = format!(":{chain} ");
+/// Our objects from the two listings: `chain` is what `-S CHAIN` printed
+/// (None when the chain does not exist), `postrouting` what `-S POSTROUTING`
+/// printed. A rule prints the same way in `-S` as in `iptables-save`.
+pub fn parse_listing(chain: &ChainName, listing: Option<&str>, postrouting: &str) -> Observed {
     let rule_prefix = format!("-A {chain} ");
-    let mut observed = Observed::default();
-    let mut in_nat = false;
-    for line in dump.lines() {
+    let mut observed = Observed {
+        chain_exists: listing.is_some(),
+        ..Observed::default()
+    };
+    for line in listing.unwrap_or_default().lines() {
         let line = line.trim_end();
-        if let Some(table) = line.strip_prefix('*') {
-            in_nat = table == "nat";
-            continue;
-        }
-        if !in_nat {
-            continue;
-        }
-        if line.starts_with(&declaration) {
-            observed.chain_exists = true;
-        } else if line.starts_with(&rule_prefix) {
+        if line.starts_with(&rule_prefix) {
             observed.chain_rules.push(line.to_owned());
-        } else if line.starts_with("-A POSTROUTING ") && enters_chain(line, chain) {
+        }
+    }
+    for line in postrouting.lines() {
+        let line = line.trim_end();
+        if line.starts_with("-A POSTROUTING ") && enters_chain(line, chain) {
             observed.jumps.push(line.to_owned());
         }
     }
     observed
+}
+
+/// The rules of `-S CHAIN`'s output, whatever chain it lists.
+pub fn count_rules(listing: &str) -> usize {
+    listing.lines().filter(|l| l.starts_with("-A ")).count()
 }
 
 pub(super) fn enters_chain(line: &str, chain: &ChainName) -> bool {
@@ -67,7 +71,7 @@ pub(super) fn enters_chain(line: &str, chain: &ChainName) -> bool {
     last == Some(chain.as_str()) && matches!(verb, Some("-j" | "-g"))
 }
 
-/// Our jump as iptables-save prints it.
+/// Our jump as iptables prints it.
 pub(super) fn jump_save_line(chain: &ChainName) -> String {
     format!(
         "-A POSTROUTING -m comment --comment \"{}\" -m addrtype ! --dst-type LOCAL -j {chain}",
@@ -76,7 +80,7 @@ pub(super) fn jump_save_line(chain: &ChainName) -> String {
 }
 
 /// The jump written by upstream releases before v2.12.2, whose comment held
-/// literal quote characters, as iptables-save prints it.
+/// literal quote characters, as iptables prints it.
 pub(super) fn legacy_jump_save_line(chain: &ChainName) -> String {
     format!(
         "-A POSTROUTING -m comment --comment \"\\\"{}\\\"\" -m addrtype ! --dst-type LOCAL -j {chain}",
@@ -109,7 +113,7 @@ pub(super) fn saved_ports(share: &PortShare) -> String {
     }
 }
 
-/// The chain's rules as iptables-save will print them.
+/// The chain's rules as iptables will print them.
 pub fn predicted_chain_rules(desired: &Ruleset, random_fully: bool) -> Vec<String> {
     let chain = &desired.chain;
     let random = if random_fully { " --random-fully" } else { "" };
@@ -294,4 +298,47 @@ pub fn port_shares(ranges: &[PortRange]) -> Vec<PortShare> {
         }
     }
     shares
+}
+
+/// What `cleanup` does to a node holding `observed`: the restore payload
+/// (None when nothing is ours) and one line per object for the operator.
+/// Our jumps go; the chain goes only when nothing else enters it.
+pub fn removal(
+    observed: &Observed,
+    chain: &ChainName,
+    name: &str,
+) -> (Option<String>, Vec<String>) {
+    let mut report = Vec::new();
+    let ours = jump_save_line(chain);
+    let legacy = legacy_jump_save_line(chain);
+    let mut payload = String::from("*nat\n");
+    let mut foreign = Vec::new();
+    for jump in &observed.jumps {
+        if *jump == ours || *jump == legacy {
+            let _ = writeln!(
+                payload,
+                "-D POSTROUTING {}",
+                jump.trim_start_matches("-A POSTROUTING ")
+            );
+            report.push(format!("{name}: removed jump to {chain}"));
+        } else {
+            foreign.push(jump.clone());
+        }
+    }
+    if observed.chain_exists {
+        if foreign.is_empty() {
+            let _ = writeln!(payload, "-F {chain}\n-X {chain}");
+            report.push(format!("{name}: removed chain {chain}"));
+        } else {
+            report.push(format!(
+                "{name}: kept chain {chain}: still entered by rules we do not own: {}",
+                foreign.join(" | ")
+            ));
+        }
+    }
+    if payload == "*nat\n" {
+        return (None, report);
+    }
+    payload.push_str("COMMIT\n");
+    (Some(payload), report)
 }
