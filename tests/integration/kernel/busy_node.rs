@@ -15,7 +15,7 @@ use tempfile::TempDir;
 
 use crate::support::Family::{V4, V6};
 use crate::support::agent::oneshot;
-use crate::support::busy_node::{SERVICES, restore_text};
+use crate::support::busy_node::{SERVICES, Size, restore_text};
 use crate::support::process::{COMMAND_TIMEOUT, describe, run_bounded};
 use crate::support::*;
 
@@ -244,4 +244,30 @@ fn nftables_leftover_lookup_stays_small_on_a_busy_node() {
         "{}",
         describe("cleanup", &listing)
     );
+}
+
+/// The generator itself (no root): kube-proxy's shape at issue #12's scale,
+/// no chain name used twice.
+#[test]
+fn the_generated_node_is_busy() {
+    let (text, size) = restore_text(SERVICES);
+    assert_eq!(
+        size,
+        Size {
+            chains: 13_754,
+            rules: 36_258
+        }
+    );
+    assert_eq!(
+        text.lines().filter(|l| l.starts_with("-A ")).count(),
+        size.rules
+    );
+    let declared = text.lines().filter(|l| l.starts_with(":KUBE-")).count();
+    // The three mangle chains are kubelet's and kube-proxy's, not nat's.
+    assert_eq!(declared - 3, size.chains);
+    let mut names: Vec<&str> = text.lines().filter(|l| l.starts_with(":KUBE-S")).collect();
+    let all = names.len();
+    names.sort_unstable();
+    names.dedup();
+    assert_eq!(names.len(), all, "chain names collide");
 }

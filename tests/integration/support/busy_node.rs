@@ -164,32 +164,3 @@ pub fn restore_text(services: usize) -> (String, Size) {
     );
     (text, size)
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn five_thousand_services_are_a_busy_node() {
-        let (text, size) = restore_text(SERVICES);
-        assert_eq!(
-            size,
-            Size {
-                chains: 13_754,
-                rules: 36_258
-            }
-        );
-        assert_eq!(
-            text.lines().filter(|l| l.starts_with("-A ")).count(),
-            size.rules
-        );
-        let declared = text.lines().filter(|l| l.starts_with(":KUBE-")).count();
-        // The three mangle chains are kubelet's and kube-proxy's, not nat's.
-        assert_eq!(declared - 3, size.chains);
-        let mut names: Vec<&str> = text.lines().filter(|l| l.starts_with(":KUBE-S")).collect();
-        let all = names.len();
-        names.sort_unstable();
-        names.dedup();
-        assert_eq!(names.len(), all, "chain names collide");
-    }
-}
