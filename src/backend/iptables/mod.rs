@@ -108,12 +108,21 @@ impl Iptables {
         }
     }
 
-    /// Our chain and the POSTROUTING rules that enter it, read concurrently.
+    /// Our chain and the POSTROUTING rules that enter it. iptables-nft
+    /// reads just the chain asked for, so both reads run at once; a legacy
+    /// read copies the whole table out of the kernel (the x_tables API has
+    /// no other), so those run one after the other: on a busy node two
+    /// whole-table copies at once would double the peak memory.
     async fn observe(&self, family: Family, chain: &ChainName) -> Result<Observed, BackendError> {
-        let (listing, postrouting) = tokio::join!(
-            self.list(family, chain.as_str()),
-            self.list(family, "POSTROUTING")
-        );
+        let (listing, postrouting) = if self.variant == Variant::Nft {
+            tokio::join!(
+                self.list(family, chain.as_str()),
+                self.list(family, "POSTROUTING")
+            )
+        } else {
+            let listing = self.list(family, chain.as_str()).await;
+            (listing, self.list(family, "POSTROUTING").await)
+        };
         let postrouting = postrouting?.unwrap_or_default();
         Ok(parse_listing(chain, listing?.as_deref(), &postrouting))
     }
