@@ -67,7 +67,10 @@ pub(crate) fn parse(s: &str) -> Result<IpNet, CidrError> {
             }
             match ip.to_ipv4_mapped() {
                 // Aligned implies prefix >= 96 (see the module doc).
-                Some(v4) => match prefix.checked_sub(96).and_then(|p| Ipv4Net::new(v4, p).ok()) {
+                Some(v4) => match prefix
+                    .checked_sub(96)
+                    .and_then(|p| Ipv4Net::new(v4, p).ok())
+                {
                     Some(v4) => Err(CidrError::Mapped {
                         ipv4: v4.to_string(),
                     }),

@@ -43,6 +43,7 @@ macro_rules! both_modes {
 pub(crate) use both_modes;
 
 mod api_source;
+mod busy_node;
 mod cleanup;
 mod daemon;
 mod hostile_files;

@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 
 use super::bytecode::predict;
 use super::wire::Proto;
-use crate::plan::{self, Family, PortRange, Protocol, Ruleset};
+use crate::plan::{self, Family, PortRange, Ruleset};
 
 /// Our table's name, the same in both families.
 pub const TABLE: &str = "ip-masq-agent";
@@ -268,17 +268,6 @@ impl Plan {
     }
 }
 
-/// The `--to-ports` intervals in order, recovered from the per-protocol
-/// shares (every protocol repeats them).
-fn port_ranges(desired: &Ruleset) -> Vec<PortRange> {
-    desired
-        .port_shares
-        .iter()
-        .filter(|s| s.protocol == Protocol::Tcp)
-        .map(|s| s.range)
-        .collect()
-}
-
 /// Turn the family's `Ruleset` into our table's content.
 pub fn plan_nft(desired: &Ruleset) -> Plan {
     let family = desired.family;
@@ -289,7 +278,7 @@ pub fn plan_nft(desired: &Ruleset) -> Plan {
     };
     let mut chains = Vec::new();
     let mut base = vec![NftRule::LocalReturn, NftRule::ListedReturn(family)];
-    match port_ranges(desired).as_slice() {
+    match desired.to_ports.as_slice() {
         [] => {}
         [only] => base.push(masquerade(Some(*only))),
         // `masquerade to :numgen map` is broken in nft 1.0.6, hence a

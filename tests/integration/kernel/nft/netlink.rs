@@ -17,7 +17,7 @@ use std::time::Instant;
 use ip_masq_agent::backend::ErrorKind;
 use ip_masq_agent::backend::nftables::netlink::{self, ERESTART, NlError, Snapshot, Write};
 use ip_masq_agent::backend::nftables::{gated_script, plan_nft, script};
-use ip_masq_agent::plan::{Family as PlanFamily, PortRange, Ruleset, port_shares};
+use ip_masq_agent::plan::{Family as PlanFamily, PortRange, Ruleset};
 use ipnet::IpNet;
 use serde_json::Value;
 
@@ -484,7 +484,7 @@ fn ruleset(family: PlanFamily, list: &[&str], random_fully: bool, ports: &[(u16,
         chain: "IP-MASQ-AGENT".parse().expect("a chain name"),
         no_masquerade: nets(list),
         random_fully,
-        port_shares: port_shares(&ranges),
+        to_ports: ranges,
     }
 }
 
