@@ -43,12 +43,13 @@ RUN if ! command -v xtables-nft-multi >/dev/null || ! command -v xtables-legacy-
         && apt-get install -y --no-install-recommends iptables nftables \
         && rm -rf /var/lib/apt/lists/*; \
     fi
-COPY scripts/image-rootfs.sh /usr/local/bin/image-rootfs.sh
-RUN bash /usr/local/bin/image-rootfs.sh /rootfs
+# The agent is here too so that ldd finds the libraries it loads (libgcc_s).
+COPY --from=build /out/usr/local/bin/ip-masq-agent /usr/local/bin/ip-masq-agent
+COPY scripts/image-rootfs.sh /usr/local/sbin/image-rootfs.sh
+RUN bash /usr/local/sbin/image-rootfs.sh /rootfs
 
 FROM scratch
 COPY --from=files /rootfs/ /
-COPY --from=build /out/ /
 # Runs as root (UID 0), with the DaemonSet granting only NET_ADMIN and NET_RAW:
 # a non-root UID would get those capabilities in its bounding set but not in
 # its effective set (Kubernetes sets no ambient capabilities), so neither the

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs inside the Dockerfile's `files` stage (Debian with iptables and
-# nftables installed) and copies into DEST only what the agent runs: both
+# nftables installed, the agent at /usr/local/bin/ip-masq-agent) and copies
+# into DEST only what the agent runs: the agent itself, both
 # iptables variants (xtables-nft-multi, xtables-legacy-multi and their
 # iptables-*/ip6tables-* names), nft, every xtables extension, the shared
 # libraries all of these load (found with ldd, so nothing is listed by hand),
@@ -50,7 +51,7 @@ copy_libraries() {
     done
 }
 
-binaries=(/usr/sbin/xtables-nft-multi /usr/sbin/xtables-legacy-multi /usr/sbin/nft)
+binaries=(/usr/local/bin/ip-masq-agent /usr/sbin/xtables-nft-multi /usr/sbin/xtables-legacy-multi /usr/sbin/nft)
 for binary in "${binaries[@]}"; do
     copy_path "$binary"
     copy_libraries "$binary"
@@ -82,7 +83,8 @@ done
 [[ -d /etc/iproute2 ]] && cp -a /etc/iproute2 "$dest/etc/"
 
 # Prove the result runs before the image is made of it.
-for check in "iptables-nft --version" "iptables-legacy --version" "nft --version"; do
+for check in "/usr/local/bin/ip-masq-agent version" "/usr/sbin/iptables-nft --version" \
+    "/usr/sbin/iptables-legacy --version" "/usr/sbin/nft --version"; do
     read -r -a words <<<"$check"
-    chroot "$dest" "/usr/sbin/${words[0]}" "${words[@]:1}" >/dev/null
+    chroot "$dest" "${words[@]}" >/dev/null
 done
