@@ -32,7 +32,9 @@ if ! "$ENGINE" info >/dev/null 2>&1; then
     exit 1
 fi
 
-args=(build --pull=never -t "$tag" -f "$context/Dockerfile")
+# The Dockerfile is the repository's: the engine reads it even where the
+# context leaves it out (as .dockerignore does).
+args=(build --pull=never -t "$tag" -f "$repo/Dockerfile")
 if [[ -z ${BUILDER_IMAGE:-} && -z ${DEBIAN_IMAGE:-} ]]; then
     read -r -a base_args < <(ENGINE=$ENGINE bash "$repo/scripts/image-base.sh")
     args+=("${base_args[@]}")

@@ -9,6 +9,7 @@
 //! `/proc/PID/mountinfo` for read-only mounts, `/proc/PID/ns/net` for the
 //! namespace, `iptables-save` in the node namespace for the rules.
 
+use std::collections::BTreeSet;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::Command;
@@ -394,6 +395,23 @@ fn the_daemonset_pod_syncs_reloads_and_stops_cleanly_in_its_node_namespace() {
         "the xtables lock is mounted"
     );
 
+    // Every metric the dashboard and the alerts read is in the agent's own
+    // /metrics, except the families that appear only with their first
+    // series; those must really be absent, so the list stays exact.
+    let metrics = http::get(&ns, &format!("http://127.0.0.1:{}/metrics", pod.port), &[]);
+    assert_eq!(metrics.status, 200, "{metrics}");
+    let exported = exported_families(&metrics.body);
+    for (origin, expr) in monitoring_queries() {
+        for family in metric_families(&expr) {
+            let lazy = FIRST_SAMPLE_FAMILIES.contains(&family.as_str());
+            assert!(
+                exported.contains(&family) != lazy,
+                "{origin}: {family} (listed as appearing with its first sample: {lazy}) in the agent's /metrics:\n{}",
+                metrics.body
+            );
+        }
+    }
+
     // kubelet's atomic ..data swap reaches the agent through the read-only
     // bind mount.
     volume.update(&config("203.0.113.0/24"));
@@ -503,4 +521,80 @@ fn the_cleanup_daemonset_removes_the_rules_the_agent_left() {
     let left = save(&ns, Mode::Nft, Family::V4);
     assert!(!left.contains("IP-MASQ-AGENT"), "after cleanup:\n{left}");
     assert!(!save(&ns, Mode::Legacy, Family::V4).contains("IP-MASQ-AGENT"));
+}
+
+/// Families the agent exports only once a series of them exists: no sync
+/// error, drift repair or API source (no `--configmap`) in this test. Until
+/// they are exported at 0 from the start, an `increase()` over them misses
+/// the first error.
+const FIRST_SAMPLE_FAMILIES: &[&str] = &[
+    "ip_masq_agent_sync_errors",
+    "ip_masq_agent_drift_repairs",
+    "ip_masq_agent_config_source_connected",
+    "ip_masq_agent_config_source_last_event_timestamp_seconds",
+    "ip_masq_agent_config_source_errors",
+];
+
+/// The `ip_masq_agent_*` names a PromQL expression (or an exposition line)
+/// names, with the sample suffixes of counters and histograms taken off.
+fn metric_families(text: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("ip_masq_agent_") {
+        let tail = &rest[at..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        let name = &tail[..end];
+        let family = ["_total", "_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|suffix| name.strip_suffix(suffix))
+            .unwrap_or(name);
+        names.insert(family.to_owned());
+        rest = &tail[end..];
+    }
+    names
+}
+
+/// The families of `# TYPE` lines of an exposition.
+fn exported_families(body: &str) -> BTreeSet<String> {
+    body.lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .flat_map(metric_families)
+        .collect()
+}
+
+/// Every query of manifests/monitoring: the dashboard's panel targets and
+/// the PrometheusRule's expressions, each with where it came from.
+fn monitoring_queries() -> Vec<(String, String)> {
+    let dir = repo().join("manifests/monitoring");
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("grafana-dashboard.json")).expect("the dashboard"),
+    )
+    .expect("the dashboard is JSON");
+    let mut queries = Vec::new();
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        for target in panel["targets"].as_array().expect("targets") {
+            let expr = target["expr"].as_str().expect("expr");
+            queries.push((
+                format!("dashboard panel {}", panel["title"]),
+                expr.to_owned(),
+            ));
+        }
+    }
+    let rule: serde_json::Value = serde_saphyr::from_str(
+        &std::fs::read_to_string(dir.join("prometheusrule.yaml")).expect("the PrometheusRule"),
+    )
+    .expect("the PrometheusRule is YAML");
+    for group in rule["spec"]["groups"].as_array().expect("groups") {
+        for alert in group["rules"].as_array().expect("rules") {
+            let expr = alert["expr"].as_str().expect("expr");
+            queries.push((format!("alert {}", alert["alert"]), expr.to_owned()));
+        }
+    }
+    assert!(
+        queries.len() > 5,
+        "the dashboard and the alerts have queries"
+    );
+    queries
 }
