@@ -101,7 +101,9 @@ ENV PATH=/usr/local/rust/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/
     CARGO_HOME=/usr/local/cargo
 LABEL org.opencontainers.image.description="Debian $SUITE minbase with rustc $rust_version (copied from the build machine)"
 EOF
-    "$ENGINE" build --pull=never -t "$rust_image" -f "$context/Containerfile" "$context" >"$work/rust-build.log" 2>&1 \
+    pull=()
+    [[ $ENGINE == podman ]] && pull=(--pull=never)
+    "$ENGINE" build "${pull[@]}" -t "$rust_image" -f "$context/Containerfile" "$context" >"$work/rust-build.log" 2>&1 \
         || { tail -n 20 "$work/rust-build.log" >&2; exit 1; }
     log "built $rust_image from $sysroot"
 fi

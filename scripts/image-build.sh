@@ -34,14 +34,15 @@ fi
 
 # The Dockerfile is the repository's: the engine reads it even where the
 # context leaves it out (as .dockerignore does).
-args=(build --pull=never -t "$tag" -f "$repo/Dockerfile")
+args=(build -t "$tag" -f "$repo/Dockerfile")
 if [[ -z ${BUILDER_IMAGE:-} && -z ${DEBIAN_IMAGE:-} ]]; then
     read -r -a base_args < <(ENGINE=$ENGINE bash "$repo/scripts/image-base.sh")
     args+=("${base_args[@]}")
+    # Local images only: podman would otherwise ask a registry for localhost/….
+    [[ $ENGINE == podman ]] && args+=(--pull=never)
 else
     args+=(--build-arg "BUILDER_IMAGE=${BUILDER_IMAGE:?set both BUILDER_IMAGE and DEBIAN_IMAGE}")
     args+=(--build-arg "DEBIAN_IMAGE=${DEBIAN_IMAGE:?set both BUILDER_IMAGE and DEBIAN_IMAGE}")
-    args=("${args[@]/--pull=never/--pull=missing}")
 fi
 
 # The smaller of this shell's limit and CAP: runc on these machines refuses an

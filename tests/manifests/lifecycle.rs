@@ -378,7 +378,17 @@ fn the_dashboard_is_json_whose_queries_read_documented_metrics() {
         }
     }
 
-    // The ConfigMap Grafana's sidecar loads carries the file as it is.
+    // The ConfigMap Grafana's sidecar loads carries the file as it is, under
+    // a name that does not change with its content.
+    let kustomization = crate::kustomization(&manifests().join("monitoring"));
+    let generator = kustomization
+        .config_map_generator
+        .iter()
+        .find(|g| g.name == "ip-masq-agent-dashboard")
+        .expect("the dashboard's configMapGenerator");
+    assert_eq!(generator.files, ["grafana-dashboard.json"]);
+    let options = generator.options.as_ref().expect("generator options");
+    assert_eq!(options.disable_name_suffix_hash, Some(true));
     let Some(objects) = rendered(&manifests().join("monitoring")) else {
         return;
     };
