@@ -70,6 +70,28 @@ pub struct Kustomization {
     pub images: Vec<Image>,
     #[serde(default)]
     pub patches: Vec<Patch>,
+    #[serde(default)]
+    pub config_map_generator: Vec<ConfigMapGenerator>,
+}
+
+/// A `configMapGenerator:` entry (manifests/monitoring's dashboard).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ConfigMapGenerator {
+    pub name: String,
+    #[serde(default)]
+    pub files: Vec<String>,
+    pub options: Option<GeneratorOptions>,
+}
+
+/// A generator's `options:`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[allow(dead_code)]
+pub struct GeneratorOptions {
+    pub disable_name_suffix_hash: Option<bool>,
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 /// An `images:` entry; `kustomize edit set image` writes `newName` and

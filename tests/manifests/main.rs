@@ -14,10 +14,15 @@
 //!   way without kubectl, and no YAML file under manifests/ left unused.
 //! - Examples: `ip-masq-agent check` accepts every ConfigMap in
 //!   configmap-examples/, with the flags of its `# check-flags:` line.
+//! - The way in and out (`lifecycle`): the README's install overlay, the
+//!   cleanup DaemonSet, and the monitoring rules (`promtool test rules`) and
+//!   dashboard.
 
 mod kube_api;
 mod kustomize;
+mod lifecycle;
 mod podmonitor;
+mod prometheusrule;
 mod typed;
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -7,8 +7,9 @@
 //! `kind` name, through `serde_ignored`: k8s-openapi skips fields it does not
 //! know, and `serde_ignored` reports every field skipped, so a misspelled
 //! field (`hostNetwrok`) or one at the wrong level fails here instead of
-//! being dropped silently by the API server. PodMonitor is a CRD, not in
-//! k8s-openapi: it goes through `podmonitor`'s own strict structs.
+//! being dropped silently by the API server. PodMonitor and PrometheusRule
+//! are CRDs, not in k8s-openapi: they go through the strict structs of
+//! `podmonitor` and `prometheusrule`.
 
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{ConfigMap, ServiceAccount};
@@ -18,6 +19,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::podmonitor::PodMonitor;
+use crate::prometheusrule::PrometheusRule;
 
 /// One parsed object, of a kind these manifests contain. Another kind is an
 /// error until it is added here and in `parse_object` (k8s-openapi has them
@@ -28,6 +30,7 @@ pub enum Object {
     DaemonSet(Box<DaemonSet>),
     ConfigMap(Box<ConfigMap>),
     PodMonitor(Box<PodMonitor>),
+    PrometheusRule(Box<PrometheusRule>),
     ServiceAccount(Box<ServiceAccount>),
     Role(Box<Role>),
     RoleBinding(Box<RoleBinding>),
@@ -41,6 +44,7 @@ impl Object {
             Object::DaemonSet(_) => "DaemonSet",
             Object::ConfigMap(_) => "ConfigMap",
             Object::PodMonitor(_) => "PodMonitor",
+            Object::PrometheusRule(_) => "PrometheusRule",
             Object::ServiceAccount(_) => "ServiceAccount",
             Object::Role(_) => "Role",
             Object::RoleBinding(_) => "RoleBinding",
@@ -54,6 +58,7 @@ impl Object {
             Object::DaemonSet(o) => &o.metadata,
             Object::ConfigMap(o) => &o.metadata,
             Object::PodMonitor(o) => &o.metadata,
+            Object::PrometheusRule(o) => &o.metadata,
             Object::ServiceAccount(o) => &o.metadata,
             Object::Role(o) => &o.metadata,
             Object::RoleBinding(o) => &o.metadata,
@@ -113,6 +118,9 @@ pub fn parse_object(document: Value) -> Result<Object, String> {
         (Some("v1"), Some("ConfigMap")) => strict(document).map(Object::ConfigMap),
         (Some("monitoring.coreos.com/v1"), Some("PodMonitor")) => {
             strict(document).map(Object::PodMonitor)
+        }
+        (Some("monitoring.coreos.com/v1"), Some("PrometheusRule")) => {
+            strict(document).map(Object::PrometheusRule)
         }
         (Some("v1"), Some("ServiceAccount")) => strict(document).map(Object::ServiceAccount),
         (Some(RBAC_V1), Some("Role")) => strict(document).map(Object::Role),
