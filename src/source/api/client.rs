@@ -204,7 +204,7 @@ impl Failure {
             ),
             Failure::Timeout(after) => format!(
                 "no answer from {server} within {} s {doing}",
-                after.as_secs()
+                after.as_secs_f64().round()
             ),
             Failure::Broken(cause) => {
                 format!("the connection to {server} broke ({cause}) {doing}")
@@ -267,15 +267,15 @@ pub async fn send(
     if status.is_success() {
         return Ok(response);
     }
-    let location = response
-        .headers()
-        .get(header::LOCATION)
-        .map(|v| excerpt(v.as_bytes()));
-    let content_type = response
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .map(|v| excerpt(v.as_bytes()))
-        .unwrap_or_else(|| "no content type".into());
+    let headers = response.headers();
+    let header_text = |name| {
+        headers
+            .get(name)
+            .map(|v: &http::HeaderValue| escape(&bounded(&String::from_utf8_lossy(v.as_bytes()))))
+    };
+    let location = header_text(header::LOCATION);
+    let content_type =
+        header_text(header::CONTENT_TYPE).unwrap_or_else(|| "no content type".into());
     if status.is_redirection() {
         return Err(Failure::Redirect {
             code: status.as_u16(),
@@ -373,13 +373,47 @@ fn transport_failure(err: &kube::Error, server: &str) -> Failure {
         source = e.source();
     }
     let lower = cause.to_ascii_lowercase();
-    if server.starts_with("https:") && (lower.contains("certificate") || lower.contains("tls")) {
+    let connecting = chain_has(err, |e| {
+        e.downcast_ref::<hyper_util::client::legacy::Error>()
+            .is_some_and(|e| e.is_connect())
+    });
+    // The TCP connection stood (no socket error at the root): over https,
+    // what failed is the handshake.
+    let mut innermost: &(dyn StdError + 'static) = err;
+    while let Some(next) = innermost.source() {
+        innermost = next;
+    }
+    // (An io::Error that wraps another error is not from the socket: rustls
+    // reports handshake failures that way.)
+    let socket_error = innermost
+        .downcast_ref::<std::io::Error>()
+        .is_some_and(|io| io.get_ref().is_none())
+        || lower.contains("lookup")
+        || lower.contains("dns");
+    let https = server.starts_with("https:");
+    if https
+        && (lower.contains("certificate") || lower.contains("tls") || (connecting && !socket_error))
+    {
         Failure::Tls(cause)
-    } else if lower.contains("dns") || lower.contains("resolve") || lower.contains("connect") {
+    } else if connecting {
         Failure::Unreachable(cause)
     } else {
         Failure::Broken(cause)
     }
+}
+
+fn chain_has(
+    err: &(dyn StdError + 'static),
+    is: impl Fn(&(dyn StdError + 'static)) -> bool,
+) -> bool {
+    let mut source = Some(err);
+    while let Some(e) = source {
+        if is(e) {
+            return true;
+        }
+        source = e.source();
+    }
+    false
 }
 
 /// The innermost error's text (the outer ones only say "client error").

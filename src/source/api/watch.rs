@@ -231,7 +231,14 @@ impl Watcher {
                     self.backoff.reset();
                 }
                 match end {
-                    WatchEnd::Ended { .. } if lasted >= MIN_WATCH => continue,
+                    // A long watch ending, even by a dropped connection (an
+                    // API server restarting), is resumed; if the server is
+                    // gone, that attempt says so.
+                    WatchEnd::Ended { .. } | WatchEnd::Failed(Failure::Broken(_))
+                        if lasted >= MIN_WATCH =>
+                    {
+                        continue;
+                    }
                     WatchEnd::Ended { events: true } => {
                         self.pause().await;
                         continue;
@@ -283,14 +290,23 @@ impl Watcher {
             (self.state != SourceState::Connected).then(|| started + RECOVERED_AFTER);
         let mut body = response.into_body();
         let mut buffer: Vec<u8> = Vec::new();
+        // Bytes of `buffer` known to hold no newline.
+        let mut scanned = 0;
         let mut events = false;
+        // The watch stayed up long enough; recovered at the next good line
+        // (not in the middle of a line that may still prove bad).
+        let mut recovery_due = false;
         loop {
             let wake = recover_at.map_or(deadline, |at| at.min(deadline));
             let chunk = match client::next_chunk(&mut body, wake).await {
                 Ok(chunk) => chunk,
                 Err(_) if Instant::now() < deadline => {
                     recover_at = None;
-                    self.connected();
+                    if buffer.is_empty() {
+                        self.connected();
+                    } else {
+                        recovery_due = true;
+                    }
                     continue;
                 }
                 Err(_) => return WatchEnd::Ended { events },
@@ -301,23 +317,25 @@ impl Watcher {
                 Err(failure) => return WatchEnd::Failed(failure),
             };
             buffer.extend_from_slice(&chunk);
-            while let Some(end) = buffer.iter().position(|b| *b == b'\n') {
-                let line: Vec<u8> = buffer.drain(..=end).collect();
+            while let Some(at) = buffer[scanned..].iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = buffer.drain(..=scanned + at).collect();
+                scanned = 0;
                 let line = line.trim_ascii();
                 if line.is_empty() {
                     continue;
                 }
-                match self.event(line, rv) {
-                    Ok(false) => {}
-                    Ok(true) => {
-                        events = true;
-                        if recover_at.take().is_some() {
-                            self.connected();
-                        }
-                    }
+                let ours = match self.event(line, rv) {
+                    Ok(ours) => ours,
                     Err(end) => return end,
+                };
+                events |= ours;
+                if (ours && recover_at.is_some()) || recovery_due {
+                    recover_at = None;
+                    recovery_due = false;
+                    self.connected();
                 }
             }
+            scanned = buffer.len();
             if buffer.len() > BODY_LIMIT {
                 return WatchEnd::Failed(Failure::TooLarge);
             }
