@@ -110,6 +110,8 @@ fn server_of(url: &http::Uri) -> String {
 pub enum Doing<'a> {
     Listing(&'a ObjectName),
     Watching(&'a ObjectName),
+    /// Writing an Event: the verb (create, patch) and its namespace.
+    Event(&'static str, &'a str),
 }
 
 impl fmt::Display for Doing<'_> {
@@ -117,21 +119,49 @@ impl fmt::Display for Doing<'_> {
         match self {
             Doing::Listing(name) => write!(f, "listing configmap {name}"),
             Doing::Watching(name) => write!(f, "watching configmap {name}"),
+            Doing::Event(verb, ns) => {
+                let doing = if *verb == "create" {
+                    "creating"
+                } else {
+                    "updating"
+                };
+                write!(f, "{doing} an event in namespace {ns}")
+            }
         }
     }
 }
 
 impl Doing<'_> {
-    fn verb(&self) -> &'static str {
+    /// "may not VERB RESOURCE in namespace NS; grant …": the RBAC to add.
+    fn rbac(&self) -> String {
         match self {
-            Doing::Listing(_) => "list",
-            Doing::Watching(_) => "watch",
+            Doing::Listing(name) | Doing::Watching(name) => format!(
+                "may not {verb} configmaps in namespace {ns}",
+                verb = if matches!(self, Doing::Listing(_)) {
+                    "list"
+                } else {
+                    "watch"
+                },
+                ns = name.namespace(),
+            ),
+            Doing::Event(verb, ns) => {
+                format!("may not {verb} events.events.k8s.io in namespace {ns}")
+            }
         }
     }
 
-    fn object(&self) -> &ObjectName {
+    fn grant(&self) -> String {
         match self {
-            Doing::Listing(name) | Doing::Watching(name) => name,
+            Doing::Listing(name) | Doing::Watching(name) => format!(
+                "grant the agent's ServiceAccount a Role in {ns} with verbs [list, watch] on \
+                 configmaps, resourceNames [{name}], and a RoleBinding to it",
+                ns = name.namespace(),
+                name = name.name(),
+            ),
+            Doing::Event(_, ns) => format!(
+                "grant the agent's ServiceAccount verbs [create, patch] on events in API group \
+                 events.k8s.io in {ns}"
+            ),
         }
     }
 }
@@ -195,7 +225,6 @@ impl Failure {
 
     /// The whole story: server, cause, what was being done, what to fix.
     pub fn describe(&self, server: &str, doing: Doing<'_>) -> String {
-        let object = doing.object();
         match self {
             Failure::Unreachable(cause) => format!("cannot reach {server} ({cause}) {doing}"),
             Failure::Tls(cause) => format!(
@@ -214,12 +243,9 @@ impl Failure {
                  client certificate is missing, expired or from another cluster"
             ),
             Failure::Forbidden(message) => format!(
-                "{server} forbids it (403 Forbidden) {doing}: may not {verb} configmaps in \
-                 namespace {ns} ({message}); grant the agent's ServiceAccount a Role in {ns} with \
-                 verbs [list, watch] on configmaps, resourceNames [{name}], and a RoleBinding to it",
-                verb = doing.verb(),
-                ns = object.namespace(),
-                name = object.name(),
+                "{server} forbids it (403 Forbidden) {doing}: {} ({message}); {}",
+                doing.rbac(),
+                doing.grant()
             ),
             Failure::Redirect { code, location } => format!(
                 "{server} redirected ({code} to {location}) {doing}; redirects are not followed: \
@@ -305,6 +331,20 @@ fn error_status(status: StatusCode, content_type: &str, body: &[u8]) -> Failure 
             excerpt: excerpt(body),
         },
     }
+}
+
+/// Send a write and read its answer (bounded, then dropped: only the
+/// status matters).
+pub async fn write(
+    endpoint: &Endpoint,
+    request: Request<Vec<u8>>,
+    budget: Duration,
+) -> Result<(), Failure> {
+    let started = Instant::now();
+    let deadline = started + budget;
+    let response = send(endpoint, request, deadline).await?;
+    read_body(response.into_body(), deadline, started).await?;
+    Ok(())
 }
 
 /// Read a whole body, at most [`BODY_LIMIT`] bytes, by `deadline`. The

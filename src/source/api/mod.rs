@@ -2,10 +2,11 @@
 //!
 //! A mounted ConfigMap reaches a node only when the kubelet refreshes the
 //! volume; watching the object reaches every node as soon as the API server
-//! sends the change. This module owns the client, the watch of that one
-//! object (field selector on its name, relist on 410, backoff on errors) and
-//! hands the agent loop only what the file source would: the bytes of one
-//! key, or "absent". Decoding and validation stay in `config`, so both
+//! sends the change. This module owns the client (`client`: bounded
+//! requests, errors in words), the list/watch loop of that one object
+//! (`watch`: field selector on its name, relist on 410, jittered backoff),
+//! and hands the agent loop only what the file source would: the bytes of
+//! one key, or "absent". Decoding and validation stay in `config`, so both
 //! sources accept and reject exactly the same text.
 //!
 //! [`ConfigMapSource`] is what the agent loop holds: the watch's latest
@@ -96,12 +97,7 @@ impl ConfigMapSource {
         );
         let (node, pod) = identity();
         info!(configmap = %source.configmap, key = %key, node = %node, "reading the config through the Kubernetes API; --config is not used");
-        let events = EventSink::spawn(
-            endpoint.client.clone(),
-            node,
-            pod,
-            telemetry.metrics.clone(),
-        );
+        let events = EventSink::spawn(endpoint.clone(), node, pod, telemetry.metrics.clone());
         let snapshots = spawn_watch(endpoint, source, key, telemetry.clone());
         Ok(Self::new(
             source.configmap.clone(),

@@ -10,6 +10,15 @@
 //! restart mid-watch, a 410 that forces a relist, persistent sync failures
 //! (a SyncFailed Event on the agent's Pod), and the source's state in
 //! `/readyz` and `/metrics`.
+//!
+//! And a server that misbehaves (issue #17): a refused port, then accepted;
+//! 302 on list and watch; a watch that closes at once, or streams bad lines
+//! or one endless line; 403, an HTML error page, bad JSON and a 300 MiB
+//! body on list; a list that never answers; a server that ignores the name
+//! selector. Each must come to one log line that names the server and the
+//! cause, a failure counted by kind, retries that back off, and
+//! "connected" only after a list completed. One-shot commands say 401, TLS,
+//! 403 and a refused port in their own words.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -13,6 +13,11 @@
 //! validation of the real server; failures as `Status` objects. The code
 //! under test only gets a kubeconfig and cannot tell it from a real server.
 //!
+//! Misbehaviour on demand, for the client's failure handling: ConfigMap
+//! lists and watches can redirect, hang, send HTML, bad JSON, huge bodies,
+//! close at once or stream bad lines (`set_list_fault`, `set_watch_fault`),
+//! or ignore the name selector (`ignore_name_selector`).
+//!
 //! Tests drive it through a synchronous control API (`put_configmap`,
 //! `expire_watches`, `restart`, …) from plain `#[test]` functions and read
 //! back what was written (`events`, `describe_events_for`, `requests`).
