@@ -56,6 +56,12 @@ struct SourceLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SourceFailureLabels {
+    source: &'static str,
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct EventLabels {
     reason: &'static str,
     result: &'static str,
@@ -238,6 +244,7 @@ struct SourceMetrics {
     connected: MetricFamily<SourceLabels, Gauge>,
     last_event: TimestampFamily<SourceLabels>,
     errors: MetricFamily<SourceLabels, Counter>,
+    failures: MetricFamily<SourceFailureLabels, Counter>,
 }
 
 impl SourceMetrics {
@@ -246,6 +253,7 @@ impl SourceMetrics {
             connected: MetricFamily::default(),
             last_event: MetricFamily::default(),
             errors: MetricFamily::default(),
+            failures: MetricFamily::default(),
         };
         registry.register(
             "ip_masq_agent_config_source_connected",
@@ -262,6 +270,11 @@ impl SourceMetrics {
             "ip_masq_agent_config_source_errors",
             "Failed list or watch requests of the config source (each is retried with backoff)",
             this.errors.clone(),
+        );
+        registry.register(
+            "ip_masq_agent_config_source_failures",
+            "Failed requests of the config source by kind (unreachable, tls, timeout, unauthorized, forbidden, redirect, status, not_status, too_large, bad_response, watch_closed, ...)",
+            this.failures.clone(),
         );
         this
     }
@@ -415,8 +428,16 @@ impl Metrics {
             .set(unix_seconds);
     }
 
-    pub fn source_error(&self) {
+    /// One failed request of the API source; `kind` is a stable label.
+    pub fn source_error(&self, kind: &'static str) {
         self.source.errors.get_or_create(&API_SOURCE).inc();
+        self.source
+            .failures
+            .get_or_create(&SourceFailureLabels {
+                source: API_SOURCE.source,
+                kind,
+            })
+            .inc();
     }
 
     /// One Event report's fate; `result` is a stable label.
@@ -613,12 +634,13 @@ mod tests {
     fn api_source_and_event_series() {
         let m = Metrics::new();
         m.source_connected(false);
-        m.source_error();
+        m.source_error("unreachable");
         m.event("InvalidConfig", "published");
         let text = m.encode();
         for line in [
             "ip_masq_agent_config_source_connected{source=\"kubernetes\"} 0",
             "ip_masq_agent_config_source_errors_total{source=\"kubernetes\"} 1",
+            "ip_masq_agent_config_source_failures_total{source=\"kubernetes\",kind=\"unreachable\"} 1",
             "ip_masq_agent_events_total{reason=\"InvalidConfig\",result=\"published\"} 1",
         ] {
             assert!(text.contains(line), "{line} not in\n{text}");

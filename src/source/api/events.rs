@@ -13,17 +13,17 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use http::{Request, header};
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::events::v1::Event as K8sEvent;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Patch, PatchParams, PostParams};
-use kube::{Api, Client};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use super::ObjectInfo;
+use super::client::{self, Doing, Endpoint, Failure};
 use crate::telemetry::Metrics;
 
 /// `reportingController` of every Event we write.
@@ -197,14 +197,14 @@ impl EventSink {
     /// `pod` the agent's own Pod, `None` when the downward API does not say
     /// (then `SyncFailed` is only logged).
     pub fn spawn(
-        client: Client,
+        endpoint: Endpoint,
         instance: String,
         pod: Option<ObjectReference>,
         metrics: std::sync::Arc<Metrics>,
     ) -> EventSink {
         let (tx, rx) = mpsc::channel(QUEUE);
         let publisher = Publisher {
-            client,
+            endpoint,
             instance,
             pod,
             metrics: metrics.clone(),
@@ -233,7 +233,7 @@ impl EventSink {
 }
 
 struct Publisher {
-    client: Client,
+    endpoint: Endpoint,
     instance: String,
     pod: Option<ObjectReference>,
     metrics: std::sync::Arc<Metrics>,
@@ -305,13 +305,15 @@ impl Publisher {
                     Ok(Some("series updated"))
                 }
                 // Expired (events live an hour by default): start afresh.
-                Err(kube::Error::Api(status)) if status.code == 404 => {
+                Err(Failure::Status { code: 404, .. }) => {
                     self.dedup.forget(&key);
                     let (namespace, name) = self.create(report, &regarding).await?;
                     self.dedup.created(key, namespace, name, now);
                     Ok(Some("created"))
                 }
-                Err(err) => Err(err.to_string()),
+                Err(failure) => {
+                    Err(failure.describe(&self.endpoint.server, Doing::Event("patch", &namespace)))
+                }
             },
         }
     }
@@ -347,33 +349,35 @@ impl Publisher {
             type_: Some("Warning".into()),
             ..Default::default()
         };
-        let api: Api<K8sEvent> = Api::namespaced(self.client.clone(), &namespace);
-        tokio::time::timeout(REQUEST_TIMEOUT, api.create(&PostParams::default(), &event))
+        let body = serde_json::to_vec(&event).map_err(|e| format!("encoding the event: {e}"))?;
+        let request = Request::post(format!(
+            "/apis/events.k8s.io/v1/namespaces/{namespace}/events"
+        ))
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(body)
+        .map_err(|e| format!("building the event request: {e}"))?;
+        client::write(&self.endpoint, request, REQUEST_TIMEOUT)
             .await
-            .map_err(|_| format!("creating the event timed out after {REQUEST_TIMEOUT:?}"))?
-            .map_err(|e| e.to_string())?;
+            .map_err(|failure| {
+                failure.describe(&self.endpoint.server, Doing::Event("create", &namespace))
+            })?;
         Ok((namespace, name))
     }
 
-    async fn bump(&self, namespace: &str, name: &str, count: i32) -> Result<(), kube::Error> {
-        let api: Api<K8sEvent> = Api::namespaced(self.client.clone(), namespace);
+    async fn bump(&self, namespace: &str, name: &str, count: i32) -> Result<(), Failure> {
         let patch = serde_json::json!({
             "series": {
                 "count": count,
                 "lastObservedTime": MicroTime(Timestamp::now()),
             }
         });
-        match tokio::time::timeout(
-            REQUEST_TIMEOUT,
-            api.patch(name, &PatchParams::default(), &Patch::Merge(&patch)),
-        )
-        .await
-        {
-            Ok(result) => result.map(|_| ()),
-            Err(_) => Err(kube::Error::Service(
-                format!("updating the event timed out after {REQUEST_TIMEOUT:?}").into(),
-            )),
-        }
+        let request = Request::patch(format!(
+            "/apis/events.k8s.io/v1/namespaces/{namespace}/events/{name}"
+        ))
+        .header(header::CONTENT_TYPE, "application/merge-patch+json")
+        .body(patch.to_string().into_bytes())
+        .map_err(|e| Failure::BadResponse(format!("no request ({e})")))?;
+        client::write(&self.endpoint, request, REQUEST_TIMEOUT).await
     }
 }
 

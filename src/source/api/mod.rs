@@ -2,34 +2,34 @@
 //!
 //! A mounted ConfigMap reaches a node only when the kubelet refreshes the
 //! volume; watching the object reaches every node as soon as the API server
-//! sends the change. This module owns the client, the watch of that one
-//! object (field selector on its name, relist on 410, backoff on errors) and
-//! hands the agent loop only what the file source would: the bytes of one
-//! key, or "absent". Decoding and validation stay in `config`, so both
+//! sends the change. This module owns the client (`client`: bounded
+//! requests, errors in words), the list/watch loop of that one object
+//! (`watch`: field selector on its name, relist on 410, jittered backoff),
+//! and hands the agent loop only what the file source would: the bytes of
+//! one key, or "absent". Decoding and validation stay in `config`, so both
 //! sources accept and reject exactly the same text.
 //!
 //! [`ConfigMapSource`] is what the agent loop holds: the watch's latest
 //! snapshot, the object last delivered (to name it in Events), and the Event
 //! sink. The node's identity for Events comes from the downward API.
 
+mod backoff;
+mod client;
 pub mod events;
 mod names;
+mod watch;
 
 use std::path::PathBuf;
 
-use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference};
-use kube::runtime::WatchStreamExt;
-use kube::runtime::watcher::{self, Event};
-use kube::{Api, Client};
-use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use self::events::{EventSink, Report};
 use super::{Content, Read};
 pub use crate::telemetry::SourceState;
-use crate::telemetry::{Telemetry, unix_now};
+use crate::telemetry::Telemetry;
 
+pub use client::{Endpoint, client};
 pub use names::{ConfigMapKey, ObjectName};
 
 /// The ConfigMap to read through the API, and how to reach the API.
@@ -57,7 +57,7 @@ pub struct ConfigMapSource {
     configmap: ObjectName,
     key: ConfigMapKey,
     /// `None` until the first list completes.
-    snapshots: watch::Receiver<Option<Snapshot>>,
+    snapshots: tokio::sync::watch::Receiver<Option<Snapshot>>,
     events: Option<EventSink>,
     /// The ConfigMap as last delivered, to name it in an Event.
     object: Option<ObjectInfo>,
@@ -70,7 +70,7 @@ impl ConfigMapSource {
     pub fn new(
         configmap: ObjectName,
         key: ConfigMapKey,
-        snapshots: watch::Receiver<Option<Snapshot>>,
+        snapshots: tokio::sync::watch::Receiver<Option<Snapshot>>,
         events: Option<EventSink>,
     ) -> Self {
         ConfigMapSource {
@@ -90,15 +90,15 @@ impl ConfigMapSource {
         key: &ConfigMapKey,
         telemetry: &Telemetry,
     ) -> Result<Self, String> {
-        let client = client(source).await?;
+        let endpoint = client(source).await?;
         telemetry.metrics.api_source_started(
             &[events::INVALID_CONFIG, events::SYNC_FAILED],
             &events::RESULTS,
         );
         let (node, pod) = identity();
         info!(configmap = %source.configmap, key = %key, node = %node, "reading the config through the Kubernetes API; --config is not used");
-        let events = EventSink::spawn(client.clone(), node, pod, telemetry.metrics.clone());
-        let snapshots = spawn_watch(client, source, key, telemetry.clone());
+        let events = EventSink::spawn(endpoint.clone(), node, pod, telemetry.metrics.clone());
+        let snapshots = spawn_watch(endpoint, source, key, telemetry.clone());
         Ok(Self::new(
             source.configmap.clone(),
             key.clone(),
@@ -255,147 +255,49 @@ pub fn snapshot_of(configmap: &ConfigMap, key: &ConfigMapKey) -> Snapshot {
     }
 }
 
-/// Build a client the way Kubernetes clients find credentials: an explicit
-/// `--kubeconfig` first, then the in-cluster service account, then
-/// `$KUBECONFIG` or `~/.kube/config`.
-pub async fn client(source: &ApiSource) -> Result<Client, String> {
-    let config = match &source.kubeconfig {
-        Some(path) => {
-            let kubeconfig = kube::config::Kubeconfig::read_from(path)
-                .map_err(|e| format!("reading --kubeconfig {}: {e}", path.display()))?;
-            kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
-                .await
-                .map_err(|e| format!("using --kubeconfig {}: {e}", path.display()))?
-        }
-        None => match kube::Config::incluster() {
-            Ok(config) => config,
-            Err(in_cluster) => kube::Config::from_kubeconfig(&Default::default())
-                .await
-                .map_err(|kubeconfig| {
-                    format!(
-                        "no Kubernetes credentials: not in a cluster ({in_cluster}) \
-                         and no kubeconfig ({kubeconfig})"
-                    )
-                })?,
-        },
-    };
-    Client::try_from(config).map_err(|e| format!("building the Kubernetes client: {e}"))
-}
-
 /// How long `sync`, `render` and `check` wait for the API server.
 const FETCH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// Read the ConfigMap once (for `sync`, `render` and `check`).
+/// Read the ConfigMap once (for `sync`, `render` and `check`): one list,
+/// as the daemon's, so the same RBAC serves both.
 pub async fn fetch(
-    client: Client,
+    endpoint: Endpoint,
     source: &ApiSource,
     key: &ConfigMapKey,
 ) -> Result<Snapshot, String> {
-    let api: Api<ConfigMap> = Api::namespaced(client, source.configmap.namespace());
-    // kube's client retries 429/503 for minutes; a command must answer.
-    let read = tokio::time::timeout(FETCH_TIMEOUT, api.get_opt(source.configmap.name()))
+    let listing = watch::list(&endpoint, &source.configmap, false, FETCH_TIMEOUT)
         .await
-        .map_err(|_| {
-            format!(
-                "reading configmap {}: no answer within {} s",
-                source.configmap,
-                FETCH_TIMEOUT.as_secs()
-            )
+        .map_err(|failure| {
+            failure.describe(&endpoint.server, client::Doing::Listing(&source.configmap))
         })?;
-    match read {
-        Ok(Some(object)) => Ok(snapshot_of(&object, key)),
-        Ok(None) => Ok(Snapshot {
-            bytes: None,
-            object: None,
-        }),
-        Err(err) => Err(format!("reading configmap {}: {err}", source.configmap)),
+    if !listing.ignored.is_empty() {
+        warn!(
+            "the API server listed configmap {} though only {} was asked for; ignored",
+            listing.ignored.join(", "),
+            source.configmap
+        );
     }
+    Ok(listing.snapshot(key))
 }
 
 /// Watch the ConfigMap and publish each new snapshot. The receiver holds
 /// `None` until the first list completes, so the agent writes nothing before
 /// it knows the config. The task runs for the life of the process.
 pub fn spawn_watch(
-    client: Client,
+    endpoint: Endpoint,
     source: &ApiSource,
     key: &ConfigMapKey,
     telemetry: Telemetry,
-) -> watch::Receiver<Option<Snapshot>> {
-    let (tx, rx) = watch::channel(None);
-    let api: Api<ConfigMap> = Api::namespaced(client, source.configmap.namespace());
-    let name = source.configmap.clone();
-    let key = key.clone();
-    let config = watcher::Config::default().fields(&format!("metadata.name={}", name.name()));
-    tokio::spawn(async move {
-        let mut stream = watcher::watcher(api, config).default_backoff().boxed();
-        let mut state = SourceState::Connecting;
-        // Objects of a (re)list, applied together at InitDone so a relist
-        // never shows "absent" halfway.
-        let mut listing: Option<Option<ConfigMap>> = None;
-        telemetry.health.source_state(&name.to_string(), &state);
-        while let Some(item) = stream.next().await {
-            let event = match item {
-                Ok(event) => event,
-                Err(err) => {
-                    let text = err.to_string();
-                    telemetry.metrics.source_error();
-                    if state != SourceState::Failing(text.clone()) {
-                        warn!(configmap = %name, "Kubernetes API watch failed: {text}; keeping the last good config and retrying");
-                        state = SourceState::Failing(text);
-                        telemetry.metrics.source_connected(false);
-                        telemetry.health.source_state(&name.to_string(), &state);
-                    }
-                    continue;
-                }
-            };
-            if state != SourceState::Connected {
-                if matches!(state, SourceState::Failing(_)) {
-                    info!(configmap = %name, "Kubernetes API watch recovered");
-                }
-                state = SourceState::Connected;
-                telemetry.metrics.source_connected(true);
-                telemetry.health.source_state(&name.to_string(), &state);
-            }
-            let snapshot = match event {
-                Event::Init => {
-                    listing = Some(None);
-                    continue;
-                }
-                Event::InitApply(object) => {
-                    listing = Some(Some(object));
-                    continue;
-                }
-                Event::InitDone => match listing.take() {
-                    Some(Some(object)) => snapshot_of(&object, &key),
-                    _ => Snapshot {
-                        bytes: None,
-                        object: None,
-                    },
-                },
-                Event::Apply(object) => snapshot_of(&object, &key),
-                Event::Delete(_) => Snapshot {
-                    bytes: None,
-                    object: None,
-                },
-            };
-            telemetry.metrics.source_event(unix_now());
-            telemetry.health.source_event();
-            // `send_if_modified`: a bookmark-driven relist that changes
-            // nothing must not wake the loop.
-            tx.send_if_modified(|current| {
-                if current.as_ref() == Some(&snapshot) {
-                    false
-                } else {
-                    *current = Some(snapshot);
-                    true
-                }
-            });
-            // The agent is gone (process stopping): nobody to tell.
-            if tx.is_closed() {
-                break;
-            }
-        }
-    });
+) -> tokio::sync::watch::Receiver<Option<Snapshot>> {
+    let (tx, rx) = tokio::sync::watch::channel(None);
+    let watcher = watch::Watcher::new(
+        endpoint,
+        source.configmap.clone(),
+        key.clone(),
+        telemetry,
+        tx,
+    );
+    tokio::spawn(watcher.run());
     rx
 }
 

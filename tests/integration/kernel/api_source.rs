@@ -10,6 +10,15 @@
 //! restart mid-watch, a 410 that forces a relist, persistent sync failures
 //! (a SyncFailed Event on the agent's Pod), and the source's state in
 //! `/readyz` and `/metrics`.
+//!
+//! And a server that misbehaves (issue #17): a refused port, then accepted;
+//! 302 on list and watch; a watch that closes at once, or streams bad lines
+//! or one endless line; 403, an HTML error page, bad JSON and a 300 MiB
+//! body on list; a list that never answers; a server that ignores the name
+//! selector. Each must come to one log line that names the server and the
+//! cause, a failure counted by kind, retries that back off, and
+//! "connected" only after a list completed. One-shot commands say 401, TLS,
+//! 403 and a refused port in their own words.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -19,7 +28,9 @@ use k8s_openapi::api::events::v1::Event;
 use tempfile::TempDir;
 
 use crate::support::Family::V4;
-use crate::support::apiserver::{FakeApiServer, listen_in_netns};
+use crate::support::apiserver::{
+    FakeApiServer, ListFault, LoggedRequest, TOKEN, USER, WatchFault, listen_in_netns,
+};
 use crate::support::http::{get, sample};
 use crate::support::*;
 
@@ -33,6 +44,11 @@ const VPN: &str = "nonMasqueradeCIDRs:\n  - 10.10.0.0/16\n  - 10.40.0.0/14\nmasq
 /// Not aligned: rejected with upstream's text.
 const INVALID: &str = "nonMasqueradeCIDRs:\n  - 10.0.0.1/8\nmasqLinkLocal: true\n";
 const INVALID_TOO: &str = "nonMasqueradeCIDRs: [10.0.0.0/8]\ncidrLimit: 0\nmasqLinkLocal: true\n";
+
+const METRICS: &str = "http://127.0.0.1:9557/metrics";
+
+/// Long enough for a retry at the backoff's longer steps.
+const SLOW: Duration = Duration::from_secs(40);
 
 /// What the file next to the agent says: never used with `--configmap`.
 const FILE_CONFIG: &str = "nonMasqueradeCIDRs:\n  - 192.0.2.0/24\nmasqLinkLocal: true\n";
@@ -66,12 +82,23 @@ impl Cluster {
     }
 
     fn start_with(initial: Option<&str>, env: &[(&str, &str)]) -> Cluster {
+        Self::start_prepared(initial, env, |_| {})
+    }
+
+    /// As `start_with`, with `prepare` done to the server before the agent
+    /// starts (a fault, the listener down, other objects).
+    fn start_prepared(
+        initial: Option<&str>,
+        env: &[(&str, &str)],
+        prepare: impl FnOnce(&FakeApiServer),
+    ) -> Cluster {
         let ns = Netns::new();
         let server =
             FakeApiServer::start(listen_in_netns(ns.name()).expect("listen in the namespace"));
         if let Some(text) = initial {
             server.put_configmap(NS, NAME, data(text));
         }
+        prepare(&server);
         let dir = tempfile::tempdir().expect("temp dir");
         let kubeconfig: PathBuf = dir.path().join("kubeconfig");
         server
@@ -114,6 +141,26 @@ impl Cluster {
                 returns(ns).join(" ")
             },
             |live| *live == expected.join(" "),
+        );
+    }
+
+    /// A sample of the agent's `/metrics`, `source="kubernetes"` plus `labels`.
+    fn metric(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let mut all = vec![("source", "kubernetes")];
+        all.extend_from_slice(labels);
+        sample(&get(&self.ns, METRICS, &[]).body, name, &all)
+    }
+
+    fn wait_connected(&self, connected: bool) {
+        let want = if connected { 1.0 } else { 0.0 };
+        wait_until(
+            SLOW,
+            &format!("config_source_connected {want}"),
+            || {
+                self.metric("ip_masq_agent_config_source_connected", &[])
+                    .unwrap_or(-1.0)
+            },
+            |v| *v == want,
         );
     }
 
@@ -389,16 +436,7 @@ fn server_restart_and_410_relist_keep_following_the_configmap() {
         &["10.10.0.0/16", "10.40.0.0/14"],
         "an edit once the API is back",
     );
-    let metrics = get(&c.ns, "http://127.0.0.1:9557/metrics", &[]).body;
-    assert_eq!(
-        sample(
-            &metrics,
-            "ip_masq_agent_config_source_connected",
-            &[("source", "kubernetes")]
-        ),
-        Some(1.0),
-        "{metrics}"
-    );
+    c.wait_connected(true);
 }
 
 #[test]
@@ -492,4 +530,409 @@ fn one_shot_commands_read_the_configmap_once() {
     );
     // A one-shot command reports, it does not publish Events.
     assert!(server.events().is_empty());
+}
+
+/// Lines of the agent's log that say the source failed.
+const FAILED: &str = "Kubernetes API watch failed";
+const RECOVERED: &str = "Kubernetes API watch recovered";
+
+/// The requests of the window so far that match `is`.
+fn count_requests(server: &FakeApiServer, is: impl Fn(&LoggedRequest) -> bool) -> usize {
+    server.requests().iter().filter(|r| is(r)).count()
+}
+
+fn is_list(r: &LoggedRequest) -> bool {
+    r.method == "GET" && !r.is_watch() && r.path.ends_with("/configmaps")
+}
+
+fn is_watch(r: &LoggedRequest) -> bool {
+    r.method == "GET" && r.is_watch() && r.path.ends_with("/configmaps")
+}
+
+/// Every log line is one record: nothing from the server started a line of
+/// its own, and no response was copied whole.
+fn assert_log_lines_are_bounded(agent: &Agent) {
+    let log = agent.log();
+    for line in log.lines() {
+        assert!(
+            line.len() <= 2000,
+            "a log line of {} bytes: {:.300}",
+            line.len(),
+            line
+        );
+        let lower = line.to_lowercase();
+        assert!(
+            !(lower.starts_with('<') || lower.starts_with("xxxx")),
+            "a raw server text as a log line: {line:.300}"
+        );
+    }
+    assert!(
+        !log.contains("failed with error"),
+        "a transport error logged by the client library too:\n{log}"
+    );
+}
+
+/// What one misbehaviour must come to: one log line that names the server
+/// and the cause, the failure counted by kind, not connected, the rules of
+/// the last good list kept, and retries that back off (a handful of
+/// requests in 8 s, where a retry per second, or a hot loop, would be 8 to
+/// thousands).
+fn misbehaviour(
+    initial: Option<&str>,
+    prepare: impl FnOnce(&FakeApiServer),
+    needle: &str,
+    kind: &str,
+    retried: fn(&LoggedRequest) -> bool,
+) -> Cluster {
+    let mut c = Cluster::start_prepared(initial, &[], prepare);
+    c.agent.wait_for_log(needle);
+    let before = count_requests(&c.server, retried);
+    std::thread::sleep(Duration::from_secs(8));
+    let during = count_requests(&c.server, retried) - before;
+    assert!(
+        during <= 5,
+        "{during} retries in 8 s after {kind}:\n{}",
+        c.agent.log()
+    );
+    assert_eq!(c.agent.count_lines(FAILED), 1, "{}", c.agent.log());
+    assert_eq!(c.agent.count_lines(RECOVERED), 0, "{}", c.agent.log());
+    let failures = c
+        .metric(
+            "ip_masq_agent_config_source_failures_total",
+            &[("kind", kind)],
+        )
+        .unwrap_or(0.0);
+    assert!(failures >= 2.0, "{kind} counted {failures} times");
+    assert_eq!(
+        c.metric("ip_masq_agent_config_source_connected", &[]),
+        Some(0.0)
+    );
+    assert_log_lines_are_bounded(&c.agent);
+    c.agent.assert_running();
+    c
+}
+
+#[test]
+fn a_refused_port_backs_off_and_recovers_only_after_a_list() {
+    if !require_root_and_tools() {
+        return;
+    }
+    let mut c = Cluster::start_prepared(Some(TEN_ONLY), &[], |server| server.take_down());
+    let url = c.server.url();
+    c.agent.wait_for_log(&format!(
+        "cannot reach {url} (connection refused) listing configmap kube-system/ip-masq-agent"
+    ));
+    std::thread::sleep(Duration::from_secs(8));
+    // 0.8 s doubling with ±25 %: at most 5 attempts in the first 8 s
+    // (the first at once); a retry per second would be 9.
+    let attempts = c
+        .metric(
+            "ip_masq_agent_config_source_failures_total",
+            &[("kind", "unreachable")],
+        )
+        .unwrap_or(0.0);
+    assert!(
+        (2.0..=5.0).contains(&attempts),
+        "{attempts} attempts in 8 s:\n{}",
+        c.agent.log()
+    );
+    assert_eq!(c.agent.count_lines(FAILED), 1, "{}", c.agent.log());
+    assert_eq!(c.agent.count_lines(RECOVERED), 0, "nothing connected yet");
+    assert_eq!(
+        c.metric("ip_masq_agent_config_source_connected", &[]),
+        Some(0.0)
+    );
+    assert_log_lines_are_bounded(&c.agent);
+
+    // The server comes back: the next attempt lists, and only then the
+    // source is connected and says it recovered, without any change to the
+    // ConfigMap.
+    c.server.bring_up();
+    let Cluster { agent, ns, .. } = &mut c;
+    wait_until(
+        SLOW,
+        "the ConfigMap's rules once the API is up",
+        || {
+            agent.assert_running();
+            returns(ns).join(" ")
+        },
+        |live| live == "10.0.0.0/8",
+    );
+    c.wait_connected(true);
+    assert_eq!(c.agent.count_lines(RECOVERED), 1, "{}", c.agent.log());
+    assert!(count_requests(&c.server, is_list) >= 1);
+    let log = c.agent.log();
+    let listed_at = log.find("using config").expect("the config was used");
+    let recovered_at = log.find(RECOVERED).expect("recovered");
+    assert!(listed_at < recovered_at, "recovered before a list:\n{log}");
+}
+
+#[test]
+fn a_redirected_watch_is_not_a_hot_loop() {
+    if !require_root_and_tools() {
+        return;
+    }
+    let c = misbehaviour(
+        Some(TEN_ONLY),
+        |s| s.set_watch_fault(Some(WatchFault::Redirect)),
+        "redirected (302 to http://127.0.0.1:1/api/v1/elsewhere) watching configmap kube-system/ip-masq-agent",
+        "redirect",
+        is_watch,
+    );
+    assert_eq!(returns(&c.ns), ["10.0.0.0/8"], "the listed config applies");
+}
+
+#[test]
+fn a_watch_that_closes_at_once_backs_off() {
+    if !require_root_and_tools() {
+        return;
+    }
+    let mut c = misbehaviour(
+        Some(TEN_ONLY),
+        |s| s.set_watch_fault(Some(WatchFault::ClosesAtOnce)),
+        "closed the watch at once, without an event, watching configmap kube-system/ip-masq-agent",
+        "watch_closed",
+        is_watch,
+    );
+    // Healed: a list and a watch that stays up, then connected, said once.
+    c.server.set_watch_fault(None);
+    c.wait_connected(true);
+    c.agent.wait_for_log(RECOVERED);
+    c.server.put_configmap(NS, NAME, data(VPN));
+    c.wait_returns(&["10.10.0.0/16", "10.40.0.0/14"], "an edit once healed");
+}
+
+#[test]
+fn a_watch_of_bad_lines_is_dropped_and_retried_with_backoff() {
+    if !require_root_and_tools() {
+        return;
+    }
+    let c = misbehaviour(
+        Some(TEN_ONLY),
+        |s| s.set_watch_fault(Some(WatchFault::BadLines)),
+        "sent a watch line that is not a watch event",
+        "bad_response",
+        is_watch,
+    );
+    assert!(
+        c.agent
+            .log()
+            .contains("beginning \"<html>not a watch event</html>\" watching"),
+        "{}",
+        c.agent.log()
+    );
+}
+
+#[test]
+fn a_huge_watch_line_is_cut_off_at_the_cap() {
+    if !require_root_and_tools() {
+        return;
+    }
+    let c = misbehaviour(
+        Some(TEN_ONLY),
+        |s| s.set_watch_fault(Some(WatchFault::HugeLine(300 << 20))),
+        "exceeds 8 MiB and was cut off",
+        "too_large",
+        is_watch,
+    );
+    // The cap bounds what is held: far below the 300 MiB sent.
+    let status = std::fs::read_to_string(format!("/proc/{}/status", c.agent.pid()))
+        .expect("the agent's status");
+    let peak_kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM");
+    assert!(peak_kib < 150 << 10, "peak RSS {peak_kib} KiB");
+}
+
+#[test]
+fn forbidden_html_and_bad_json_lists_are_said_once_with_backoff() {
+    if !require_root_and_tools() {
+        return;
+    }
+    // 403: which verb on which resource, and the RBAC that grants it.
+    let mut c = misbehaviour(
+        None,
+        |s| s.deny("list", "configmaps"),
+        "forbids it (403 Forbidden) listing configmap kube-system/ip-masq-agent: may not list configmaps in namespace kube-system",
+        "forbidden",
+        |r| is_list(r) && r.status == 403,
+    );
+    for needle in ["resourceNames [ip-masq-agent]", "verbs [list, watch]", USER] {
+        assert!(
+            c.agent.log().contains(needle),
+            "{needle}: {}",
+            c.agent.log()
+        );
+    }
+    c.server.allow_all();
+    c.server.put_configmap(NS, NAME, data(TEN_ONLY));
+    let Cluster { agent, ns, .. } = &mut c;
+    wait_until(
+        SLOW,
+        "the rules once RBAC allows the list",
+        || {
+            agent.assert_running();
+            returns(ns).join(" ")
+        },
+        |live| live == "10.0.0.0/8",
+    );
+    c.wait_connected(true);
+
+    // A proxy's HTML page: an excerpt, escaped, on the one failure line.
+    let c = misbehaviour(
+        None,
+        |s| s.set_list_fault(Some(ListFault::HtmlError)),
+        "answered HTTP 502 with text/html, not a Kubernetes Status, listing configmap kube-system/ip-masq-agent: \"<html>\\r\\n<head>",
+        "not_status",
+        is_list,
+    );
+    assert_eq!(c.agent.count_lines("Bad Gateway"), 1, "{}", c.agent.log());
+
+    // 5 MB that is not JSON: one bounded excerpt, not the body.
+    let c = misbehaviour(
+        None,
+        |s| s.set_list_fault(Some(ListFault::BadJson(5 << 20))),
+        "a list answer that is not a ConfigMapList",
+        "bad_response",
+        is_list,
+    );
+    assert!(
+        c.agent.log().len() < 64 << 10,
+        "{} bytes of log",
+        c.agent.log().len()
+    );
+}
+
+#[test]
+fn a_huge_or_redirected_list_is_refused() {
+    if !require_root_and_tools() {
+        return;
+    }
+    misbehaviour(
+        None,
+        |s| s.set_list_fault(Some(ListFault::Huge(300 << 20))),
+        "listing configmap kube-system/ip-masq-agent exceeds 8 MiB and was cut off",
+        "too_large",
+        is_list,
+    );
+    misbehaviour(
+        None,
+        |s| s.set_list_fault(Some(ListFault::Redirect)),
+        "redirected (302 to http://127.0.0.1:1/api/v1/elsewhere) listing configmap",
+        "redirect",
+        is_list,
+    );
+}
+
+#[test]
+fn a_list_that_hangs_times_out() {
+    if !require_root_and_tools() {
+        return;
+    }
+    let mut c = Cluster::start_prepared(Some(TEN_ONLY), &[], |s| {
+        s.set_list_fault(Some(ListFault::Hang))
+    });
+    let url = c.server.url();
+    let needle =
+        format!("no answer from {url} within 20 s listing configmap kube-system/ip-masq-agent");
+    let agent = &mut c.agent;
+    wait_until(
+        SLOW,
+        "the hanging list to time out",
+        || {
+            agent.assert_running();
+            agent.count_lines(&needle)
+        },
+        |n| *n == 1,
+    );
+    assert_eq!(c.agent.count_lines(FAILED), 1);
+    c.server.set_list_fault(None);
+    c.wait_returns(&["10.0.0.0/8"], "the rules once the list answers");
+    c.wait_connected(true);
+}
+
+#[test]
+fn only_the_named_configmap_is_applied() {
+    if !require_root_and_tools() {
+        return;
+    }
+    // A server that ignores the name selector sends every ConfigMap of the
+    // namespace; "other" sorts after ours, so it would come last.
+    let mut c = Cluster::start_prepared(Some(TEN_ONLY), &[], |s| {
+        s.ignore_name_selector(true);
+        s.put_configmap(NS, "other", data(VPN));
+    });
+    c.wait_returns(&["10.0.0.0/8"], "our ConfigMap's rules, not other's");
+    c.agent
+        .wait_for_log("ignoring every object of another name");
+    // Watched changes of another object change nothing, not even a deletion.
+    c.server.put_configmap(NS, "other", data(INVALID));
+    c.server.put_configmap(NS, "other", data(INVALID_TOO));
+    assert!(c.server.delete_configmap(NS, "other"));
+    c.server.put_configmap(NS, NAME, data(VPN));
+    c.wait_returns(&["10.10.0.0/16", "10.40.0.0/14"], "our edit");
+    assert!(
+        c.events("InvalidConfig").is_empty(),
+        "{:?}",
+        c.events("InvalidConfig")
+    );
+    assert_eq!(
+        c.agent.count_lines("ignoring every object of another name"),
+        1
+    );
+    assert_eq!(c.agent.count_lines("defaults (no configmap or key)"), 0);
+}
+
+#[test]
+fn one_shot_errors_name_the_server_and_the_cause() {
+    if !require_root_and_tools() {
+        return;
+    }
+    let ns = Netns::new();
+    let server = FakeApiServer::start(listen_in_netns(ns.name()).expect("listen in the namespace"));
+    server.put_configmap(NS, NAME, data(TEN_ONLY));
+    let dir = tempfile::tempdir().expect("temp dir");
+    let check = |kubeconfig_text: String| {
+        let path = dir.path().join("kubeconfig");
+        std::fs::write(&path, kubeconfig_text).expect("write kubeconfig");
+        let kubeconfig = format!("--kubeconfig={}", path.display());
+        let out = oneshot(
+            &ns,
+            &[&format!("--configmap={NS}/{NAME}"), &kubeconfig, "check"],
+        );
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let url = server.url();
+    let base = server.kubeconfig_yaml();
+
+    let stderr = check(base.replace(TOKEN, "not-the-token"));
+    assert!(
+        stderr.contains(&format!("{url} rejected the credentials (401 Unauthorized) listing configmap kube-system/ip-masq-agent")),
+        "{stderr}"
+    );
+    // https to a plain-http server: the handshake fails.
+    let tls_url = url.replace("http://", "https://");
+    let stderr = check(base.replace(&url, &tls_url));
+    assert!(
+        stderr.contains(&format!("TLS with {tls_url} failed (")),
+        "{stderr}"
+    );
+    server.deny("list", "configmaps");
+    let stderr = check(base.clone());
+    assert!(
+        stderr.contains("forbids it (403 Forbidden) listing configmap kube-system/ip-masq-agent: may not list configmaps"),
+        "{stderr}"
+    );
+    server.take_down();
+    let stderr = check(base);
+    assert!(
+        stderr.contains(&format!(
+            "cannot reach {url} (connection refused) listing configmap kube-system/ip-masq-agent"
+        )),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("failed with error"), "{stderr}");
 }

@@ -13,6 +13,11 @@
 //! validation of the real server; failures as `Status` objects. The code
 //! under test only gets a kubeconfig and cannot tell it from a real server.
 //!
+//! Misbehaviour on demand, for the client's failure handling: ConfigMap
+//! lists and watches can redirect, hang, send HTML, bad JSON, huge bodies,
+//! close at once or stream bad lines (`set_list_fault`, `set_watch_fault`),
+//! or ignore the name selector (`ignore_name_selector`).
+//!
 //! Tests drive it through a synchronous control API (`put_configmap`,
 //! `expire_watches`, `restart`, …) from plain `#[test]` functions and read
 //! back what was written (`events`, `describe_events_for`, `requests`).
@@ -138,6 +143,9 @@ impl FakeApiServer {
             requests: Vec::new(),
             unavailable: false,
             denied: BTreeSet::new(),
+            list_fault: None,
+            watch_fault: None,
+            ignore_name_selector: false,
             bookmark_interval: DEFAULT_BOOKMARK_INTERVAL,
             rv_tx,
         };
@@ -357,6 +365,25 @@ preferences: {{}}
         store.denied.insert((verb.to_owned(), resource.to_owned()));
     }
 
+    /// Makes every ConfigMap list misbehave as `fault` says (`None`: serve
+    /// normally again). Watches are not affected.
+    pub fn set_list_fault(&self, fault: Option<ListFault>) {
+        self.shared.lock().list_fault = fault;
+    }
+
+    /// Makes every ConfigMap watch misbehave as `fault` says (`None`: serve
+    /// normally again). Lists are not affected.
+    pub fn set_watch_fault(&self, fault: Option<WatchFault>) {
+        self.shared.lock().watch_fault = fault;
+    }
+
+    /// While true, ConfigMap lists and watches ignore a `metadata.name`
+    /// field selector (as a broken proxy or an old server might) and serve
+    /// every ConfigMap of the namespace.
+    pub fn ignore_name_selector(&self, ignore: bool) {
+        self.shared.lock().ignore_name_selector = ignore;
+    }
+
     /// Lifts every `deny`.
     pub fn allow_all(&self) {
         self.shared.lock().denied.clear();
@@ -421,6 +448,111 @@ preferences: {{}}
 impl Drop for FakeApiServer {
     fn drop(&mut self) {
         self.take_down();
+    }
+}
+
+/// How ConfigMap lists misbehave (`set_list_fault`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ListFault {
+    /// `302 Found` to another address, empty body.
+    Redirect,
+    /// `502` with a proxy's HTML error page (lines and all).
+    HtmlError,
+    /// `200` with a JSON document cut off after this many bytes of filler.
+    BadJson(usize),
+    /// `200`, a well-formed list padded to this many bytes, streamed.
+    Huge(usize),
+    /// Accepts the request and never answers.
+    Hang,
+}
+
+/// How ConfigMap watches misbehave (`set_watch_fault`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WatchFault {
+    /// `302 Found` to another address, empty body.
+    Redirect,
+    /// `200` and the stream ends at once, without a line.
+    ClosesAtOnce,
+    /// `200`, then a line that is not JSON every 10 ms, without end.
+    BadLines,
+    /// `200`, then this many bytes without a newline.
+    HugeLine(usize),
+}
+
+/// Where fault redirects point: a port nothing listens on.
+const REDIRECT_TO: &str = "http://127.0.0.1:1/api/v1/elsewhere";
+
+/// Filler streamed `total` bytes long, in 64 KiB chunks, after `head`.
+fn filler_body(head: String, total: usize, tail: &'static str) -> Body {
+    const CHUNK: usize = 64 << 10;
+    let pad = total.saturating_sub(head.len() + tail.len());
+    let chunks = (0..pad.div_ceil(CHUNK)).map(move |i| {
+        let n = CHUNK.min(pad - i * CHUNK);
+        Ok::<_, Infallible>(Bytes::from(vec![b'x'; n]))
+    });
+    let all = std::iter::once(Ok(Bytes::from(head)))
+        .chain(chunks)
+        .chain(std::iter::once(Ok(Bytes::from_static(tail.as_bytes()))));
+    Body::from_stream(stream::iter(all))
+}
+
+fn redirect_response() -> Response {
+    Response::builder()
+        .status(302)
+        .header(header::LOCATION, REDIRECT_TO)
+        .body(Body::empty())
+        .expect("a valid redirect")
+}
+
+/// The answer to a ConfigMap list under `fault`.
+async fn faulty_list(fault: ListFault) -> Response {
+    match fault {
+        ListFault::Redirect => redirect_response(),
+        ListFault::HtmlError => Response::builder()
+            .status(502)
+            .header(header::CONTENT_TYPE, "text/html")
+            .body(Body::from(
+                "<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n<center><h1>502 Bad Gateway</h1></center>\r\n</body>\r\n</html>\r\n",
+            ))
+            .expect("a valid response"),
+        ListFault::BadJson(filler) => Response::builder()
+            .status(200)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(filler_body(
+                "{\"kind\":\"ConfigMapList\",\"apiVersion\":\"v1\",\"items\":[{\"data\":\"".into(),
+                filler,
+                "\n",
+            ))
+            .expect("a valid response"),
+        ListFault::Huge(total) => Response::builder()
+            .status(200)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(filler_body(
+                "{\"kind\":\"ConfigMapList\",\"apiVersion\":\"v1\",\"metadata\":{\"resourceVersion\":\"1\"},\"items\":[],\"padding\":\"".into(),
+                total,
+                "\"}",
+            ))
+            .expect("a valid response"),
+        ListFault::Hang => std::future::pending().await,
+    }
+}
+
+/// The answer to a ConfigMap watch under `fault`.
+fn faulty_watch(fault: WatchFault) -> Response {
+    match fault {
+        WatchFault::Redirect => redirect_response(),
+        WatchFault::ClosesAtOnce => watch_response(Body::empty()),
+        WatchFault::BadLines => {
+            let lines = stream::unfold((), |()| async {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                Some((
+                    Ok::<_, Infallible>(Bytes::from_static(b"<html>not a watch event</html>\n")),
+                    (),
+                ))
+            });
+            watch_response(Body::from_stream(lines))
+        }
+        WatchFault::HugeLine(total) => watch_response(filler_body(String::new(), total, "")),
     }
 }
 
@@ -734,6 +866,10 @@ struct Store {
     requests: Vec<LoggedRequest>,
     unavailable: bool,
     denied: BTreeSet<(String, String)>,
+    list_fault: Option<ListFault>,
+    watch_fault: Option<WatchFault>,
+    /// Lists and watches of ConfigMaps ignore `metadata.name` selectors.
+    ignore_name_selector: bool,
     bookmark_interval: Duration,
     /// The current rv, for requests waiting for a future one.
     rv_tx: watch::Sender<u64>,
@@ -1145,6 +1281,17 @@ async fn dispatch(
     if denied.contains(&(verb.to_owned(), target.resource.plural().to_owned())) {
         return forbidden(&target, verb);
     }
+    if target.resource == Resource::ConfigMaps {
+        let (list_fault, watch_fault) = {
+            let store = shared.lock();
+            (store.list_fault.clone(), store.watch_fault.clone())
+        };
+        match (verb, list_fault, watch_fault) {
+            ("list", Some(fault), _) => return faulty_list(fault).await,
+            ("watch", _, Some(fault)) => return faulty_watch(fault),
+            _ => {}
+        }
+    }
     match verb {
         "get" => get(shared, &target),
         "list" => list(shared, &target, &params).await,
@@ -1239,6 +1386,16 @@ impl Params {
             labels: self.labels.clone(),
         }
     }
+}
+
+/// The filter of a list or watch, without its name selector while the
+/// server is told to ignore it (`ignore_name_selector`).
+fn selector_filter(ignore_name: bool, p: &Params, target: &Target) -> Filter {
+    let mut filter = p.filter(target);
+    if target.name.is_none() && ignore_name {
+        filter.fields.retain(|f| f.field != "metadata.name");
+    }
+    filter
 }
 
 /// Waits (up to the watch cache's 3 s) until the store reaches `rv`.
@@ -1344,7 +1501,7 @@ async fn list(shared: &Shared, target: &Target, p: &Params) -> Response {
     } else {
         (store.rv, None)
     };
-    let filter = p.filter(target);
+    let filter = selector_filter(store.ignore_name_selector, p, target);
     let mut matching: Vec<(Key, Value)> = store
         .objects_at(snapshot)
         .into_iter()
@@ -1443,7 +1600,8 @@ async fn watch_objects(shared: &Arc<Shared>, target: &Target, p: &Params) -> Res
         return watch_response(single_line(error_line(&too_large(rv, current))));
     }
 
-    let filter = p.filter(target);
+    let ignore_name = shared.lock().ignore_name_selector;
+    let filter = selector_filter(ignore_name, p, target);
     let (tx, rx) = mpsc::unbounded_channel();
     let mut backlog = VecDeque::new();
     let mut store = shared.lock();
