@@ -659,6 +659,7 @@ mod tests {
             family: Family::Ipv4,
             chain: chain("IP-MASQ-AGENT"),
             no_masquerade: nets.iter().map(|n| n.parse().unwrap()).collect(),
+            pod_sources: None,
             random_fully: true,
             port_shares: Vec::new(),
         }

@@ -23,7 +23,7 @@ use crate::telemetry::Telemetry;
 
 /// The config of the configured source, read once: the `--configmap`
 /// object, else the `--config` file. The text names the source.
-async fn read_source(options: &Options) -> Result<(Content, String)> {
+pub(super) async fn read_source(options: &Options) -> Result<(Content, String)> {
     match &options.api_source {
         Some(source) => {
             let client = api::client(source)
@@ -240,7 +240,7 @@ pub async fn cleanup(options: &Options) -> Result<ExitCode> {
 }
 
 /// Write to stdout, treating a closed pipe (`| head`) as the end, not a crash.
-fn print(text: &str) -> Result<()> {
+pub(super) fn print(text: &str) -> Result<()> {
     let mut stdout = std::io::stdout().lock();
     match stdout
         .write_all(text.as_bytes())

@@ -18,6 +18,7 @@ fn ruleset(family: Family, list: &[&str]) -> Ruleset {
         family,
         chain: "IP-MASQ-AGENT".parse().unwrap(),
         no_masquerade: nets(list),
+        pod_sources: None,
         random_fully: true,
         port_shares: Vec::new(),
     }
