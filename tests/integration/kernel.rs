@@ -47,6 +47,7 @@ mod cleanup;
 mod daemon;
 mod nft;
 mod node_state;
+mod policy_nft;
 mod reload;
 mod rules;
 mod rules_nft;
