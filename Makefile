@@ -9,7 +9,7 @@ CONTAINER_ENGINE ?= docker
 VERSION ?= $(shell sed -n 's/^version = "\(.*\)"$$/\1/p' Cargo.toml | head -n 1)
 .DEFAULT_GOAL := build
 
-.PHONY: help build deps lint test demo bench-reload bench-api bench-scale fuzz-smoke render image clean
+.PHONY: help build deps lint test demo bench-reload bench-api bench-scale bench-node fuzz-smoke render image clean
 
 help:
 	@echo "build       cargo build (agent and examples)"
@@ -19,6 +19,7 @@ help:
 	@echo "bench-reload ConfigMap swap to rules live: median/p99 vs upstream's resync wait (needs root; SWAPS=N MODE=legacy)"
 	@echo "bench-api    API server sends a modified ConfigMap to rules live (--configmap; needs root; SWAPS=N MODE=legacy)"
 	@echo "bench-scale 64..50 000 CIDRs, iptables vs nftables: apply, change, memory, new-connection rate (needs root; SIZES=... BACKENDS=...)"
+	@echo "bench-node  empty vs busy node (kube-proxy's rules for 5 000 Services): sync, CPU, memory, startup (needs root; MODE=... UPSTREAM_IP_MASQ_AGENT=...)"
 	@echo "fuzz-smoke  each fuzz target for $(FUZZ_SECONDS) s (needs the nightly toolchain)"
 	@echo "render      print the rules for the built-in defaults"
 	@echo "image       build the container image ip-masq-agent:$(VERSION) (needs a container engine)"
@@ -86,6 +87,20 @@ bench-scale:
 	fi
 	$(CARGO) build --release --bins
 	$(CARGO) bench --bench scale
+
+# An empty node namespace vs a busy one (what kube-proxy in iptables mode writes
+# for 5 000 Services): first and unchanged sync, CPU per resync, peak memory of the
+# agent and its tools, startup; both backends in one run, release build. Knobs:
+# MODE (nft|legacy), REPEAT (3), RESYNCS (10), SERVICES (5000), IP_MASQ_AGENT,
+# UPSTREAM_IP_MASQ_AGENT (the upstream binary, measured beside), VERBOSE=1.
+bench-node:
+	@if [ "$$(id -u)" -ne 0 ]; then \
+		echo "bench-node needs root (network namespaces, iptables, nft): sudo make bench-node" >&2; \
+		echo '(if sudo cannot find cargo: sudo env "PATH=$$PATH" make bench-node)' >&2; \
+		exit 1; \
+	fi
+	$(CARGO) build --release --bins
+	$(CARGO) bench --bench node
 
 fuzz-smoke:
 	@command -v cargo-fuzz >/dev/null 2>&1 || $(CARGO) install --locked cargo-fuzz

@@ -92,6 +92,26 @@ pub fn init(format: LogFormat, verbosity: u8) {
     };
 }
 
+/// A value from outside (a file, the API) as it may appear in a log line:
+/// control characters are escaped, so no text can end a line and forge the
+/// next one.
+pub struct Escaped<'a>(pub &'a str);
+
+impl fmt::Display for Escaped<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for c in self.0.chars() {
+            match c {
+                '\n' => f.write_str("\\n")?,
+                '\r' => f.write_str("\\r")?,
+                '\t' => f.write_str("\\t")?,
+                c if c.is_control() => write!(f, "\\u{{{:x}}}", u32::from(c))?,
+                c => fmt::Write::write_char(f, c)?,
+            }
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -121,5 +141,15 @@ mod tests {
         assert!(!f.would_enable("notify::inotify", &tracing::Level::INFO));
         assert!(f.would_enable("notify::inotify", &tracing::Level::WARN));
         assert!(!filter(0).would_enable("ip_masq_agent::agent", &tracing::Level::DEBUG));
+    }
+
+    #[test]
+    fn escaped_values_cannot_end_a_line() {
+        let forged = "10.0.0.0/8\n2026-12-03T00:00:00Z  INFO rules applied\t\u{1b}[31m";
+        assert_eq!(
+            Escaped(forged).to_string(),
+            "10.0.0.0/8\\n2026-12-03T00:00:00Z  INFO rules applied\\t\\u{1b}[31m"
+        );
+        assert_eq!(Escaped("plain: ünïcode").to_string(), "plain: ünïcode");
     }
 }

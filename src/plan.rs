@@ -146,16 +146,6 @@ pub struct Settings {
     pub to_ports: Vec<PortRange>,
 }
 
-/// One port share of the masquerade: connections of `protocol` that reach
-/// this rule are sent to `range` with probability `probability` (None for the
-/// last share of a protocol, which takes all that remain).
-#[derive(Debug, Clone, PartialEq)]
-pub struct PortShare {
-    pub protocol: Protocol,
-    pub range: PortRange,
-    pub probability: Option<f64>,
-}
-
 /// Everything a backend needs to program one address family.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Ruleset {
@@ -176,8 +166,10 @@ pub struct Ruleset {
     /// Add `--random-fully` (fully randomised source ports) if the backend
     /// supports it.
     pub random_fully: bool,
-    /// Explicit source port shares, before the catch-all masquerade.
-    pub port_shares: Vec<PortShare>,
+    /// Source port intervals (`--to-ports`) for tcp, udp and sctp, in
+    /// order; connections are spread over them in proportion to their sizes,
+    /// before the catch-all masquerade.
+    pub to_ports: Vec<PortRange>,
 }
 
 /// The families the agent programs with these settings, in sync order.
@@ -198,7 +190,7 @@ pub fn plan(config: &Config, settings: &Settings, family: Family) -> Ruleset {
         no_masquerade: compiled.iptables_returns,
         pod_sources: compiled.pod_sources,
         random_fully: settings.random_fully,
-        port_shares: port_shares(&settings.to_ports),
+        to_ports: settings.to_ports.clone(),
     }
 }
 
@@ -213,40 +205,9 @@ pub fn aggregate_for_set(nets: &[IpNet]) -> Vec<IpNet> {
     IpNet::aggregate(&nets.to_vec())
 }
 
-/// Split connections over the port intervals in proportion to their sizes.
-///
-/// Rules are evaluated in order, so the rule for interval i must take
-/// size(i) / (size(i) + size(i+1) + ...) of what reaches it; the last
-/// interval of each protocol takes the rest unconditionally.
-pub fn port_shares(ranges: &[PortRange]) -> Vec<PortShare> {
-    let mut shares = Vec::with_capacity(ranges.len() * PORT_PROTOCOLS.len());
-    for protocol in PORT_PROTOCOLS {
-        let mut remaining: u64 = ranges.iter().map(|r| u64::from(r.size())).sum();
-        for (i, range) in ranges.iter().enumerate() {
-            let size = u64::from(range.size());
-            let probability = if i + 1 < ranges.len() {
-                Some(size as f64 / remaining as f64)
-            } else {
-                None
-            };
-            remaining -= size;
-            shares.push(PortShare {
-                protocol,
-                range: *range,
-                probability,
-            });
-        }
-    }
-    shares
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn pr(first: u16, last: u16) -> PortRange {
-        PortRange { first, last }
-    }
 
     #[test]
     fn chain_name_rules() {
@@ -266,28 +227,6 @@ mod tests {
             assert!(bad.parse::<ChainName>().is_err(), "{bad:?} accepted");
         }
         assert!("A".repeat(29).parse::<ChainName>().is_err());
-    }
-
-    #[test]
-    fn port_shares_split_by_size() {
-        let shares = port_shares(&[pr(1024, 29999), pr(32768, 65535)]);
-        assert_eq!(shares.len(), 6);
-        assert_eq!(shares[0].protocol, Protocol::Tcp);
-        assert_eq!(shares[0].probability, Some(28976.0 / 61744.0));
-        assert_eq!(
-            format!("{}", shares[0].probability.unwrap()),
-            "0.469292562840114"
-        );
-        assert_eq!(shares[1].probability, None);
-        assert_eq!(shares[2].protocol, Protocol::Udp);
-        assert_eq!(shares[4].protocol, Protocol::Sctp);
-    }
-
-    #[test]
-    fn three_way_split_is_uniform_over_ports() {
-        let shares = port_shares(&[pr(1, 10), pr(11, 20), pr(21, 30)]);
-        let p: Vec<_> = shares[..3].iter().map(|s| s.probability).collect();
-        assert_eq!(p, vec![Some(1.0 / 3.0), Some(0.5), None]);
     }
 
     fn nets(list: &[&str]) -> Vec<IpNet> {
@@ -379,10 +318,5 @@ mod tests {
             v4.pod_sources.map(|p| p.iptables),
             Some(SourceReturns::NotIn("10.4.0.0/14".parse().unwrap()))
         );
-    }
-
-    #[test]
-    fn no_ranges_no_shares() {
-        assert!(port_shares(&[]).is_empty());
     }
 }

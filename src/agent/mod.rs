@@ -23,9 +23,10 @@ use tracing::{error, info, warn};
 pub use reconcile::{Reconciler, SyncResult};
 
 use crate::backend::Backend;
-use crate::config::{self, Config, LoadOptions, Loaded};
+use crate::config::{self, Config, Fragment, LoadOptions, Loaded};
+use crate::logging::Escaped;
 use crate::plan::{Family, Settings};
-use crate::source::{ChangeKind, Content, Read, Source};
+use crate::source::{ChangeKind, Content, Part, Read, Sources};
 use crate::telemetry::Telemetry;
 
 /// After this many failed syncs in a row, a `SyncFailed` Event is reported
@@ -111,23 +112,49 @@ impl Backoff {
     }
 }
 
-/// What loading has learned: the last content read (so an event that leaves
-/// it as it was costs no parse and no sync), the enforced config, and what
-/// was already reported about it.
+/// What loading learned about one part (a file, a ConfigMap key): what was
+/// read last, so unchanged bytes cost no parse; its last valid contents,
+/// which stay in force while it is invalid; what was already reported.
 #[derive(Default)]
-struct LoadMemory {
+struct PartMemory {
     content: Option<Content>,
-    config: Option<Config>,
+    good: Option<Good>,
     error: Option<String>,
     warnings: Vec<String>,
 }
 
-/// The agent: the config source, what loading learned, and the reconciler.
+/// A part's last valid contents: a whole config (one source, read as
+/// upstream reads its file) or a fragment to merge.
+enum Good {
+    Whole(Config),
+    Fragment(Fragment),
+}
+
+/// What loading has learned: each part's memory in the sources' order, the
+/// enforced config, and a merge conflict already reported.
+#[derive(Default)]
+struct LoadMemory {
+    parts: Vec<(String, PartMemory)>,
+    config: Option<Config>,
+    merge_error: Option<String>,
+}
+
+impl LoadMemory {
+    /// The first problem a part has, for the readiness text.
+    fn first_error(&self) -> Option<String> {
+        self.parts
+            .iter()
+            .find_map(|(name, part)| part.error.as_ref().map(|e| format!("{name}: {e}")))
+            .or_else(|| self.merge_error.clone())
+    }
+}
+
+/// The agent: the config sources, what loading learned, and the reconciler.
 pub struct Agent<B: Backend> {
     load_options: LoadOptions,
     /// The resync period before any config was loaded.
     default_period: Duration,
-    source: Source,
+    sources: Sources,
     loaded: LoadMemory,
     reconciler: Reconciler<B>,
 }
@@ -136,14 +163,14 @@ impl<B: Backend> Agent<B> {
     pub fn new(
         settings: Settings,
         load_options: LoadOptions,
-        source: Source,
+        sources: Sources,
         backend: B,
         telemetry: Telemetry,
     ) -> Self {
         Agent {
             default_period: Config::defaults(load_options.all_reserved_ranges).resync_interval,
             load_options,
-            source,
+            sources,
             loaded: LoadMemory::default(),
             reconciler: Reconciler::new(settings, backend, telemetry),
         }
@@ -153,67 +180,223 @@ impl<B: Backend> Agent<B> {
         &self.reconciler.telemetry
     }
 
-    /// Read the source again. Returns whether the enforced config changed.
-    /// Unchanged bytes are not parsed again; an invalid config keeps the
-    /// previous one and is logged once per distinct error.
+    /// Read every source again. Returns whether the enforced config changed.
+    /// Unchanged parts are not parsed again; an invalid part keeps its last
+    /// valid contents in force and is logged once per distinct error; a part
+    /// that disappeared takes its contents with it. Nothing is enforced
+    /// until every source has delivered once.
     pub fn reload(&mut self, trigger: Trigger) -> bool {
-        let content = match self.source.read() {
+        let read = self.sources.read();
+        if read.iter().any(|(_, part)| part.read == Read::NotYet) {
+            return false;
+        }
+        let whole = self.sources.is_whole();
+        let mut previous: Vec<(String, PartMemory)> = std::mem::take(&mut self.loaded.parts);
+        let mut changed = previous.len() != read.len();
+        for (index, part) in read {
+            let mut memory = match previous.iter().position(|(name, _)| *name == part.name) {
+                Some(at) => previous.swap_remove(at).1,
+                None => {
+                    changed = true;
+                    PartMemory::default()
+                }
+            };
+            changed |= self.load_part(trigger, index, &part, &mut memory, whole);
+            self.loaded.parts.push((part.name, memory));
+        }
+        for (name, _) in &previous {
+            info!(trigger = trigger.as_str(), source = %Escaped(name), "config source gone; its contribution is removed");
+            self.telemetry().metrics.fragment_removed(name);
+        }
+        let all_valid = self
+            .loaded
+            .parts
+            .iter()
+            .all(|(_, part)| part.error.is_none());
+        self.telemetry().metrics.set_config_valid(all_valid);
+        if !changed {
+            return false;
+        }
+        let Some(config) = self.effective(trigger, whole) else {
+            return false;
+        };
+        self.enforce(trigger, whole, config)
+    }
+
+    /// Read and (when its bytes changed) parse one part. Returns whether
+    /// its valid contents changed.
+    fn load_part(
+        &self,
+        trigger: Trigger,
+        index: usize,
+        part: &Part,
+        memory: &mut PartMemory,
+        whole: bool,
+    ) -> bool {
+        let content = match &part.read {
             Read::Ready(content) => content,
             Read::Failed(err) => {
                 // Forget what was read before, so that the same valid
                 // content coming back is accepted again (and says so).
-                self.loaded.content = None;
-                self.rejected(trigger, err);
+                memory.content = None;
+                self.rejected(trigger, &part.name, memory, err.clone());
                 return false;
             }
             Read::NotYet => return false,
         };
-        if self.loaded.content.as_ref() == Some(&content) {
+        if memory.content.as_ref() == Some(content) {
             return false;
         }
-        let result = match &content {
-            Content::Bytes(bytes) => config::parse(bytes, &self.load_options),
-            Content::Absent => Ok(Loaded::absent(&self.load_options)),
+        memory.content = Some(content.clone());
+        let parsed = match (content, whole) {
+            (Content::Bytes(bytes), true) => config::parse(bytes, &self.load_options)
+                .map(|l| (Some(Good::Whole(l.config)), l.warnings)),
+            (Content::Absent, true) => Ok((
+                Some(Good::Whole(Loaded::absent(&self.load_options).config)),
+                Vec::new(),
+            )),
+            (Content::Bytes(bytes), false) => config::parse_fragment(bytes, &self.load_options)
+                .map(|f| (Some(Good::Fragment(f.clone())), f.warnings)),
+            // A fragment that is not there contributes nothing.
+            (Content::Absent, false) => Ok((None, Vec::new())),
         };
-        let accepted = match result {
-            Ok(loaded) => self.accepted(trigger, &content, loaded),
+        match parsed {
+            Ok((good, warnings)) => {
+                self.telemetry().metrics.config_load(true, trigger.as_str());
+                if !whole {
+                    self.telemetry().metrics.fragment_valid(&part.name, true);
+                }
+                if let Some(previous) = memory.error.take() {
+                    info!(trigger = trigger.as_str(), source = %Escaped(&part.name), previous_error = %Escaped(&previous), "config is valid again");
+                }
+                if warnings != memory.warnings {
+                    for warning in &warnings {
+                        warn!(source = %Escaped(&part.name), "{}", Escaped(warning));
+                        self.telemetry().metrics.config_warning();
+                    }
+                    memory.warnings = warnings;
+                }
+                memory.good = good;
+                true
+            }
             Err(err) => {
                 let text = err.to_string();
-                self.source.report_invalid(&content, &text);
-                self.rejected(trigger, text);
+                if let Some(source) = self.sources.get(index) {
+                    source.report_invalid(content, &text);
+                }
+                self.rejected(trigger, &part.name, memory, text);
                 false
             }
-        };
-        self.loaded.content = Some(content);
-        accepted
+        }
     }
 
-    fn accepted(&mut self, trigger: Trigger, content: &Content, loaded: Loaded) -> bool {
-        self.telemetry().metrics.config_load(true, trigger.as_str());
-        if let Some(previous) = self.loaded.error.take() {
-            info!(trigger = trigger.as_str(), previous_error = %previous, "config is valid again");
+    fn rejected(&self, trigger: Trigger, name: &str, memory: &mut PartMemory, text: String) {
+        let metrics = &self.telemetry().metrics;
+        metrics.config_load(false, trigger.as_str());
+        if !self.sources.is_whole() {
+            metrics.fragment_valid(name, false);
         }
-        if loaded.warnings != self.loaded.warnings {
-            for warning in &loaded.warnings {
-                warn!(source = %self.source, "{warning}");
+        if memory.error.as_deref() == Some(text.as_str()) {
+            return;
+        }
+        let keeping = match (&memory.good, &self.loaded.config) {
+            (Some(_), _) if !self.sources.is_whole() => {
+                Some("keeping its last valid contents".to_owned())
             }
-            self.loaded.warnings = loaded.warnings;
+            (_, Some(current)) => Some(format!(
+                "keeping the last valid config {}",
+                current.fingerprint()
+            )),
+            _ => None,
+        };
+        match keeping {
+            Some(keeping) => error!(
+                trigger = trigger.as_str(),
+                source = %Escaped(name),
+                "Error syncing configuration: {}; {keeping}",
+                Escaped(&text)
+            ),
+            None => error!(
+                trigger = trigger.as_str(),
+                source = %Escaped(name),
+                "Error syncing configuration: {}; no valid config yet, writing nothing",
+                Escaped(&text)
+            ),
         }
-        if self.loaded.config.as_ref() == Some(&loaded.config) {
+        memory.error = Some(text);
+    }
+
+    /// The config every part's valid contents add up to; `None` when there
+    /// is none yet, or the union is a conflict (reported once).
+    fn effective(&mut self, trigger: Trigger, whole: bool) -> Option<Config> {
+        if whole {
+            return match self.loaded.parts.first() {
+                Some((
+                    _,
+                    PartMemory {
+                        good: Some(Good::Whole(config)),
+                        ..
+                    },
+                )) => Some(config.clone()),
+                _ => None,
+            };
+        }
+        let fragments: Vec<(String, &Fragment)> = self
+            .loaded
+            .parts
+            .iter()
+            .filter_map(|(name, part)| match &part.good {
+                Some(Good::Fragment(fragment)) => Some((name.clone(), fragment)),
+                _ => None,
+            })
+            .collect();
+        match config::merge(&fragments, &self.load_options) {
+            Ok(merged) => {
+                if let Some(previous) = self.loaded.merge_error.take() {
+                    info!(trigger = trigger.as_str(), previous_error = %Escaped(&previous), "merged config is valid again");
+                }
+                Some(merged.config)
+            }
+            Err(err) => {
+                let text = err.to_string();
+                self.telemetry().metrics.set_config_valid(false);
+                if self.loaded.merge_error.as_deref() != Some(text.as_str()) {
+                    error!(
+                        trigger = trigger.as_str(),
+                        sources = %self.sources,
+                        "Error merging the config sources: {}; keeping the last valid config",
+                        Escaped(&text)
+                    );
+                    self.loaded.merge_error = Some(text);
+                }
+                None
+            }
+        }
+    }
+
+    /// Make `config` the enforced one. Returns whether it changed.
+    fn enforce(&mut self, trigger: Trigger, whole: bool, config: Config) -> bool {
+        if self.loaded.config.as_ref() == Some(&config) {
             return false;
         }
-        let fingerprint = loaded.config.fingerprint();
+        let fingerprint = config.fingerprint();
+        let origin = match (whole, self.loaded.parts.first()) {
+            (true, Some((_, part))) => match (&part.content, self.sources.get(0)) {
+                (Some(content), Some(source)) => source.origin(content),
+                _ => "file",
+            },
+            _ => "merged",
+        };
         info!(
             trigger = trigger.as_str(),
-            from = %self.source,
-            source = self.source.origin(content),
+            from = %self.sources,
+            source = origin,
             fingerprint = %fingerprint,
-            config = %loaded.config.to_json(),
+            config = %config.to_json(),
             "using config"
         );
         let count = |family: Family| {
-            loaded
-                .config
+            config
                 .non_masquerade_cidrs
                 .iter()
                 .filter(|net| family.contains(net))
@@ -224,40 +407,17 @@ impl<B: Backend> Agent<B> {
             count(Family::Ipv4),
             count(Family::Ipv6),
         );
-        self.loaded.config = Some(loaded.config);
+        self.loaded.config = Some(config);
         true
-    }
-
-    fn rejected(&mut self, trigger: Trigger, text: String) {
-        self.telemetry()
-            .metrics
-            .config_load(false, trigger.as_str());
-        if self.loaded.error.as_deref() == Some(text.as_str()) {
-            return;
-        }
-        match &self.loaded.config {
-            Some(current) => error!(
-                trigger = trigger.as_str(),
-                source = %self.source,
-                keeping = %current.fingerprint(),
-                "Error syncing configuration: {text}; keeping the last valid config"
-            ),
-            None => error!(
-                trigger = trigger.as_str(),
-                source = %self.source,
-                "Error syncing configuration: {text}; no valid config yet, writing nothing"
-            ),
-        }
-        self.loaded.error = Some(text);
     }
 
     /// Make the kernel hold the enforced config; with none yet, say why in
     /// the readiness text and write nothing.
     pub async fn sync(&mut self, trigger: Trigger) -> SyncResult {
         let Some(config) = &self.loaded.config else {
-            let reason = match &self.loaded.error {
-                Some(error) => error.clone(),
-                None => self.source.waiting_reason(),
+            let reason = match self.loaded.first_error() {
+                Some(error) => error,
+                None => self.sources.waiting_reason(),
             };
             self.telemetry().health.no_config(reason);
             return SyncResult::NoConfig;
@@ -266,7 +426,7 @@ impl<B: Backend> Agent<B> {
         if let SyncResult::Failed(err) = &result
             && self.reconciler.failures() >= SYNC_FAILED_AFTER
         {
-            self.source.report_sync_failure(format!(
+            self.sources.report_sync_failure(format!(
                 "rule sync keeps failing ({}): {err}",
                 err.kind.label()
             ));
@@ -310,7 +470,7 @@ impl<B: Backend> Agent<B> {
                     info!("SIGHUP: reloading now");
                     return Trigger::Signal;
                 }
-                kind = self.source.changed() => return kind.into(),
+                kind = self.sources.changed() => return kind.into(),
                 _ = timers.resync.tick() => return Trigger::Resync,
                 _ = retry => return Trigger::Retry,
                 _ = timers.heartbeat.tick() => self.reconciler.telemetry.health.beat(),
@@ -322,7 +482,7 @@ impl<B: Backend> Agent<B> {
     pub async fn run(mut self) -> std::io::Result<()> {
         let mut shutdown = Shutdown::new()?;
         let mut sighup = signal(SignalKind::hangup())?;
-        self.source.start();
+        self.sources.start();
         let mut timers = Timers::new(self.resync_period());
         let mut trigger = Trigger::Startup;
         loop {

@@ -13,6 +13,7 @@ use crate::plan::{Family, Settings};
 use crate::source::api::events::{EventSink, Report};
 use crate::source::api::{ConfigMapSource, ObjectInfo, Snapshot};
 use crate::source::file::FileSource;
+use crate::source::{Source, Sources};
 use crate::telemetry::Telemetry;
 
 fn agent(dir: &Path, ipv6: bool) -> Agent<Fake> {
@@ -27,7 +28,9 @@ fn agent(dir: &Path, ipv6: bool) -> Agent<Fake> {
             all_reserved_ranges: false,
             enable_ipv6: ipv6,
         },
-        Source::File(FileSource::new(dir.join("ip-masq-agent"))),
+        Sources::new(vec![Source::File(FileSource::new(
+            dir.join("ip-masq-agent"),
+        ))]),
         Fake::default(),
         Telemetry::default(),
     )
@@ -74,13 +77,7 @@ async fn invalid_config_keeps_enforcing_the_last_good_one() {
     a.sync(Trigger::Startup).await;
     std::fs::write(&file, "nonMasqueradeCIDRs: [10.0.0.1/8]\n").unwrap();
     assert!(!a.reload(Trigger::FileChange));
-    assert!(
-        a.loaded
-            .error
-            .as_deref()
-            .unwrap()
-            .contains("is not aligned")
-    );
+    assert!(a.loaded.first_error().unwrap().contains("is not aligned"));
     // Someone flushes the rules: the last good config is put back.
     a.reconciler.backend.kernel.clear();
     a.sync(Trigger::Resync).await;
@@ -151,12 +148,12 @@ fn api_agent() -> (
             all_reserved_ranges: false,
             enable_ipv6: false,
         },
-        Source::ConfigMap(ConfigMapSource::new(
+        Sources::new(vec![Source::ConfigMap(ConfigMapSource::new(
             "kube-system/ip-masq-agent".parse().unwrap(),
             "config".parse().unwrap(),
             rx,
             Some(sink),
-        )),
+        ))]),
         Fake::default(),
         telemetry,
     );
@@ -282,19 +279,187 @@ async fn the_same_valid_content_after_a_read_error_is_valid_again() {
     };
     assert!(a.reload(Trigger::Startup));
     assert!(valid(&a));
-    // A directory where the file was: unreadable, rejected.
-    std::fs::remove_file(&file).unwrap();
-    std::fs::create_dir(&file).unwrap();
+    // A file too large to read: rejected without being parsed.
+    std::fs::write(&file, vec![b'#'; 2 << 20]).unwrap();
     assert!(!a.reload(Trigger::FileChange));
     assert!(!valid(&a));
-    assert!(a.loaded.error.is_some());
+    assert!(a.loaded.first_error().is_some());
     // The same bytes as before come back: valid again, nothing to sync.
-    std::fs::remove_dir(&file).unwrap();
     std::fs::write(&file, text).unwrap();
     assert!(
         !a.reload(Trigger::FileChange),
         "the enforced config did not change"
     );
     assert!(valid(&a), "config_valid stuck at 0");
-    assert!(a.loaded.error.is_none());
+    assert!(a.loaded.first_error().is_none());
+}
+
+/// An agent merging every file of `dir` (a ConfigMap volume with several
+/// keys), and a second path beside it.
+fn merging_agent(dir: &Path, extra: &Path) -> Agent<Fake> {
+    Agent::new(
+        Settings {
+            chain: "IP-MASQ-AGENT".parse().unwrap(),
+            enable_ipv6: false,
+            random_fully: true,
+            to_ports: Vec::new(),
+        },
+        LoadOptions::default(),
+        Sources::new(vec![
+            Source::File(FileSource::new(dir.to_path_buf())),
+            Source::File(FileSource::new(extra.to_path_buf())),
+        ]),
+        Fake::default(),
+        Telemetry::default(),
+    )
+}
+
+#[tokio::test]
+async fn fragments_merge_and_a_broken_one_keeps_its_last_good_contents() {
+    let volume = tempfile::tempdir().unwrap();
+    let other = tempfile::tempdir().unwrap();
+    let extra = other.path().join("users");
+    std::fs::write(
+        volume.path().join("platform"),
+        "nonMasqueradeCIDRs: [10.0.0.0/8]\n",
+    )
+    .unwrap();
+    std::fs::write(
+        volume.path().join(".hidden"),
+        "nonMasqueradeCIDRs: [1.0.0.0/8]\n",
+    )
+    .unwrap();
+    std::fs::write(
+        &extra,
+        "nonMasqueradeCIDRs: [192.168.0.0/16]\nmasqLinkLocal: true\n",
+    )
+    .unwrap();
+    let mut a = merging_agent(volume.path(), &extra);
+    assert!(a.reload(Trigger::Startup));
+    a.sync(Trigger::Startup).await;
+    assert_eq!(
+        cidrs(&a, Family::Ipv4),
+        ["10.0.0.0/8", "192.168.0.0/16"],
+        "link-local OR-ed on, dot files ignored"
+    );
+
+    // The users' part breaks: the platform's change still applies, the
+    // users' last good contents stay.
+    std::fs::write(&extra, "nonMasqueradeCIDRs: [192.168.0.1/16]\n").unwrap();
+    std::fs::write(
+        volume.path().join("platform"),
+        "nonMasqueradeCIDRs: [10.0.0.0/8, 172.16.0.0/12]\n",
+    )
+    .unwrap();
+    assert!(a.reload(Trigger::FileChange));
+    a.sync(Trigger::FileChange).await;
+    assert_eq!(
+        cidrs(&a, Family::Ipv4),
+        ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"]
+    );
+    let error = a.loaded.first_error().unwrap();
+    assert!(
+        error.starts_with(&extra.display().to_string()) && error.contains("is not aligned"),
+        "{error}"
+    );
+    let metrics = a.reconciler.telemetry.metrics.encode();
+    let line = format!(
+        "ip_masq_agent_config_fragment_valid{{fragment=\"{}\"}} 0",
+        extra.display()
+    );
+    assert!(metrics.contains(&line), "{line} not in\n{metrics}");
+
+    // A second key appears in the volume; then the users' file goes away
+    // and takes its contribution with it.
+    std::fs::write(
+        volume.path().join("vpn"),
+        "masqueradeCIDRs: [10.9.0.0/16]\n",
+    )
+    .unwrap();
+    std::fs::remove_file(&extra).unwrap();
+    assert!(a.reload(Trigger::FileChange));
+    a.sync(Trigger::FileChange).await;
+    assert_eq!(
+        a.reconciler.backend.kernel[&Family::Ipv4].family,
+        Family::Ipv4
+    );
+    let config = a.loaded.config.clone().unwrap();
+    assert_eq!(
+        config
+            .masquerade_cidrs
+            .iter()
+            .map(|n| n.to_string())
+            .collect::<Vec<_>>(),
+        ["10.9.0.0/16"]
+    );
+    assert!(
+        !config.masq_link_local,
+        "the users' masqLinkLocal went with their file"
+    );
+    assert!(
+        a.loaded.first_error().is_none(),
+        "an absent file is not an error"
+    );
+
+    // Every part gone: the defaults.
+    std::fs::remove_file(volume.path().join("platform")).unwrap();
+    std::fs::remove_file(volume.path().join("vpn")).unwrap();
+    assert!(a.reload(Trigger::FileChange));
+    assert_eq!(a.loaded.config, Some(Config::defaults(false)));
+}
+
+#[tokio::test]
+async fn a_conflict_between_fragments_keeps_the_last_merged_config() {
+    let volume = tempfile::tempdir().unwrap();
+    let other = tempfile::tempdir().unwrap();
+    let extra = other.path().join("users");
+    std::fs::write(
+        volume.path().join("platform"),
+        "nonMasqueradeCIDRs: [10.9.0.0/16]\n",
+    )
+    .unwrap();
+    let mut a = merging_agent(volume.path(), &extra);
+    assert!(a.reload(Trigger::Startup));
+    let before = a.loaded.config.clone();
+    std::fs::write(&extra, "masqueradeCIDRs: [10.9.0.0/16]\n").unwrap();
+    assert!(!a.reload(Trigger::FileChange));
+    assert_eq!(a.loaded.config, before);
+    let error = a.loaded.merge_error.clone().unwrap();
+    assert!(
+        error.contains("in nonMasqueradeCIDRs of") && error.contains("in masqueradeCIDRs of"),
+        "{error}"
+    );
+    std::fs::remove_file(&extra).unwrap();
+    assert!(
+        !a.reload(Trigger::FileChange),
+        "back to the same merged config"
+    );
+    assert!(a.loaded.merge_error.is_none());
+}
+
+#[tokio::test]
+async fn a_typo_is_logged_and_counted_once_per_content() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("ip-masq-agent");
+    std::fs::write(&file, "nonMasqueradeCIDR: [10.40.0.0/14]\n").unwrap();
+    let mut a = agent(dir.path(), false);
+    let count = |a: &Agent<Fake>| {
+        a.reconciler
+            .telemetry
+            .metrics
+            .encode()
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("ip_masq_agent_config_warnings_total ")
+                    .map(str::to_owned)
+            })
+    };
+    assert!(
+        a.reload(Trigger::Startup),
+        "accepted: unknown keys stay allowed"
+    );
+    assert_eq!(count(&a).as_deref(), Some("1"));
+    // Read again unchanged: no second warning.
+    assert!(!a.reload(Trigger::Resync));
+    assert_eq!(count(&a).as_deref(), Some("1"));
 }

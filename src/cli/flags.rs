@@ -10,7 +10,7 @@
 //! unique across both tables, and every listing is sorted by name, as Go's.
 
 use super::OutputFormat;
-use super::goflag::{FlagDef, FlagValue, Kind, Spec, flag_set};
+use super::goflag::{FlagDef, FlagValue, Kind, Repeated, Spec, flag_set};
 use super::klog::{KLOG_FLAGS, KlogFlags};
 use super::strconv::quote;
 use crate::backend::select::{BackendKind, IptablesMode};
@@ -31,11 +31,12 @@ flag_set! {
     "backend" => backend: BackendKind = BackendKind::Iptables,
         "Kernel `backend`: iptables (the upstream agent's rules) or nftables \
          (a native table with the list in an interval set)";
-    "config" => config: String = "/etc/config/ip-masq-agent",
-        "Path of the config `file` (YAML or JSON); if it is absent, defaults apply";
-    "configmap" => configmap: String = "",
+    "config" => config: Repeated = "/etc/config/ip-masq-agent",
+        "Path of the config `file` (YAML or JSON), or of a directory whose files are \
+         merged; repeat to merge several; if a lone file is absent, defaults apply";
+    "configmap" => configmap: Repeated = "",
         "Read the config from this ConfigMap through the Kubernetes API \
-         (`namespace/name`) instead of --config; empty: use the file";
+         (`namespace/name`) instead of --config; repeat to merge several";
     "configmap-key" => configmap_key: String = DEFAULT_CONFIGMAP_KEY,
         "The `key` in the ConfigMap's data that holds the config";
     "enable-ipv6" => enable_ipv6: bool = false,
@@ -58,6 +59,8 @@ flag_set! {
         "explain: output `format`, text (one line per address) or json (one object per line)";
     "random-fully" => random_fully: bool = true,
         "Add --random-fully to MASQUERADE rules when iptables supports it (1.6.2 and later)";
+    "strict" => strict: bool = false,
+        "check: exit 1 on any warning (an unknown key, a ConfigMap the DaemonSet does not mount)";
     "to-ports" => to_ports: String = "",
         "Source port `ranges` for masqueraded tcp, udp and sctp, comma-separated \
          (e.g. 1024-29999,32768-65535); empty leaves the choice to the kernel";
@@ -244,7 +247,7 @@ mod tests {
     #[test]
     fn names_are_unique_and_each_table_is_sorted() {
         let names: Vec<&str> = entries().iter().map(|e| e.spec().name).collect();
-        assert_eq!(names.len(), 30);
+        assert_eq!(names.len(), 31);
         assert!(names.windows(2).all(|w| w[0] < w[1]), "{names:?}");
         let agent: Vec<&str> = AGENT_FLAGS.iter().map(|d| d.spec.name).collect();
         let klog: Vec<&str> = KLOG_FLAGS.iter().map(|d| d.spec.name).collect();

@@ -49,6 +49,13 @@ pub trait FlagValue: Sized {
     fn parse(text: &str) -> Result<Self, String>;
     /// Go's `Value.String`: the value as Go logs it.
     fn text(&self) -> String;
+
+    /// What giving the flag does to its value: Go's `flag.Value.Set`.
+    /// Most flags replace it; a repeatable one adds to it.
+    fn set(&mut self, text: &str) -> Result<(), String> {
+        *self = Self::parse(text)?;
+        Ok(())
+    }
 }
 
 impl FlagValue for bool {
@@ -93,6 +100,54 @@ impl FlagValue for u64 {
 }
 
 /// What Go's `flag` package knows of a flag apart from its storage.
+/// A flag that may be given more than once, each time adding a value. Its
+/// default stands until the first time it is given, which replaces it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Repeated {
+    pub values: Vec<String>,
+    /// Whether the flag was given (the values are no longer the default).
+    pub given: bool,
+}
+
+impl From<&str> for Repeated {
+    fn from(default: &str) -> Self {
+        Repeated {
+            values: if default.is_empty() {
+                Vec::new()
+            } else {
+                vec![default.to_owned()]
+            },
+            given: false,
+        }
+    }
+}
+
+impl FlagValue for Repeated {
+    const KIND: Kind = Kind::String;
+    const ZERO: &'static str = "";
+
+    fn parse(text: &str) -> Result<Self, String> {
+        Ok(Repeated {
+            values: vec![text.to_owned()],
+            given: true,
+        })
+    }
+
+    /// As Go prints a repeatable value: the values, comma-separated.
+    fn text(&self) -> String {
+        self.values.join(",")
+    }
+
+    fn set(&mut self, text: &str) -> Result<(), String> {
+        if !self.given {
+            self.values.clear();
+            self.given = true;
+        }
+        self.values.push(text.to_owned());
+        Ok(())
+    }
+}
+
 #[derive(Debug)]
 pub struct Spec {
     pub name: &'static str,
@@ -150,8 +205,7 @@ macro_rules! flag_set {
                     zero: <$ty as $crate::cli::goflag::FlagValue>::ZERO,
                 },
                 set: |args, text| {
-                    args.$field = <$ty as $crate::cli::goflag::FlagValue>::parse(text)?;
-                    Ok(())
+                    <$ty as $crate::cli::goflag::FlagValue>::set(&mut args.$field, text)
                 },
                 text: |args| $crate::cli::goflag::FlagValue::text(&args.$field),
             },

@@ -48,7 +48,9 @@ pub struct Options {
     pub random_fully: bool,
     /// Empty: no explicit source ports.
     pub to_ports: Vec<PortRange>,
-    pub config: PathBuf,
+    /// `--config` paths, files or directories, in the order given; empty
+    /// with `--configmap` alone.
+    pub config: Vec<PathBuf>,
     pub log_format: LogFormat,
     /// klog's `-v`, negative values as 0 and large ones as 255.
     pub verbosity: u8,
@@ -56,12 +58,14 @@ pub struct Options {
     pub backend: BackendKind,
     /// Where to serve metrics and probes; `None` when disabled (empty flag).
     pub metrics_address: Option<SocketAddr>,
-    /// `--configmap`: read the config through the Kubernetes API; `None`:
-    /// from the `config` file.
-    pub api_source: Option<ApiSource>,
+    /// `--configmap`: the ConfigMaps read through the Kubernetes API, in
+    /// the order given; empty: only the `config` files.
+    pub api_sources: Vec<ApiSource>,
     /// The ConfigMap key holding the config (`--configmap`, and `check` of
     /// a ConfigMap manifest).
     pub configmap_key: ConfigMapKey,
+    /// `check --strict`: any warning fails the check.
+    pub strict: bool,
 }
 
 /// What the invocation asks for.
@@ -369,7 +373,7 @@ fn options(low: &LowArgs) -> Result<Options, CliError> {
             })?)
         };
     // An empty path would read as "no file" and silently mean defaults.
-    if agent.config.is_empty() {
+    if agent.config.values.iter().any(String::is_empty) {
         return Err(CliError::Invalid(
             "invalid value for --config: the path must not be empty".into(),
         ));
@@ -381,17 +385,21 @@ fn options(low: &LowArgs) -> Result<Options, CliError> {
         ))
     })?;
     // Empty means "use the file", as for every string flag.
-    let api_source = if agent.configmap.is_empty() {
-        None
+    let mut api_sources = Vec::new();
+    for configmap in agent.configmap.values.iter().filter(|c| !c.is_empty()) {
+        api_sources.push(ApiSource::parse(configmap, &agent.kubeconfig).map_err(|e| {
+            CliError::Invalid(format!(
+                "invalid value {} for --configmap: {e}",
+                quote(configmap)
+            ))
+        })?);
+    }
+    // With --configmap the files are not read at all, as before several
+    // sources existed: one kind of source of truth per node.
+    let config = if api_sources.is_empty() {
+        agent.config.values.iter().map(PathBuf::from).collect()
     } else {
-        Some(
-            ApiSource::parse(&agent.configmap, &agent.kubeconfig).map_err(|e| {
-                CliError::Invalid(format!(
-                    "invalid value {} for --configmap: {e}",
-                    quote(&agent.configmap)
-                ))
-            })?,
-        )
+        Vec::new()
     };
     Ok(Options {
         masq_chain,
@@ -399,13 +407,14 @@ fn options(low: &LowArgs) -> Result<Options, CliError> {
         enable_ipv6: agent.enable_ipv6,
         random_fully: agent.random_fully,
         to_ports,
-        config: PathBuf::from(&agent.config),
+        config,
         log_format: agent.log_format,
         verbosity: low.klog.v.verbosity(),
         iptables_mode: agent.iptables_mode,
         backend: agent.backend,
         metrics_address,
-        api_source,
+        api_sources,
         configmap_key,
+        strict: agent.strict,
     })
 }

@@ -47,7 +47,7 @@ fn no_arguments_run_with_defaults() {
     assert!(!o.enable_ipv6);
     assert!(o.random_fully);
     assert_eq!(o.to_ports, vec![]);
-    assert_eq!(o.config, PathBuf::from("/etc/config/ip-masq-agent"));
+    assert_eq!(o.config, [PathBuf::from("/etc/config/ip-masq-agent")]);
     assert_eq!(o.log_format, LogFormat::Text);
     assert_eq!(o.verbosity, 0);
     assert_eq!(o.iptables_mode, IptablesMode::Auto);
@@ -78,11 +78,11 @@ fn one_or_two_dashes_equals_or_space() {
 
 #[test]
 fn value_may_contain_equals_and_start_with_dash() {
-    assert_eq!(opts(&["--config=/a=b"]).config, PathBuf::from("/a=b"));
+    assert_eq!(opts(&["--config=/a=b"]).config, [PathBuf::from("/a=b")]);
     // The next argument is the value whatever it looks like.
     assert_eq!(
         opts(&["--config", "--enable-ipv6"]).config,
-        PathBuf::from("--enable-ipv6")
+        [PathBuf::from("--enable-ipv6")]
     );
     assert!(!opts(&["--config", "--enable-ipv6"]).enable_ipv6);
 }
@@ -311,7 +311,7 @@ fn explain_takes_addresses_a_source_and_an_output_format() {
             output: OutputFormat::Json,
         }
     );
-    assert_eq!(inv.options.config, PathBuf::from("/tmp/c"));
+    assert_eq!(inv.options.config, [PathBuf::from("/tmp/c")]);
     assert!(
         ok(&[
             "explain",
@@ -320,8 +320,9 @@ fn explain_takes_addresses_a_source_and_an_output_format() {
             "10.0.0.1"
         ])
         .options
-        .api_source
-        .is_some()
+        .api_sources
+        .len()
+            == 1
     );
 }
 
@@ -534,30 +535,39 @@ fn empty_config_path_is_invalid() {
     );
     assert_eq!(
         opts(&["--config", "/tmp/x"]).config,
-        PathBuf::from("/tmp/x")
+        [PathBuf::from("/tmp/x")]
+    );
+    // Repeated, each value adds a source; the default is replaced, not kept.
+    assert_eq!(
+        opts(&["--config=/a", "-config", "/b"]).config,
+        [PathBuf::from("/a"), PathBuf::from("/b")]
     );
 }
 
 #[test]
 fn configmap_source_flags() {
     let o = opts(&[]);
-    assert_eq!(o.api_source, None);
+    assert_eq!(o.api_sources, []);
     assert_eq!(o.configmap_key.as_str(), "config");
     let o = opts(&[
         "--configmap=kube-system/ip-masq-agent",
         "--configmap-key=ip-masq-agent.yaml",
         "--kubeconfig=/etc/kubeconfig",
     ]);
-    let source = o.api_source.unwrap();
+    let [source] = o.api_sources.as_slice() else {
+        panic!("one source: {:?}", o.api_sources);
+    };
     assert_eq!(source.configmap.to_string(), "kube-system/ip-masq-agent");
     assert_eq!(source.kubeconfig, Some(PathBuf::from("/etc/kubeconfig")));
     assert_eq!(o.configmap_key.as_str(), "ip-masq-agent.yaml");
     // Empty means "use the file", as for every string flag.
-    assert_eq!(opts(&["--configmap="]).api_source, None);
-    assert_eq!(
-        opts(&["--configmap=a/b"]).api_source.unwrap().kubeconfig,
-        None
-    );
+    assert_eq!(opts(&["--configmap="]).api_sources, []);
+    assert_eq!(opts(&["--configmap=a/b"]).api_sources[0].kubeconfig, None);
+    // With --configmap the files are not read, even when given.
+    assert!(opts(&["--configmap=a/b"]).config.is_empty());
+    let o = opts(&["--configmap=a/b", "--configmap=a/c", "--config=/etc/x"]);
+    assert_eq!(o.api_sources.len(), 2);
+    assert!(o.config.is_empty());
     let (text, code) = fail(&["--configmap=ip-masq-agent"]);
     assert_eq!(code, 1);
     assert_eq!(
@@ -658,6 +668,7 @@ fn flags_list_is_sorted_and_complete_with_effective_values() {
             "skip_headers",
             "skip_log_headers",
             "stderrthreshold",
+            "strict",
             "to-ports",
             "v",
             "version",

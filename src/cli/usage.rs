@@ -50,7 +50,7 @@ pub fn usage() -> String {
 
 const COMMANDS_USAGE: &str = "
 Commands (without one, the agent runs and keeps the rules in place):
-  check [FILE]  validate a config file (default: the --config path) and exit
+  check [FILE]  validate a config file (default: every configured source, merged) and exit
   render        print the rules the config would produce and exit
   explain [--from SOURCE] [--output=text|json] ADDRESS...
                 print whether the config masquerades traffic to each ADDRESS, and why
@@ -88,7 +88,7 @@ mod tests {
             assert!(text.contains(&format!("\n  -{name}")), "{name} missing");
         }
         for expected in [
-            "  -config file\n    \tPath of the config file (YAML or JSON); if it is absent, defaults apply (default \"/etc/config/ip-masq-agent\")\n",
+            "  -config file\n    \tPath of the config file (YAML or JSON), or of a directory whose files are merged; repeat to merge several; if a lone file is absent, defaults apply (default \"/etc/config/ip-masq-agent\")\n",
             "  -enable-ipv6\n    \tAlso program IPv6 rules (ip6tables) and accept IPv6 CIDRs in the config\n",
             "  -backend backend\n    \tKernel backend: iptables (the upstream agent's rules) or nftables (a native table with the list in an interval set) (default iptables)\n",
             "  -iptables-mode mode\n    \tiptables mode: auto (use what the node uses), nft or legacy (default auto)\n",
@@ -100,7 +100,7 @@ mod tests {
             "  -to-ports ranges\n    \tSource port ranges for masqueraded tcp, udp and sctp, comma-separated (e.g. 1024-29999,32768-65535); empty leaves the choice to the kernel\n",
             "  -v level\n    \tLog verbosity level; higher logs more detail\n",
             "  -vmodule value\n    \tklog flag, accepted for compatibility; no effect\n",
-            "  check [FILE]  validate a config file (default: the --config path) and exit\n",
+            "  check [FILE]  validate a config file (default: every configured source, merged) and exit\n",
         ] {
             assert!(text.contains(expected), "{expected:?} not in:\n{text}");
         }

@@ -13,9 +13,9 @@ use crate::backend::select::{self, AnyBackend};
 use crate::backend::{Backend, ErrorKind};
 use crate::cli::Options;
 use crate::plan;
-use crate::source::Source;
 use crate::source::api::ConfigMapSource;
 use crate::source::file::FileSource;
+use crate::source::{Source, Sources};
 use crate::telemetry::{Series, Telemetry, http};
 
 pub async fn run(options: &Options) -> Result<ExitCode> {
@@ -38,20 +38,30 @@ pub async fn run(options: &Options) -> Result<ExitCode> {
         Err(err) => warn!(error = %err, "cannot run {} yet; will keep retrying", options.backend),
     }
     select::remove_other(options.backend, &options.masq_chain).await;
-    // With `--configmap`, the file (`--config`) is not read at all: one
-    // source of truth per node, and the one that reaches every node at once
-    // wins. Bad or missing credentials are a deployment error: exit so the
-    // pod shows it (CrashLoopBackOff) instead of running without a config.
-    let source = match &options.api_source {
-        None => Source::File(FileSource::new(options.config.clone())),
-        Some(api) => Source::ConfigMap(
+    // The `--config` paths, or with `--configmap` the ConfigMaps only (cli
+    // leaves the files out), merged when there are several. Bad or missing
+    // credentials are a deployment error: exit so the pod shows it
+    // (CrashLoopBackOff) instead of running without a config.
+    let mut sources: Vec<Source> = options
+        .config
+        .iter()
+        .map(|path| Source::File(FileSource::new(path.clone())))
+        .collect();
+    for api in &options.api_sources {
+        sources.push(Source::ConfigMap(
             ConfigMapSource::connect(api, &options.configmap_key, &telemetry)
                 .await
                 .map_err(anyhow::Error::msg)
                 .context("--configmap")?,
-        ),
-    };
-    let agent = Agent::new(settings, load_options(options), source, backend, telemetry);
+        ));
+    }
+    let agent = Agent::new(
+        settings,
+        load_options(options),
+        Sources::new(sources),
+        backend,
+        telemetry,
+    );
     agent.run().await.context("installing signal handlers")?;
     Ok(ExitCode::SUCCESS)
 }

@@ -1,8 +1,8 @@
 //! `explain`: the masquerade decision for destinations, asked of the config
 //! a node would enforce. It reads the configured source as the one-shot
-//! commands do (the `--config` file, which may be a ConfigMap manifest as
-//! `check` takes it, or the `--configmap` object through the API), validates
-//! it with the agent's own load options, and prints [`policy::decide`]'s
+//! commands do (one `--config` file, which may be a ConfigMap manifest as
+//! `check` takes it; or every `--config` and `--configmap` source, merged as
+//! the agent merges them), validates it with the agent's own load options, and prints [`policy::decide`]'s
 //! answer per address. No root and no kernel: it never touches rules.
 //!
 //! What must stay true: each answer's first two fields are the address and
@@ -18,11 +18,11 @@ use serde_json::json;
 use tracing::{info, warn};
 
 use super::load_options;
-use super::oneshot::{print, read_source};
+use super::oneshot::{load_source, print, single_source};
 use crate::cli::{Options, OutputFormat};
 use crate::config::{self, Config, Loaded};
+use crate::logging::Escaped;
 use crate::policy::{self, Verdict};
-use crate::source::Content;
 
 /// The reason given for IPv6 destinations when the agent leaves IPv6 alone.
 const IPV6_DISABLED: &str = "ipv6 not enabled (--enable-ipv6): the agent leaves IPv6 traffic alone";
@@ -33,46 +33,41 @@ pub async fn explain(
     addresses: &[IpAddr],
     output: OutputFormat,
 ) -> Result<ExitCode> {
-    let loaded = load(options).await?;
-    let text = answers(
-        &loaded.config,
-        options.enable_ipv6,
-        source,
-        addresses,
-        output,
-    )?;
+    let config = load(options).await?;
+    let text = answers(&config, options.enable_ipv6, source, addresses, output)?;
     print(&text)?;
     Ok(ExitCode::SUCCESS)
 }
 
-/// The configured source's config, validated; a ConfigMap manifest at the
-/// `--config` path is read by its data key, as `check` reads it.
-async fn load(options: &Options) -> Result<Loaded> {
-    let (content, origin) = read_source(options).await?;
+/// The config the agent would enforce from the configured sources. One
+/// `--config` file alone is read as `check` reads it (a ConfigMap manifest
+/// by its data key); anything else is loaded and merged as `sync` loads it.
+async fn load(options: &Options) -> Result<Config> {
     let opts = load_options(options);
-    let loaded = match content {
-        Content::Bytes(bytes) => {
-            let key = options.configmap_key.as_str();
-            let (bytes, origin) = match options.api_source {
-                Some(_) => (bytes, origin),
-                None => match config::configmap_data(&bytes, key)
-                    .with_context(|| format!("reading ConfigMap {origin}"))?
-                {
-                    Some(data) => (data, format!("{origin} (ConfigMap data.{key})")),
-                    None => (bytes, origin),
-                },
-            };
-            config::parse(&bytes, &opts).with_context(|| format!("loading {origin}"))?
-        }
-        Content::Absent => {
-            info!(source = %origin, "no config; explaining the defaults");
-            Loaded::absent(&opts)
-        }
+    let file = match options.config.as_slice() {
+        [path] if single_source(options) => Some(path),
+        _ => None,
     };
+    let Some(path) = file else {
+        return Ok(load_source(options).await?.config);
+    };
+    let origin = path.display().to_string();
+    let Some(bytes) = config::read(path).with_context(|| format!("reading {origin}"))? else {
+        info!(source = %origin, "no config; explaining the defaults");
+        return Ok(Loaded::absent(&opts).config);
+    };
+    let key = options.configmap_key.as_str();
+    let (bytes, origin) = match config::configmap_data(&bytes, key)
+        .with_context(|| format!("reading ConfigMap {origin}"))?
+    {
+        Some(data) => (data, format!("{origin} (ConfigMap data.{key})")),
+        None => (bytes, origin),
+    };
+    let loaded = config::parse(&bytes, &opts).with_context(|| format!("loading {origin}"))?;
     for warning in &loaded.warnings {
-        warn!("{warning}");
+        warn!("{}", Escaped(warning));
     }
-    Ok(loaded)
+    Ok(loaded.config)
 }
 
 /// Every answer, one line each. Pure.

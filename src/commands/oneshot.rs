@@ -15,61 +15,110 @@ use crate::backend::Backend;
 use crate::backend::nftables;
 use crate::backend::select::{self, AnyBackend, BackendKind};
 use crate::cli::Options;
-use crate::config::{self, Config, Loaded};
+use crate::config::{self, Config, Fragment, Loaded, Origins};
+use crate::logging::Escaped;
 use crate::plan;
-use crate::source::Content;
 use crate::source::api;
+use crate::source::file::FileSource;
+use crate::source::{Content, Part, Read};
 use crate::telemetry::Telemetry;
 
-/// The config of the configured source, read once: the `--configmap`
-/// object, else the `--config` file. The text names the source.
-pub(super) async fn read_source(options: &Options) -> Result<(Content, String)> {
-    match &options.api_source {
-        Some(source) => {
-            let client = api::client(source)
-                .await
-                .map_err(anyhow::Error::msg)
-                .context("--configmap")?;
-            let snapshot = api::fetch(client, source, &options.configmap_key)
-                .await
-                .map_err(anyhow::Error::msg)?;
-            let origin = format!(
-                "configmap {} key {}",
-                source.configmap, options.configmap_key
-            );
-            let content = match snapshot.bytes {
-                Some(bytes) => Content::Bytes(bytes),
-                None => Content::Absent,
-            };
-            Ok((content, origin))
-        }
-        None => {
-            let bytes = config::read(&options.config)
-                .with_context(|| format!("reading {}", options.config.display()))?;
-            let content = match bytes {
-                Some(bytes) => Content::Bytes(bytes),
-                None => Content::Absent,
-            };
-            Ok((content, options.config.display().to_string()))
-        }
-    }
+/// Every configured source read once: the `--config` files and
+/// directories, then the `--configmap` objects. `whole`: one source holding
+/// one whole config, read as upstream reads its file.
+struct ReadOnce {
+    parts: Vec<Part>,
+    whole: bool,
 }
 
-/// Load and validate the configured source's config.
-async fn load_source(options: &Options) -> Result<Loaded> {
-    let (content, origin) = read_source(options).await?;
-    let loaded = match content {
-        Content::Bytes(bytes) => config::parse(&bytes, &load_options(options))
-            .with_context(|| format!("loading {origin}"))?,
-        Content::Absent => {
-            info!(source = %origin, "no config; using the defaults");
-            Loaded::absent(&load_options(options))
+async fn read_sources(options: &Options) -> Result<ReadOnce> {
+    let mut parts = Vec::new();
+    let mut whole = options.config.len() + options.api_sources.len() == 1;
+    for path in &options.config {
+        let mut file = FileSource::new(path.clone());
+        whole &= file.is_whole();
+        parts.extend(file.read());
+    }
+    for source in &options.api_sources {
+        let client = api::client(source)
+            .await
+            .map_err(anyhow::Error::msg)
+            .context("--configmap")?;
+        let snapshot = api::fetch(client, source, &options.configmap_key)
+            .await
+            .map_err(anyhow::Error::msg)?;
+        parts.push(Part {
+            name: format!(
+                "configmap {} key {}",
+                source.configmap, options.configmap_key
+            ),
+            read: Read::Ready(match snapshot.bytes {
+                Some(bytes) => Content::Bytes(bytes),
+                None => Content::Absent,
+            }),
+        });
+    }
+    Ok(ReadOnce { parts, whole })
+}
+
+/// A loaded config, and with several parts where each CIDR came from.
+pub(super) struct Effective {
+    pub(super) config: Config,
+    warnings: Vec<String>,
+    origins: Option<Origins>,
+}
+
+/// Load and validate every configured source, merged.
+pub(super) async fn load_source(options: &Options) -> Result<Effective> {
+    let ReadOnce { parts, whole } = read_sources(options).await?;
+    let opts = load_options(options);
+    let effective = if whole {
+        let Some(Part { name, read }) = parts.into_iter().next() else {
+            anyhow::bail!("no config source");
+        };
+        let loaded = match read {
+            Read::Ready(Content::Bytes(bytes)) => {
+                config::parse(&bytes, &opts).with_context(|| format!("loading {name}"))?
+            }
+            Read::Ready(Content::Absent) | Read::NotYet => {
+                info!(source = %name, "no config; using the defaults");
+                Loaded::absent(&opts)
+            }
+            Read::Failed(err) => anyhow::bail!("reading {name}: {err}"),
+        };
+        Effective {
+            config: loaded.config,
+            warnings: loaded.warnings,
+            origins: None,
+        }
+    } else {
+        let mut fragments = Vec::new();
+        let mut warnings = Vec::new();
+        for Part { name, read } in parts {
+            match read {
+                Read::Ready(Content::Bytes(bytes)) => {
+                    let fragment = config::parse_fragment(&bytes, &opts)
+                        .with_context(|| format!("loading {name}"))?;
+                    warnings.extend(fragment.warnings.iter().map(|w| format!("{name}: {w}")));
+                    fragments.push((name, fragment));
+                }
+                Read::Ready(Content::Absent) | Read::NotYet => {}
+                Read::Failed(err) => anyhow::bail!("reading {name}: {err}"),
+            }
+        }
+        let named: Vec<(String, &Fragment)> =
+            fragments.iter().map(|(n, f)| (n.clone(), f)).collect();
+        let merged = config::merge(&named, &opts).context("merging the config sources")?;
+        Effective {
+            config: merged.config,
+            warnings,
+            origins: Some(merged.origins),
         }
     };
-    for warning in &loaded.warnings {
-        warn!("{warning}");
+    for warning in &effective.warnings {
+        warn!("{}", Escaped(warning));
     }
-    Ok(loaded)
+    Ok(effective)
 }
 
 /// One pass of the daemon's reconciler over every family.
@@ -102,8 +151,26 @@ async fn rendered(options: &Options, config: &Config) -> String {
 
 pub async fn render(options: &Options) -> Result<ExitCode> {
     let loaded = load_source(options).await?;
-    print(&rendered(options, &loaded.config).await)?;
+    let mut out = String::new();
+    if let Some(origins) = &loaded.origins {
+        // As comments, so the output still feeds the restore tools.
+        for line in origins_text(origins).lines() {
+            out.push_str(&format!("# {line}\n"));
+        }
+    }
+    out.push_str(&rendered(options, &loaded.config).await);
+    print(&out)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Whether the configured sources are one whole config (one file, or one
+/// ConfigMap), read as upstream reads its file.
+pub(super) fn single_source(options: &Options) -> bool {
+    match (options.config.as_slice(), options.api_sources.len()) {
+        ([path], 0) => !path.is_dir(),
+        ([], 1) => true,
+        _ => false,
+    }
 }
 
 /// What `check` looks at, and how its verdict names it.
@@ -115,26 +182,36 @@ struct Checked {
     bytes: Option<Vec<u8>>,
     /// What to say, and whether that fails, when there is nothing.
     absent: (String, bool),
+    /// About the manifest rather than the config in it.
+    warnings: Vec<String>,
 }
 
+/// The one whole config `check` looks at: FILE, else the one source.
 async fn checked(options: &Options, file: Option<&Path>) -> Result<Checked> {
-    if file.is_none() && options.api_source.is_some() {
-        // Validate what the API serves now, as every node watching it would.
-        let (content, origin) = read_source(options).await?;
-        return Ok(Checked {
-            absent: (
-                format!("{origin}: absent; the agent uses the defaults"),
-                false,
-            ),
-            name: origin,
-            what: String::new(),
-            bytes: match content {
-                Content::Bytes(bytes) => Some(bytes),
-                Content::Absent => None,
-            },
-        });
-    }
-    let path = file.unwrap_or(&options.config);
+    let path = match (file, options.config.first()) {
+        (Some(file), _) => file,
+        (None, Some(path)) => path.as_path(),
+        (None, None) => {
+            // Validate what the API serves now, as every node watching it would.
+            let ReadOnce { parts, .. } = read_sources(options).await?;
+            let Some(Part { name, read }) = parts.into_iter().next() else {
+                anyhow::bail!("no config source");
+            };
+            return Ok(Checked {
+                absent: (
+                    format!("{name}: absent; the agent uses the defaults"),
+                    false,
+                ),
+                name,
+                what: String::new(),
+                warnings: Vec::new(),
+                bytes: match read {
+                    Read::Ready(Content::Bytes(bytes)) => Some(bytes),
+                    _ => None,
+                },
+            });
+        }
+    };
     let name = path.display().to_string();
     let absent = match file {
         Some(_) => (format!("{name}: no such file"), true),
@@ -149,10 +226,12 @@ async fn checked(options: &Options, file: Option<&Path>) -> Result<Checked> {
             what: String::new(),
             bytes: None,
             absent,
+            warnings: Vec::new(),
         });
     };
     // A ConfigMap manifest is checked by its data key, as a node sees it.
     let key = options.configmap_key.as_str();
+    let warnings = config::configmap_warnings(&bytes);
     let (bytes, what) = match config::configmap_data(&bytes, key)
         .with_context(|| format!("reading ConfigMap {name}"))?
     {
@@ -164,17 +243,23 @@ async fn checked(options: &Options, file: Option<&Path>) -> Result<Checked> {
         what,
         bytes: Some(bytes),
         absent,
+        warnings,
     })
 }
 
 /// Validate a config and show what a node would do with it: warnings, the
-/// effective config, its fingerprint and the rules.
+/// effective config, its fingerprint and the rules. With several sources
+/// (or a directory), each part is checked on its own, then the merge.
 pub async fn check(options: &Options, file: Option<&Path>) -> Result<ExitCode> {
+    if file.is_none() && !single_source(options) {
+        return check_merged(options).await;
+    }
     let Checked {
         name,
         what,
         bytes,
         absent: (absent, absent_fails),
+        warnings: mut manifest_warnings,
     } = checked(options, file).await?;
     let loaded = match bytes {
         Some(bytes) => match config::parse(&bytes, &load_options(options)) {
@@ -196,18 +281,103 @@ pub async fn check(options: &Options, file: Option<&Path>) -> Result<ExitCode> {
             Loaded::absent(&load_options(options))
         }
     };
+    manifest_warnings.extend(loaded.warnings);
+    report(options, &loaded.config, &manifest_warnings, None).await?;
+    Ok(verdict(options, &manifest_warnings))
+}
+
+/// `check` passes, unless `--strict` and there is a warning.
+fn verdict(options: &Options, warnings: &[String]) -> ExitCode {
+    if options.strict && !warnings.is_empty() {
+        eprintln!("check --strict: {} warning(s), failing", warnings.len());
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// `check` of several parts: each one's verdict, then the merged config
+/// and where each of its CIDRs came from.
+async fn check_merged(options: &Options) -> Result<ExitCode> {
+    let ReadOnce { parts, .. } = read_sources(options).await?;
+    let opts = load_options(options);
+    let mut fragments = Vec::new();
+    let mut warnings = Vec::new();
+    let mut failed = false;
+    for Part { name, read } in parts {
+        match read {
+            Read::Ready(Content::Bytes(bytes)) => match config::parse_fragment(&bytes, &opts) {
+                Ok(fragment) => {
+                    print(&format!("{name}: valid config fragment\n"))?;
+                    warnings.extend(fragment.warnings.iter().map(|w| format!("{name}: {w}")));
+                    fragments.push((name, fragment));
+                }
+                Err(err) => {
+                    eprintln!("{name}: invalid config fragment: {err}");
+                    failed = true;
+                }
+            },
+            Read::Ready(Content::Absent) | Read::NotYet => {
+                print(&format!("{name}: absent; contributes nothing\n"))?;
+            }
+            Read::Failed(err) => {
+                eprintln!("{name}: {err}");
+                failed = true;
+            }
+        }
+    }
+    if failed {
+        return Ok(ExitCode::FAILURE);
+    }
+    let named: Vec<(String, &Fragment)> = fragments.iter().map(|(n, f)| (n.clone(), f)).collect();
+    let merged = match config::merge(&named, &opts) {
+        Ok(merged) => merged,
+        Err(err) => {
+            eprintln!("merged config: invalid: {err}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    if fragments.is_empty() {
+        print("no config in any source; the agent uses the defaults\n")?;
+    }
+    report(options, &merged.config, &warnings, Some(&merged.origins)).await?;
+    Ok(verdict(options, &warnings))
+}
+
+/// What `check` prints after the verdict: warnings, where each CIDR came
+/// from (merged sources), the effective config, its fingerprint and the rules.
+async fn report(
+    options: &Options,
+    config: &Config,
+    warnings: &[String],
+    origins: Option<&Origins>,
+) -> Result<()> {
     let mut out = String::new();
-    for warning in &loaded.warnings {
+    for warning in warnings {
         out.push_str(&format!("warning: {warning}\n"));
+    }
+    if let Some(origins) = origins {
+        out.push_str(&origins_text(origins));
     }
     out.push_str(&format!(
         "effective config: {}\nfingerprint: {} (the ip_masq_agent_config metric of a node enforcing it)\n\n",
-        loaded.config.to_json(),
-        loaded.config.fingerprint()
+        config.to_json(),
+        config.fingerprint()
     ));
-    out.push_str(&rendered(options, &loaded.config).await);
-    print(&out)?;
-    Ok(ExitCode::SUCCESS)
+    out.push_str(&rendered(options, config).await);
+    print(&out)
+}
+
+/// One line per merged CIDR: its key, the CIDR and the sources listing it.
+fn origins_text(origins: &Origins) -> String {
+    let mut out = String::new();
+    if !origins.cidrs.is_empty() {
+        out.push_str("sources of each CIDR:\n");
+    }
+    for (key, net, from) in &origins.cidrs {
+        out.push_str(&format!("  {key} {net}: {}\n", from.join(", ")));
+    }
+    out
 }
 
 /// Remove our objects from both backends, every variant and family.

@@ -73,6 +73,78 @@ fn mismatch(key: &str, expected: &str, got: &Value) -> ConfigError {
     }
 }
 
+/// Warnings for the keys `bind` ignores: upstream accepts unknown keys, so
+/// a typo (`nonMasqueradeCIDR`) silently leaves the defaults in force; say
+/// so, with the key it was probably meant to be. A Kubernetes object given
+/// as a config (a `kind: List`, say) gets one warning of its own.
+pub(crate) fn unknown_keys(root: &Value) -> Vec<String> {
+    let Value::Map(entries) = root else {
+        return Vec::new();
+    };
+    if let Some(Value::Str(kind)) = root.get("kind")
+        && root.get("apiVersion").is_some()
+    {
+        return vec![format!(
+            "this is a Kubernetes object (kind: {}), not an ip-masq-agent config: none of its keys are \
+             settings, so the defaults apply; give the config itself (a ConfigMap's data.config)",
+            gostr::quote(&kind.text)
+        )];
+    }
+    entries
+        .iter()
+        .filter(|(key, _)| field_for(key).is_none())
+        .map(|(key, _)| {
+            let quoted = gostr::quote(key);
+            match suggestion(key) {
+                Some(name) => format!("unknown key {quoted} ignored (did you mean \"{name}\"?)"),
+                None => format!("unknown key {quoted} ignored"),
+            }
+        })
+        .collect()
+}
+
+/// The setting an unknown key most likely meant: within two edits of it,
+/// ignoring case, or one a prefix of the other.
+fn suggestion(key: &str) -> Option<&'static str> {
+    let key = key.to_ascii_lowercase();
+    FIELDS
+        .iter()
+        .map(|(name, _)| (*name, distance(&key, &name.to_ascii_lowercase())))
+        .filter(|(name, d)| {
+            *d <= 2 || (key.len() >= 4 && name.to_ascii_lowercase().starts_with(&key))
+        })
+        .min_by_key(|(_, d)| *d)
+        .map(|(name, _)| name)
+}
+
+/// Levenshtein distance, for short keys only.
+fn distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = (above + 1)
+                .min(row[j] + 1)
+                .min(diagonal + usize::from(ca != *cb));
+            diagonal = above;
+        }
+    }
+    row[b.len()]
+}
+
+/// Whether `root` sets `resyncInterval` (matched as `bind` matches keys).
+pub(crate) fn sets_resync(root: &Value) -> bool {
+    match root {
+        Value::Map(entries) => entries
+            .iter()
+            .any(|(key, _)| field_for(key) == Some(Field::Resync)),
+        _ => false,
+    }
+}
+
 /// Apply `root` onto `raw` (which holds the defaults).
 pub(crate) fn bind(root: &Value, mut raw: Raw) -> Result<Raw, ConfigError> {
     let entries = match root {

@@ -10,10 +10,12 @@
 //!
 //! IPv4-mapped IPv6 (`::ffff:10.0.0.0/104`): upstream treats these as IPv4
 //! (Go's `To4()` is non-nil) but then hands the IPv6 text to `iptables`,
-//! which fails. Here an aligned mapped network is returned as the IPv4
-//! network it denotes (`10.0.0.0/8`: prefix minus 96); a mapped address with
-//! a prefix below 96 is never aligned (its `ffff` bits are masked away) and
-//! gets upstream's misalignment error.
+//! which fails, so upstream never enforces one. Here an aligned mapped
+//! network is refused with an error naming the IPv4 range it denotes
+//! (`10.0.0.0/8`: prefix minus 96): read as IPv4, `::ffff:0:0/96` would be
+//! `0.0.0.0/0` and silently exempt every IPv4 destination. A mapped address
+//! with a prefix below 96 is never aligned (its `ffff` bits are masked away)
+//! and gets upstream's misalignment error.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
@@ -27,6 +29,8 @@ pub(crate) enum CidrError {
     /// Host bits set; the two strings are Go's `ip.String()` and
     /// `ipnet.String()`.
     Misaligned { ip: String, network: String },
+    /// An IPv4-mapped IPv6 range; the IPv4 range it denotes.
+    Mapped { ipv4: String },
 }
 
 /// Parse `s` as upstream validates it; see the module doc.
@@ -63,11 +67,15 @@ pub(crate) fn parse(s: &str) -> Result<IpNet, CidrError> {
             }
             match ip.to_ipv4_mapped() {
                 // Aligned implies prefix >= 96 (see the module doc).
-                Some(v4) => prefix
+                Some(v4) => match prefix
                     .checked_sub(96)
                     .and_then(|p| Ipv4Net::new(v4, p).ok())
-                    .map(IpNet::V4)
-                    .ok_or(CidrError::Parse),
+                {
+                    Some(v4) => Err(CidrError::Mapped {
+                        ipv4: v4.to_string(),
+                    }),
+                    None => Err(CidrError::Parse),
+                },
                 None => Ok(IpNet::V6(net)),
             }
         }
@@ -326,11 +334,16 @@ mod tests {
     }
 
     #[test]
-    fn ipv4_mapped_is_ipv4() {
-        assert_eq!(ok("::ffff:10.0.0.0/104"), "10.0.0.0/8");
-        assert_eq!(ok("::ffff:0.0.0.0/96"), "0.0.0.0/0");
-        assert_eq!(ok("::ffff:a00:0/104"), "10.0.0.0/8");
-        assert_eq!(ok("::ffff:10.1.2.3/128"), "10.1.2.3/32");
+    fn ipv4_mapped_is_refused_naming_the_ipv4_range() {
+        let mapped = |s: &str| match parse(s) {
+            Err(CidrError::Mapped { ipv4 }) => ipv4,
+            other => panic!("{s}: {other:?}"),
+        };
+        assert_eq!(mapped("::ffff:10.0.0.0/104"), "10.0.0.0/8");
+        assert_eq!(mapped("::ffff:0.0.0.0/96"), "0.0.0.0/0");
+        assert_eq!(mapped("::ffff:0:0/96"), "0.0.0.0/0");
+        assert_eq!(mapped("::ffff:a00:0/104"), "10.0.0.0/8");
+        assert_eq!(mapped("::ffff:10.1.2.3/128"), "10.1.2.3/32");
         assert_eq!(
             misaligned("::ffff:10.0.0.1/104"),
             ("10.0.0.1".into(), "10.0.0.0/8".into())

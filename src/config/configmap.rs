@@ -25,6 +25,38 @@ pub(crate) fn data(bytes: &[u8], key: &str) -> Result<Option<Vec<u8>>, ConfigErr
     }
 }
 
+/// The namespace and name of the ConfigMap the manifests mount.
+pub const MOUNTED: (&str, &str) = ("kube-system", "ip-masq-agent");
+
+/// See [`super::configmap_warnings`].
+pub(crate) fn warnings(bytes: &[u8]) -> Vec<String> {
+    let found = decode::find_document(bytes, |doc| {
+        matches!(doc.get("kind"), Some(Value::Str(s)) if s.text == "ConfigMap").then(|| {
+            let field = |name: &str| match doc.get("metadata").and_then(|m| m.get(name)) {
+                Some(Value::Str(s)) => Some(s.text.clone()),
+                _ => None,
+            };
+            (field("namespace"), field("name"))
+        })
+    });
+    let Ok(Some((namespace, name))) = found else {
+        return Vec::new();
+    };
+    let (mounted_ns, mounted_name) = MOUNTED;
+    let name = name.unwrap_or_default();
+    match namespace {
+        None => vec![format!(
+            "ConfigMap {name:?} has no namespace: kubectl applies it to the current namespace, \
+             while the DaemonSet mounts {mounted_ns}/{mounted_name}"
+        )],
+        Some(namespace) if namespace != mounted_ns || name != mounted_name => vec![format!(
+            "ConfigMap {namespace}/{name} is not the one the DaemonSet mounts ({mounted_ns}/{mounted_name}): \
+             applying it changes nothing on the nodes"
+        )],
+        Some(_) => Vec::new(),
+    }
+}
+
 fn lookup(doc: &Value, key: &str) -> Result<Vec<u8>, ConfigError> {
     let data = doc.get("data");
     match data.and_then(|d| d.get(key)) {
@@ -122,5 +154,24 @@ data:
         assert_eq!(data(b"", "config").unwrap(), None);
         assert_eq!(data(b"kind: configmap\n", "config").unwrap(), None);
         assert_eq!(data(b"a: [\n", "config").unwrap(), None);
+    }
+
+    #[test]
+    fn a_configmap_other_than_the_mounted_one_is_named() {
+        assert!(warnings(MANIFEST.as_bytes()).is_empty());
+        let other = MANIFEST.replace("name: ip-masq-agent", "name: ip-masq-agent-config");
+        assert_eq!(
+            warnings(other.as_bytes()),
+            [
+                "ConfigMap kube-system/ip-masq-agent-config is not the one the DaemonSet mounts \
+              (kube-system/ip-masq-agent): applying it changes nothing on the nodes"
+            ]
+        );
+        let no_namespace = MANIFEST.replace("  namespace: kube-system\n", "");
+        assert!(warnings(no_namespace.as_bytes())[0].contains("has no namespace"));
+        assert!(
+            warnings(b"nonMasqueradeCIDRs: []\n").is_empty(),
+            "a bare config"
+        );
     }
 }

@@ -22,6 +22,8 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
+    #[error("config file {} is {kind}, not a regular file; refusing to read it", path.display())]
+    NotAFile { path: PathBuf, kind: &'static str },
     #[error(
         "config file {} is larger than {max} bytes (the ConfigMap size limit); refusing to read it",
         path.display()
@@ -74,6 +76,11 @@ pub enum ConfigError {
         network: String,
     },
     #[error(
+        "CIDR {} is an IPv4-mapped IPv6 range, which means the IPv4 range {ipv4}; write {ipv4} if that is what you mean",
+        quote(.cidr)
+    )]
+    MappedCidr { cidr: String, ipv4: String },
+    #[error(
         "ipv6 is not enabled, but ipv6 cidr {cidr} provided. Enable ipv6 using --enable-ipv6 agent flag"
     )]
     Ipv6NotEnabled { cidr: String },
@@ -91,6 +98,15 @@ pub enum ConfigError {
         quote(.cidr)
     )]
     CidrInBothLists { cidr: String },
+    #[error(
+        "CIDR {} is in nonMasqueradeCIDRs of {non_masquerade} and in masqueradeCIDRs of {masquerade}; a destination cannot be both masqueraded and not, so remove it from one of them",
+        quote(.cidr)
+    )]
+    CidrInBothSources {
+        cidr: String,
+        non_masquerade: String,
+        masquerade: String,
+    },
 
     #[error("ConfigMap data key {} {problem}", quote(.key))]
     ConfigMapKey { key: String, problem: String },
@@ -109,7 +125,7 @@ impl ConfigError {
     /// A stable, low-cardinality label for metrics and structured logs.
     pub fn metric_label(&self) -> &'static str {
         match self {
-            ConfigError::Read { .. } => "read",
+            ConfigError::Read { .. } | ConfigError::NotAFile { .. } => "read",
             ConfigError::FileTooLarge { .. } | ConfigError::TooLarge { .. } => "too_large",
             ConfigError::NotUtf8 { .. }
             | ConfigError::ControlChar { .. }
@@ -120,9 +136,11 @@ impl ConfigError {
             ConfigError::TooManyCidrs { .. }
             | ConfigError::UnparsableCidr { .. }
             | ConfigError::MisalignedCidr { .. }
+            | ConfigError::MappedCidr { .. }
             | ConfigError::Ipv6NotEnabled { .. }
             | ConfigError::InList { .. }
-            | ConfigError::CidrInBothLists { .. } => "invalid",
+            | ConfigError::CidrInBothLists { .. }
+            | ConfigError::CidrInBothSources { .. } => "invalid",
             ConfigError::ConfigMapKey { .. } => "configmap",
         }
     }

@@ -12,6 +12,7 @@
 //! config without them decodes exactly as upstream's does.
 
 use std::io::Read as _;
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::Path;
 use std::time::Duration;
 
@@ -26,6 +27,7 @@ pub mod duration;
 mod error;
 pub(crate) mod gostr;
 mod json;
+mod merge;
 mod validate;
 mod value;
 mod yaml;
@@ -36,6 +38,7 @@ mod tests;
 
 pub use duration::DurationError;
 pub use error::ConfigError;
+pub use merge::{Fragment, Merged, Origins, merge, parse_fragment};
 
 /// Largest config accepted: the ConfigMap size limit (1 MiB).
 pub const MAX_CONFIG_BYTES: usize = 1 << 20;
@@ -205,7 +208,8 @@ pub fn parse(bytes: &[u8], opts: &LoadOptions) -> Result<Loaded, ConfigError> {
     }
     let tree = decode::decode(bytes)?;
     let raw = bind::bind(&tree, raw_defaults(opts.all_reserved_ranges))?;
-    let (config, warnings) = validate::validate(raw, opts)?;
+    let (config, mut warnings) = validate::validate(raw, opts)?;
+    warnings.splice(0..0, bind::unknown_keys(&tree));
     Ok(Loaded {
         config,
         source: Source::File,
@@ -221,11 +225,25 @@ pub fn read(path: &Path) -> Result<Option<Vec<u8>>, ConfigError> {
         path: path.to_owned(),
         source,
     };
-    let file = match std::fs::File::open(path) {
+    // Non-blocking, so a FIFO (or a device) put where the config belongs
+    // cannot stall the agent in open(); anything but a regular file is
+    // refused before it is read.
+    let file = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+        .open(path)
+    {
         Ok(file) => file,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(read_error(e)),
     };
+    let kind = file.metadata().map_err(read_error)?.file_type();
+    if !kind.is_file() {
+        return Err(ConfigError::NotAFile {
+            path: path.to_owned(),
+            kind: describe_file_type(kind),
+        });
+    }
     let mut bytes = Vec::new();
     file.take(MAX_CONFIG_BYTES as u64 + 1)
         .read_to_end(&mut bytes)
@@ -237,6 +255,21 @@ pub fn read(path: &Path) -> Result<Option<Vec<u8>>, ConfigError> {
         });
     }
     Ok(Some(bytes))
+}
+
+fn describe_file_type(kind: std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if kind.is_dir() {
+        "a directory"
+    } else if kind.is_fifo() {
+        "a FIFO"
+    } else if kind.is_socket() {
+        "a socket"
+    } else if kind.is_char_device() || kind.is_block_device() {
+        "a device"
+    } else {
+        "not a regular file"
+    }
 }
 
 impl Loaded {
@@ -256,4 +289,11 @@ impl Loaded {
 /// key if it is missing; `None` for anything else (a bare config file).
 pub fn configmap_data(bytes: &[u8], key: &str) -> Result<Option<Vec<u8>>, ConfigError> {
     configmap::data(bytes, key)
+}
+
+/// For `check` of a ConfigMap manifest: a warning when it is not the
+/// ConfigMap the manifests mount (`kube-system/ip-masq-agent`), since
+/// applying it would change nothing on the nodes.
+pub fn configmap_warnings(bytes: &[u8]) -> Vec<String> {
+    configmap::warnings(bytes)
 }

@@ -479,11 +479,17 @@ fn ipv6_needs_the_flag() {
 }
 
 #[test]
-fn ipv4_mapped_cidrs_become_ipv4() {
-    // Upstream counts these as IPv4; they are stored as the IPv4 network.
+fn ipv4_mapped_cidrs_are_refused() {
+    // Upstream counts these as IPv4 and then fails in iptables; read as IPv4,
+    // ::ffff:0:0/96 would exempt every IPv4 destination. Refused, even
+    // without --enable-ipv6, naming the IPv4 range meant.
     assert_eq!(
-        cidrs(&ok("nonMasqueradeCIDRs: [\"::ffff:10.0.0.0/104\"]\n")),
-        ["10.0.0.0/8"]
+        err("nonMasqueradeCIDRs: [\"::ffff:10.0.0.0/104\"]\n"),
+        r#"CIDR "::ffff:10.0.0.0/104" is an IPv4-mapped IPv6 range, which means the IPv4 range 10.0.0.0/8; write 10.0.0.0/8 if that is what you mean"#
+    );
+    assert_eq!(
+        err("nonMasqueradeCIDRs: [\"::ffff:0:0/96\"]\n"),
+        r#"CIDR "::ffff:0:0/96" is an IPv4-mapped IPv6 range, which means the IPv4 range 0.0.0.0/0; write 0.0.0.0/0 if that is what you mean"#
     );
     assert_eq!(
         err("nonMasqueradeCIDRs: [\"::ffff:10.0.0.1/104\"]\n"),
@@ -740,5 +746,75 @@ fn configs_without_the_new_keys_are_unchanged() {
     assert_eq!(
         ok("masqueradeCIDRs: []\npodCIDRs: null\n"),
         Config::defaults(false)
+    );
+}
+
+#[test]
+fn only_regular_files_are_read_and_a_fifo_never_blocks() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("ip-masq-agent");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    // No writer ever opens the FIFO: a blocking open would hang here.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let path = fifo.clone();
+    std::thread::spawn(move || tx.send(read(&path).map_err(|e| e.to_string())));
+    let result = rx
+        .recv_timeout(std::time::Duration::from_secs(5))
+        .expect("reading a FIFO blocked");
+    assert_eq!(
+        result.unwrap_err(),
+        format!(
+            "config file {} is a FIFO, not a regular file; refusing to read it",
+            fifo.display()
+        )
+    );
+    let err = read(dir.path()).unwrap_err().to_string();
+    assert!(
+        err.ends_with("is a directory, not a regular file; refusing to read it"),
+        "{err}"
+    );
+    // A symlink to a regular file is read as the file (kubelet's layout).
+    let real = dir.path().join("real");
+    std::fs::write(&real, "cidrLimit: 1\n").unwrap();
+    let link = dir.path().join("link");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    assert_eq!(
+        read(&link).unwrap().as_deref(),
+        Some(&b"cidrLimit: 1\n"[..])
+    );
+}
+
+#[test]
+fn unknown_keys_are_accepted_but_named_with_a_suggestion() {
+    let warnings = |text: &str| parse(text.as_bytes(), &V4).unwrap().warnings;
+    // The VPN incident: a missing "s" leaves the defaults in force.
+    assert_eq!(
+        warnings("nonMasqueradeCIDR: [10.40.0.0/14]\n"),
+        [r#"unknown key "nonMasqueradeCIDR" ignored (did you mean "nonMasqueradeCIDRs"?)"#]
+    );
+    assert_eq!(
+        warnings("resyncIntervall: 10s\nfoo: 1\n"),
+        [
+            r#"unknown key "foo" ignored"#,
+            r#"unknown key "resyncIntervall" ignored (did you mean "resyncInterval"?)"#,
+        ]
+    );
+    // Go's case folding still binds these: no warning.
+    assert!(warnings("NONMASQUERADECIDRS: [10.0.0.0/8]\n").is_empty());
+    assert_eq!(
+        warnings("apiVersion: v1\nkind: List\nitems: []\n"),
+        [
+            r#"this is a Kubernetes object (kind: "List"), not an ip-masq-agent config: none of its keys are settings, so the defaults apply; give the config itself (a ConfigMap's data.config)"#
+        ]
+    );
+    // A fragment says the same.
+    let fragment = parse_fragment(b"masqLinkLocall: true\n", &V4).unwrap();
+    assert_eq!(
+        fragment.warnings,
+        [r#"unknown key "masqLinkLocall" ignored (did you mean "masqLinkLocal"?)"#]
     );
 }

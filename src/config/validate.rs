@@ -89,6 +89,10 @@ fn parse_list(texts: &[String], opts: &LoadOptions) -> Result<Vec<IpNet>, Config
                 ip,
                 network,
             },
+            CidrError::Mapped { ipv4 } => ConfigError::MappedCidr {
+                cidr: text.clone(),
+                ipv4,
+            },
         })?;
         if !opts.enable_ipv6 && matches!(net, IpNet::V6(_)) {
             return Err(ConfigError::Ipv6NotEnabled { cidr: text.clone() });
@@ -209,7 +213,7 @@ mod tests {
     #[test]
     fn the_same_network_in_both_lists_is_refused() {
         let mut r = raw(&["10.0.0.0/8", "10.9.0.0/16"], 64);
-        r.masquerade_cidrs = strings(&["10.9.5.0/24", "::ffff:10.9.0.0/112"]);
+        r.masquerade_cidrs = strings(&["10.9.5.0/24", "10.9.0.0/16"]);
         assert_eq!(
             err(r, true),
             r#"CIDR "10.9.0.0/16" is in both nonMasqueradeCIDRs and masqueradeCIDRs; a destination cannot be both masqueraded and not, so remove it from one of them"#

@@ -26,7 +26,7 @@ use tokio::sync::mpsc;
 use tokio::time::{Interval, MissedTickBehavior};
 use tracing::{info, warn};
 
-use super::{Content, Read};
+use super::{Content, Part, Read};
 use crate::config;
 
 /// How often the config file's identity is checked besides the watch, so an
@@ -38,7 +38,9 @@ pub const FILE_POLL: Duration = Duration::from_secs(1);
 /// kubelet update is several renames and unlinks within microseconds).
 pub const COALESCE: Duration = Duration::from_millis(5);
 
-/// The config file, watched through its directory and polled as a fallback.
+/// A `--config` path: one file, watched through its directory, or a
+/// directory (a ConfigMap volume with several keys, a projected volume),
+/// watched itself; polled as a fallback either way.
 pub struct FileSource {
     path: PathBuf,
     watch: ConfigWatch,
@@ -53,7 +55,13 @@ pub struct FileSource {
 
 impl FileSource {
     pub fn new(path: PathBuf) -> Self {
-        let (watch, events) = ConfigWatch::new(&path);
+        // A directory is watched itself; a file (or nothing yet) through
+        // its parent, where kubelet swaps the `..data` symlink.
+        let (watch, events) = if path.is_dir() {
+            ConfigWatch::on_dir(path.clone())
+        } else {
+            ConfigWatch::new(&path)
+        };
         FileSource {
             path,
             watch,
@@ -68,13 +76,39 @@ impl FileSource {
         &self.path
     }
 
-    /// The file's bytes now; a missing file is `Absent` (the defaults).
-    pub fn read(&mut self) -> Read {
+    /// Whether the path holds one whole config (a file, or nothing), as
+    /// opposed to a directory of fragments.
+    pub fn is_whole(&self) -> bool {
+        !self.path.is_dir()
+    }
+
+    /// What the path holds now: for a file, one part (a missing file is
+    /// `Absent`, the defaults); for a directory, one part per regular file
+    /// in it (symlinks followed) whose name does not start with `.`, in name
+    /// order, which is what kubelet projects for each ConfigMap key.
+    pub fn read(&mut self) -> Vec<Part> {
         self.stamp = Some(stamp(&self.path));
-        match config::read(&self.path) {
-            Ok(Some(bytes)) => Read::Ready(Content::Bytes(bytes)),
-            Ok(None) => Read::Ready(Content::Absent),
-            Err(err) => Read::Failed(err.to_string()),
+        if !self.path.is_dir() {
+            return vec![Part {
+                name: self.path.display().to_string(),
+                read: read_file(&self.path),
+            }];
+        }
+        match fragment_files(&self.path) {
+            Ok(files) => files
+                .into_iter()
+                .map(|file| Part {
+                    name: file.display().to_string(),
+                    read: read_file(&file),
+                })
+                .collect(),
+            Err(err) => vec![Part {
+                name: self.path.display().to_string(),
+                read: Read::Failed(format!(
+                    "cannot list config directory {}: {err}",
+                    self.path.display()
+                )),
+            }],
         }
     }
 
@@ -113,11 +147,41 @@ impl FileSource {
     }
 }
 
+fn read_file(path: &Path) -> Read {
+    match config::read(path) {
+        Ok(Some(bytes)) => Read::Ready(Content::Bytes(bytes)),
+        Ok(None) => Read::Ready(Content::Absent),
+        Err(err) => Read::Failed(err.to_string()),
+    }
+}
+
+/// The regular files of `dir` (after following symlinks) whose names do not
+/// start with `.`, sorted by name: kubelet's `..data` and timestamped
+/// directories are hidden, the keys' symlinks are not.
+fn fragment_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        if name.to_string_lossy().starts_with('.') {
+            continue;
+        }
+        let path = entry.path();
+        if std::fs::metadata(&path).is_ok_and(|meta| meta.is_file()) {
+            files.push(path);
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
 /// Identity of the config file as the kubelet changes it: a ConfigMap update
 /// swaps a symlink, so the resolved inode changes even if size and mtime match.
+/// A directory's identity is that of each of its fragment files.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum FileStamp {
     Absent,
+    Dir(Vec<(PathBuf, FileStamp)>),
     Present {
         dev: u64,
         ino: u64,
@@ -128,6 +192,20 @@ enum FileStamp {
 }
 
 fn stamp(path: &Path) -> FileStamp {
+    if path.is_dir() {
+        return match fragment_files(path) {
+            Ok(files) => FileStamp::Dir(
+                files
+                    .into_iter()
+                    .map(|file| {
+                        let stamp = stamp(&file);
+                        (file, stamp)
+                    })
+                    .collect(),
+            ),
+            Err(err) => FileStamp::Unreadable(err.kind().to_string()),
+        };
+    }
     match std::fs::metadata(path) {
         Ok(meta) => FileStamp::Present {
             dev: meta.dev(),
@@ -171,6 +249,11 @@ impl ConfigWatch {
             Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
             _ => PathBuf::from("."),
         };
+        Self::on_dir(dir)
+    }
+
+    /// Prepare a watch on `dir` itself.
+    pub fn on_dir(dir: PathBuf) -> (Self, mpsc::Receiver<()>) {
         let (tx, rx) = mpsc::channel(1);
         let watch = ConfigWatch {
             dir,

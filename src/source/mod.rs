@@ -1,17 +1,20 @@
-//! Where the config comes from: a file (a mounted ConfigMap) or a ConfigMap
-//! read through the Kubernetes API.
+//! Where the config comes from: files and directories (mounted ConfigMaps)
+//! and ConfigMaps read through the Kubernetes API, any number of each.
 //!
 //! A [`Source`] owns what it watches and what it last delivered; the agent
-//! only asks it for the bytes now ([`Source::read`]), waits for it to change
-//! ([`Source::changed`]), and hands it problems to report where that source's
-//! readers look (Events on the ConfigMap). Decoding and validation are not
-//! here: every source's bytes go through the same `config::parse`, so all
-//! of them accept and reject exactly the same text.
+//! only asks it for its parts now ([`Source::read`]: one per file or
+//! ConfigMap key), waits for it to change ([`Source::changed`]), and hands
+//! it problems to report where that source's readers look (Events on the
+//! ConfigMap). [`Sources`] is the set the agent runs with. Decoding,
+//! validation and merging are not here: every part goes through the same
+//! `config` functions, so all sources accept and reject the same text.
 
 pub mod api;
 pub mod file;
 
 use std::fmt;
+
+use futures_util::future::select_all;
 
 use api::ConfigMapSource;
 use file::FileSource;
@@ -36,6 +39,14 @@ pub enum Read {
     Failed(String),
 }
 
+/// One config document of a source: a file, a file of a directory, or a
+/// ConfigMap's key. Its name is how logs, metrics and `check` call it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Part {
+    pub name: String,
+    pub read: Read,
+}
+
 /// What kind of change woke the loop, for logs and metric labels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ChangeKind {
@@ -50,11 +61,23 @@ pub enum Source {
 }
 
 impl Source {
-    /// The config bytes now.
-    pub fn read(&mut self) -> Read {
+    /// The source's parts now.
+    pub fn read(&mut self) -> Vec<Part> {
         match self {
             Source::File(file) => file.read(),
-            Source::ConfigMap(configmap) => configmap.read(),
+            Source::ConfigMap(configmap) => vec![Part {
+                name: self_name(configmap),
+                read: configmap.read(),
+            }],
+        }
+    }
+
+    /// Whether the source holds one whole config (a file, or one ConfigMap
+    /// key), read as upstream reads its one file.
+    fn is_whole(&self) -> bool {
+        match self {
+            Source::File(file) => file.is_whole(),
+            Source::ConfigMap(_) => true,
         }
     }
 
@@ -122,13 +145,90 @@ impl fmt::Display for Source {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Source::File(file) => write!(f, "{}", file.path().display()),
-            Source::ConfigMap(configmap) => write!(
-                f,
-                "configmap {} key {}",
-                configmap.configmap(),
-                configmap.key()
-            ),
+            Source::ConfigMap(configmap) => f.write_str(&self_name(configmap)),
         }
+    }
+}
+
+fn self_name(configmap: &ConfigMapSource) -> String {
+    format!(
+        "configmap {} key {}",
+        configmap.configmap(),
+        configmap.key()
+    )
+}
+
+/// Every source the agent reads, in the order given on the command line.
+pub struct Sources(Vec<Source>);
+
+impl Sources {
+    pub fn new(sources: Vec<Source>) -> Self {
+        Sources(sources)
+    }
+
+    /// One source holding one whole config: read exactly as upstream reads
+    /// its file (unset keys take the defaults). Anything else is merged
+    /// from fragments.
+    pub fn is_whole(&self) -> bool {
+        matches!(self.0.as_slice(), [one] if one.is_whole())
+    }
+
+    /// Every part of every source, each with the index of its source.
+    pub fn read(&mut self) -> Vec<(usize, Part)> {
+        let mut parts = Vec::new();
+        for (index, source) in self.0.iter_mut().enumerate() {
+            parts.extend(source.read().into_iter().map(|part| (index, part)));
+        }
+        parts
+    }
+
+    pub fn start(&mut self) {
+        for source in &mut self.0 {
+            source.start();
+        }
+    }
+
+    /// Resolves when any source may have changed. Cancel-safe, as each
+    /// source's own `changed` is.
+    pub async fn changed(&mut self) -> ChangeKind {
+        if self.0.is_empty() {
+            return std::future::pending().await;
+        }
+        let waits = self.0.iter_mut().map(|source| Box::pin(source.changed()));
+        select_all(waits).await.0
+    }
+
+    pub fn get(&self, index: usize) -> Option<&Source> {
+        self.0.get(index)
+    }
+
+    /// Why nothing is enforced yet: the first source that has not spoken.
+    pub fn waiting_reason(&self) -> String {
+        self.0
+            .iter()
+            .find(|s| matches!(s, Source::ConfigMap(_)))
+            .or(self.0.first())
+            .map(Source::waiting_reason)
+            .unwrap_or_else(|| "no config source".to_owned())
+    }
+
+    /// Tell every source's readers that rule syncs keep failing.
+    pub fn report_sync_failure(&self, error: String) {
+        for source in &self.0 {
+            source.report_sync_failure(error.clone());
+        }
+    }
+}
+
+impl fmt::Display for Sources {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, source) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            write!(f, "{source}")?;
+        }
+        Ok(())
     }
 }
 

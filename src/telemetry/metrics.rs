@@ -46,6 +46,11 @@ struct ConfigLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FragmentLabels {
+    fragment: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SourceLabels {
     source: &'static str,
 }
@@ -180,6 +185,8 @@ struct ConfigMetrics {
     valid: Gauge,
     info: MetricFamily<ConfigLabels, Gauge>,
     cidrs: MetricFamily<FamilyLabels, Gauge>,
+    fragments: MetricFamily<FragmentLabels, Gauge>,
+    warnings: Counter,
 }
 
 impl ConfigMetrics {
@@ -189,6 +196,8 @@ impl ConfigMetrics {
             valid: Gauge::default(),
             info: MetricFamily::default(),
             cidrs: MetricFamily::default(),
+            fragments: MetricFamily::default(),
+            warnings: Counter::default(),
         };
         registry.register(
             "ip_masq_agent_non_masquerade_cidrs",
@@ -209,6 +218,16 @@ impl ConfigMetrics {
             "ip_masq_agent_config",
             "Fingerprint of the enforced config (value is always 1); equal fingerprints mean equal configs across nodes",
             this.info.clone(),
+        );
+        registry.register(
+            "ip_masq_agent_config_warnings",
+            "Warnings about an accepted config (an unknown key, a corrected value), once per distinct content",
+            this.warnings.clone(),
+        );
+        registry.register(
+            "ip_masq_agent_config_fragment_valid",
+            "With several config sources, whether each part (a file, a ConfigMap key) is valid (1) or rejected (0; its last valid contents stay in force)",
+            this.fragments.clone(),
         );
         this
     }
@@ -438,6 +457,33 @@ impl Metrics {
             })
             .inc();
         self.config.valid.set(i64::from(valid));
+    }
+
+    /// A warning about an accepted config was logged.
+    pub fn config_warning(&self) {
+        self.config.warnings.inc();
+    }
+
+    /// Whether every config part read last was valid.
+    pub fn set_config_valid(&self, valid: bool) {
+        self.config.valid.set(i64::from(valid));
+    }
+
+    /// One part of a merged config was read: valid or not.
+    pub fn fragment_valid(&self, name: &str, valid: bool) {
+        self.config
+            .fragments
+            .get_or_create(&FragmentLabels {
+                fragment: name.to_owned(),
+            })
+            .set(i64::from(valid));
+    }
+
+    /// A part of a merged config is gone.
+    pub fn fragment_removed(&self, name: &str) {
+        self.config.fragments.remove(&FragmentLabels {
+            fragment: name.to_owned(),
+        });
     }
 
     /// Record the config now enforced.

@@ -442,14 +442,7 @@ fn b_pod_cidrs_keep_inbound_and_forwarded_sources(kernel: Kernel) {
         );
     }
 }
-mod b_pod_cidrs_keep_inbound_and_forwarded_sources {
-    #[test]
-    fn nftables() {
-        if crate::prerequisites() {
-            super::b_pod_cidrs_keep_inbound_and_forwarded_sources(crate::kernel::Kernel::Nftables);
-        }
-    }
-}
+per_kernel!(b_pod_cidrs_keep_inbound_and_forwarded_sources);
 
 /// A fixed-seed xorshift, so a failing config reproduces.
 struct Rng(u64);
@@ -574,11 +567,4 @@ fn c_kernel_agrees_with_explain_on_random_configs(kernel: Kernel) {
         "the sample decided only one way: {seen_both:?}"
     );
 }
-mod c_kernel_agrees_with_explain_on_random_configs {
-    #[test]
-    fn nftables() {
-        if crate::prerequisites() {
-            super::c_kernel_agrees_with_explain_on_random_configs(crate::kernel::Kernel::Nftables);
-        }
-    }
-}
+per_kernel!(c_kernel_agrees_with_explain_on_random_configs);

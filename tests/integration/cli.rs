@@ -309,6 +309,42 @@ fn check_configmap_manifest_uses_data_config() {
     );
 }
 
+/// The VPN incident from a typo: the key is ignored (as upstream ignores
+/// it), but `check` says so, and `--strict` fails on it; the same for a
+/// ConfigMap the DaemonSet does not mount.
+#[test]
+fn check_names_unknown_keys_and_strict_fails_on_them() {
+    let (_dir, path) = file("nonMasqueradeCIDR: [10.40.0.0/14]\n");
+    let out = cli(&["check", s(&path)]);
+    let (stdout, _) = expect_exit(&out, 0, "check of a config with a typo");
+    assert!(
+        stdout.contains(r#"warning: unknown key "nonMasqueradeCIDR" ignored (did you mean "nonMasqueradeCIDRs"?)"#),
+        "{stdout}"
+    );
+    let out = cli(&["--strict", "check", s(&path)]);
+    let (_, stderr) = expect_exit(&out, 1, "check --strict of a config with a typo");
+    assert!(
+        stderr.contains("check --strict: 1 warning(s), failing"),
+        "{stderr}"
+    );
+
+    let other = MANIFEST.replace("name: ip-masq-agent", "name: ip-masq");
+    let (_dir2, path2) = file(&other);
+    let out = cli(&["--strict", "check", s(&path2)]);
+    let (stdout, _) = expect_exit(&out, 1, "check --strict of another ConfigMap");
+    assert!(
+        stdout
+            .contains("warning: ConfigMap kube-system/ip-masq is not the one the DaemonSet mounts"),
+        "{stdout}"
+    );
+    let (_dir3, clean) = file("nonMasqueradeCIDRs: [10.40.0.0/14]\n");
+    expect_exit(
+        &cli(&["--strict", "check", s(&clean)]),
+        0,
+        "check --strict of a clean config",
+    );
+}
+
 #[test]
 fn unknown_flag_exits_2_like_go_flag() {
     for args in [&["--bogus", "render"][..], &["render", "-bogus"][..]] {

@@ -43,8 +43,11 @@ macro_rules! both_modes {
 pub(crate) use both_modes;
 
 mod api_source;
+mod busy_node;
 mod cleanup;
 mod daemon;
+mod hostile_files;
+mod merged;
 mod nft;
 mod node_state;
 mod policy_nft;

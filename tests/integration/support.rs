@@ -8,6 +8,7 @@
 
 pub mod agent;
 pub mod apiserver;
+pub mod busy_node;
 pub mod env;
 pub mod http;
 pub mod iptables;

@@ -544,6 +544,13 @@ impl Backend for Nftables {
     ) -> Result<CleanupReport, BackendError> {
         let fam = nft_family(family);
         self.memory.remove(&family);
+        // Looked up by name first: on a node without our table (every
+        // iptables-backend node, at each start) this costs one netlink
+        // request, not nft loading its cache of the whole ruleset. Should
+        // netlink fail, nft decides as before.
+        if let Ok(false) = blocking(move || netlink::table_exists(family)).await {
+            return Ok(Vec::new());
+        }
         match exec::run("nft", &["delete", "table", fam, TABLE], None).await {
             Ok(_) => Ok(vec![format!(
                 "nftables {family}: removed table {fam} {TABLE}"

@@ -524,6 +524,24 @@ impl TableDump<'_> {
 /// Reads our table (`table`, set shape and elements, chains, rules) for
 /// `family`, with the generation before and after to tell whether it is
 /// one consistent state.
+/// Whether our table exists in `family`: one GETTABLE by name, whatever
+/// else the ruleset holds (nft itself would load its whole cache first).
+pub fn table_exists(family: Family) -> Result<bool, NlError> {
+    let proto = Proto::of(family);
+    let mut conn = Conn::open()?;
+    let found = conn.get(
+        &table_op(proto, "get table"),
+        msg::GETTABLE,
+        proto.nfproto(),
+        |b| b.string(attr::TABLE_NAME, TABLE),
+    );
+    match found {
+        Ok(_) => Ok(true),
+        Err(e) if e.errno == Some(ENOENT) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 pub fn snapshot(family: Family) -> Result<Snapshot, NlError> {
     let proto = Proto::of(family);
     let mut conn = Conn::open()?;

@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 
 use super::bytecode::predict;
 use super::wire::Proto;
-use crate::plan::{self, Family, PortRange, Protocol, Ruleset};
+use crate::plan::{self, Family, PortRange, Ruleset};
 
 /// Our table's name, the same in both families.
 pub const TABLE: &str = "ip-masq-agent";
@@ -294,17 +294,6 @@ impl Plan {
     }
 }
 
-/// The `--to-ports` intervals in order, recovered from the per-protocol
-/// shares (every protocol repeats them).
-fn port_ranges(desired: &Ruleset) -> Vec<PortRange> {
-    desired
-        .port_shares
-        .iter()
-        .filter(|s| s.protocol == Protocol::Tcp)
-        .map(|s| s.range)
-        .collect()
-}
-
 /// Turn the family's `Ruleset` into our table's content.
 pub fn plan_nft(desired: &Ruleset) -> Plan {
     let family = desired.family;
@@ -319,7 +308,7 @@ pub fn plan_nft(desired: &Ruleset) -> Plan {
         base.push(NftRule::ForeignSourceReturn(family));
     }
     base.push(NftRule::ListedReturn(family));
-    match port_ranges(desired).as_slice() {
+    match desired.to_ports.as_slice() {
         [] => {}
         [only] => base.push(masquerade(Some(*only))),
         // `masquerade to :numgen map` is broken in nft 1.0.6, hence a

@@ -34,6 +34,8 @@ pub struct ConfigVolume {
     current: Option<String>,
     /// Makes every timestamped name unique within this volume.
     generation: u32,
+    /// The keys whose user-visible symlinks exist.
+    visible: Vec<String>,
 }
 
 fn temp_base() -> TempDir {
@@ -55,6 +57,7 @@ impl ConfigVolume {
             dir,
             current: None,
             generation: 0,
+            visible: Vec::new(),
         };
         v.write(None);
         v
@@ -70,6 +73,7 @@ impl ConfigVolume {
             dir,
             current: None,
             generation: 0,
+            visible: Vec::new(),
         }
     }
 
@@ -107,6 +111,7 @@ impl ConfigVolume {
     pub fn delete_dir(&mut self) {
         fs::remove_dir_all(&self.dir).expect("delete the volume directory");
         self.current = None;
+        self.visible.clear();
     }
 
     /// The volume directory (re)appears as kubelet lays out a fresh volume
@@ -117,7 +122,22 @@ impl ConfigVolume {
         self.write(None);
     }
 
+    /// kubelet's update of a ConfigMap with several keys (or a projected
+    /// volume of several ConfigMaps): every key in `keys` gets its file,
+    /// keys not listed lose theirs, all in one `..data` swap.
+    #[allow(dead_code)] // the end-to-end suite compiles this file too
+    pub fn update_keys(&mut self, keys: &[(&str, &str)]) {
+        self.write_keys(keys);
+    }
+
     fn write(&mut self, content: Option<&str>) {
+        match content {
+            Some(text) => self.write_keys(&[(KEY, text)]),
+            None => self.write_keys(&[]),
+        }
+    }
+
+    fn write_keys(&mut self, keys: &[(&str, &str)]) {
         let root = self.dir.as_path();
         self.generation += 1;
         let g = self.generation;
@@ -126,21 +146,24 @@ impl ConfigVolume {
         let stamp = format!("..2026_11_26_10_{:02}_{:02}.{:09}", g / 60, g % 60, 123 + g);
         let new_dir = root.join(&stamp);
         fs::create_dir(&new_dir).expect("create the timestamped directory");
-        if let Some(text) = content {
-            fs::write(new_dir.join(KEY), text).expect("write the config into the new directory");
+        for (key, text) in keys {
+            fs::write(new_dir.join(key), text).expect("write a key into the new directory");
         }
         let tmp = root.join("..data_tmp");
         symlink(&stamp, &tmp).expect("create ..data_tmp");
         fs::rename(&tmp, root.join("..data")).expect("rename ..data_tmp over ..data");
-        let visible = root.join(KEY);
-        let exists = visible.symlink_metadata().is_ok();
-        match (content.is_some(), exists) {
-            (true, false) => {
-                symlink(format!("..data/{KEY}"), &visible).expect("create the key's symlink")
+        for (key, _) in keys {
+            let visible = root.join(key);
+            if visible.symlink_metadata().is_err() {
+                symlink(format!("..data/{key}"), &visible).expect("create the key's symlink");
             }
-            (false, true) => fs::remove_file(&visible).expect("remove the key's symlink"),
-            _ => {}
         }
+        for old in self.visible.drain(..) {
+            if !keys.iter().any(|(key, _)| *key == old) {
+                fs::remove_file(root.join(&old)).expect("remove the key's symlink");
+            }
+        }
+        self.visible = keys.iter().map(|(key, _)| key.to_string()).collect();
         if let Some(old) = self.current.replace(stamp) {
             fs::remove_dir_all(root.join(old)).expect("delete the old timestamped directory");
         }

@@ -175,7 +175,7 @@ fn wrong_set_type_is_replaced_after_its_rule_is_gone() {
 fn unused_share_chains_are_removed() {
     let old = two_intervals();
     let mut new = old.clone();
-    new.port_shares.clear();
+    new.to_ports.clear();
     let plan = plan_nft(&new);
     let changes = diff(&plan, &live(&old), &plan.predicted(), None);
     assert_eq!(changes.stale_chains, vec!["share-0", "share-1"]);

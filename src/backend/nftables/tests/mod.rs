@@ -3,7 +3,7 @@
 //! the backend's constants.
 
 use super::*;
-use crate::plan::{PortRange, port_shares};
+use crate::plan::PortRange;
 
 mod diff;
 mod observe;
@@ -20,7 +20,7 @@ fn ruleset(family: Family, list: &[&str]) -> Ruleset {
         no_masquerade: nets(list),
         pod_sources: None,
         random_fully: true,
-        port_shares: Vec::new(),
+        to_ports: Vec::new(),
     }
 }
 
@@ -39,7 +39,7 @@ fn defaults() -> Ruleset {
 fn two_intervals() -> Ruleset {
     let mut rs = ruleset(Family::Ipv4, &["10.0.0.0/8", "192.0.2.1/32"]);
     rs.random_fully = false;
-    rs.port_shares = port_shares(&[
+    rs.to_ports = vec![
         PortRange {
             first: 1024,
             last: 29999,
@@ -48,7 +48,7 @@ fn two_intervals() -> Ruleset {
             first: 32768,
             last: 65535,
         },
-    ]);
+    ];
     rs
 }
 

@@ -68,10 +68,10 @@ fn render_ipv6_without_elements() {
 #[test]
 fn render_one_port_interval() {
     let mut rs = ruleset(Family::Ipv4, &["10.0.0.0/8"]);
-    rs.port_shares = port_shares(&[PortRange {
+    rs.to_ports = vec![PortRange {
         first: 1024,
         last: 29999,
-    }]);
+    }];
     let text = Nftables::new().render(&rs);
     assert!(
         text.contains(
@@ -83,10 +83,10 @@ fn render_one_port_interval() {
         "{text}"
     );
     assert!(!text.contains("share-"), "{text}");
-    rs.port_shares = port_shares(&[PortRange {
+    rs.to_ports = vec![PortRange {
         first: 40000,
         last: 40000,
-    }]);
+    }];
     assert!(
         Nftables::new()
             .render(&rs)

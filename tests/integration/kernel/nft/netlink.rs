@@ -17,7 +17,7 @@ use std::time::Instant;
 use ip_masq_agent::backend::ErrorKind;
 use ip_masq_agent::backend::nftables::netlink::{self, ERESTART, NlError, Snapshot, Write};
 use ip_masq_agent::backend::nftables::{gated_script, plan_nft, script};
-use ip_masq_agent::plan::{Family as PlanFamily, PortRange, Ruleset, port_shares};
+use ip_masq_agent::plan::{Family as PlanFamily, PortRange, Ruleset};
 use ipnet::IpNet;
 use serde_json::Value;
 
@@ -485,7 +485,7 @@ fn ruleset(family: PlanFamily, list: &[&str], random_fully: bool, ports: &[(u16,
         no_masquerade: nets(list),
         pod_sources: None,
         random_fully,
-        port_shares: port_shares(&ranges),
+        to_ports: ranges,
     }
 }
 
