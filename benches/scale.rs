@@ -51,7 +51,9 @@
 //! one-CIDR changes per path),
 //! `FLOOD_SECONDS` (2), `MODE` (`nft` or `legacy`: the iptables backend's
 //! `--iptables-mode`), `IP_MASQ_AGENT` (the agent binary; default the release
-//! binary cargo built), `VERBOSE=1` (every sample as it is taken).
+//! binary cargo built), `VERBOSE=1` (every sample as it is taken),
+//! `POD_SOURCE=1` (every config also sets `podCIDRs` to the client's range,
+//! so each flow pays the source condition too).
 //!
 //! Only namespaces created here (`imq-scale-<pid>-...`) are touched; they,
 //! the processes started in them and the temporary directory are removed by
@@ -112,6 +114,8 @@ const FLOOD_FIRST_DPORT: u16 = 1024;
 
 /// Addresses, all in documentation ranges, only inside our namespaces.
 const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
+/// The client's range: `podCIDRs` with `POD_SOURCE=1`.
+const CLIENT_NET: &str = "198.51.100.0/24";
 const ROUTER_CLIENT_SIDE: &str = "198.51.100.1";
 const ROUTER_SINK_SIDE: &str = "203.0.113.1/24";
 const SINK_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 2);
@@ -160,6 +164,8 @@ impl Backend {
 }
 
 struct Settings {
+    /// `POD_SOURCE=1`: every config also has `podCIDRs` (the client's range).
+    pod_source: bool,
     sizes: Vec<usize>,
     backends: Vec<Backend>,
     repeat: usize,
@@ -272,6 +278,7 @@ fn settings() -> Result<Settings, String> {
         agent,
         time,
         verbose: env_or("VERBOSE", 0u8)? != 0,
+        pod_source: env_or("POD_SOURCE", 0u8)? != 0,
         backend_flag: false,
         unavailable: BTreeMap::new(),
     })
@@ -471,10 +478,18 @@ fn cidrs(n: usize, replaced: usize) -> Vec<String> {
         .collect()
 }
 
-fn config_text(list: &[String]) -> String {
+/// The config of `list`; with `pod_source`, `podCIDRs` holds the client's
+/// range, so every flow passes the source condition (a lookup in the
+/// `pod-sources` set or its iptables rule) before the destination lookup.
+fn config_text(list: &[String], pod_source: bool) -> String {
+    let pods = if pod_source {
+        format!("podCIDRs: [{CLIENT_NET}]\n")
+    } else {
+        String::new()
+    };
     format!(
-        "cidrLimit: {}\nresyncInterval: 1h\nnonMasqueradeCIDRs: [{}]\n",
-        CIDR_LIMIT.max(list.len()),
+        "cidrLimit: {}\nresyncInterval: 1h\nnonMasqueradeCIDRs: [{}]\n{pods}",
+        CIDR_LIMIT.max(list.len() + 1),
         list.join(",")
     )
 }
@@ -516,12 +531,12 @@ fn measure(
     fs::create_dir(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     // The daemon watches this file's directory; sync reads it too.
     let config = dir.join("ip-masq-agent");
-    let full = config_text(&cidrs(size, 0));
+    let full = config_text(&cidrs(size, 0), s.pod_source);
     write_config(&config, &full)?;
     let one = dir.join("one-cidr").join("ip-masq-agent");
     fs::create_dir(one.parent().expect("a parent"))
         .map_err(|e| format!("{}: {e}", dir.display()))?;
-    write_config(&one, &config_text(&cidrs(1, 0)))?;
+    write_config(&one, &config_text(&cidrs(1, 0), s.pod_source))?;
     let verbose = |what: &str, v: f64, unit: &str| {
         if s.verbose {
             println!(
@@ -571,7 +586,7 @@ fn measure(
     // One-CIDR changes through sync.
     for c in 1..=s.changes {
         check_stop()?;
-        write_config(&config, &config_text(&cidrs(size, c)))?;
+        write_config(&config, &config_text(&cidrs(size, c), s.pod_source))?;
         let sync = agent_sync(ctx, &router, backend, &config, &dir)?;
         row.change_sync_ms.push(sync.ms);
         verbose("one-CIDR change, sync", sync.ms, "ms");
@@ -583,7 +598,7 @@ fn measure(
         }
     }
     verify(&router, backend, &s.mode, size)?;
-    let last_list = config_text(&cidrs(size, s.changes));
+    let last_list = config_text(&cidrs(size, s.changes), s.pod_source);
 
     // The daemon: its own elapsed_ms for a full apply (after a cleanup) and
     // for changes arriving as a renamed file; its peak memory.
@@ -600,7 +615,7 @@ fn measure(
                 check_stop()?;
                 // Each a replacement for the middle CIDR not used before.
                 let list = cidrs(size, s.changes + 1 + c);
-                let renamed = write_config(&config, &config_text(&list))?;
+                let renamed = write_config(&config, &config_text(&list, s.pod_source))?;
                 let (elapsed, at) = daemon.wait_applied("config change")?;
                 let wall = ms(at.saturating_duration_since(renamed));
                 row.change_daemon_ms.push(elapsed);

@@ -1,10 +1,16 @@
 //! Desired state, per address family, as plain values.
 //!
 //! `plan` turns a validated [`Config`] and the agent's [`Settings`] into one
-//! [`Ruleset`] per enabled family. Nothing here knows about iptables or nft
-//! syntax: a backend renders a `Ruleset` into its own language. Every address
-//! in a `Ruleset` is a typed [`IpNet`] that came through validation, so no text
-//! from the config file can reach a command line.
+//! [`Ruleset`] per enabled family. The masquerade decision itself is
+//! [`crate::policy`]'s, compiled there into flat lists; a `Ruleset` carries
+//! them. Nothing here knows about iptables or nft syntax: a backend renders a
+//! `Ruleset` into its own language. Every address in a `Ruleset` is a typed
+//! [`IpNet`] that came through validation, so no text from the config file
+//! can reach a command line. What must stay true: a config without
+//! `masqueradeCIDRs` and `podCIDRs` plans exactly upstream's list (link-local
+//! first, then the family's `nonMasqueradeCIDRs` in config order, duplicates
+//! kept) and no source condition, so both backends render what they always
+//! rendered.
 
 use std::fmt;
 use std::str::FromStr;
@@ -12,8 +18,9 @@ use std::str::FromStr;
 use ipnet::IpNet;
 
 use crate::config::Config;
+use crate::policy;
 
-pub use crate::policy::Family;
+pub use crate::policy::{Family, PodSources, SourceReturns};
 
 /// A validated nat chain name (`--masq-chain`).
 ///
@@ -144,10 +151,18 @@ pub struct Settings {
 pub struct Ruleset {
     pub family: Family,
     pub chain: ChainName,
-    /// Destinations that keep their source address, in evaluation order: the
-    /// link-local range first (unless masqueraded), then the config's CIDRs of
-    /// this family in config order, duplicates kept (upstream writes them all).
+    /// Destinations that keep their source address, in evaluation order
+    /// (first match returns, everything else is masqueraded): the
+    /// longest-prefix decision compiled by [`policy::compile`]. Without
+    /// `masqueradeCIDRs` and `podCIDRs` it is upstream's list: the
+    /// link-local range first (unless masqueraded), then the config's CIDRs
+    /// of this family in config order, duplicates kept (upstream writes them
+    /// all); otherwise disjoint CIDRs sorted by address.
     pub no_masquerade: Vec<IpNet>,
+    /// `podCIDRs` of this family: packets from other sources are never
+    /// masqueraded, checked before the destinations. None when the config
+    /// has no `podCIDRs` range of this family (no source condition at all).
+    pub pod_sources: Option<PodSources>,
     /// Add `--random-fully` (fully randomised source ports) if the backend
     /// supports it.
     pub random_fully: bool,
@@ -168,25 +183,12 @@ pub fn families(settings: &Settings) -> Vec<Family> {
 
 /// Plan the desired state of one family.
 pub fn plan(config: &Config, settings: &Settings, family: Family) -> Ruleset {
-    let masq_link_local = match family {
-        Family::Ipv4 => config.masq_link_local,
-        Family::Ipv6 => config.masq_link_local_ipv6,
-    };
-    let mut no_masquerade = Vec::with_capacity(config.non_masquerade_cidrs.len() + 1);
-    if !masq_link_local {
-        no_masquerade.push(family.link_local());
-    }
-    no_masquerade.extend(
-        config
-            .non_masquerade_cidrs
-            .iter()
-            .filter(|net| family.contains(net))
-            .copied(),
-    );
+    let compiled = policy::compile(config, family);
     Ruleset {
         family,
         chain: settings.chain.clone(),
-        no_masquerade,
+        no_masquerade: compiled.iptables_returns,
+        pod_sources: compiled.pod_sources,
         random_fully: settings.random_fully,
         to_ports: settings.to_ports.clone(),
     }
@@ -258,5 +260,63 @@ mod tests {
             nets(&["fd00::/8", "fe80::/10"])
         );
         assert!(aggregate_for_set(&[]).is_empty());
+    }
+
+    fn settings() -> Settings {
+        Settings {
+            chain: "IP-MASQ-AGENT".parse().unwrap(),
+            enable_ipv6: true,
+            random_fully: true,
+            to_ports: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_config_without_the_new_keys_plans_upstreams_list() {
+        let mut config = Config::defaults(false);
+        config.non_masquerade_cidrs =
+            nets(&["192.168.0.0/16", "10.0.0.0/8", "fd00::/8", "10.0.0.0/8"]);
+        let v4 = plan(&config, &settings(), Family::Ipv4);
+        assert_eq!(
+            v4.no_masquerade,
+            nets(&[
+                "169.254.0.0/16",
+                "192.168.0.0/16",
+                "10.0.0.0/8",
+                "10.0.0.0/8"
+            ])
+        );
+        assert_eq!(v4.pod_sources, None);
+        let v6 = plan(&config, &settings(), Family::Ipv6);
+        assert_eq!(v6.no_masquerade, nets(&["fe80::/10", "fd00::/8"]));
+        config.masq_link_local = true;
+        assert_eq!(
+            plan(&config, &settings(), Family::Ipv4).no_masquerade,
+            nets(&["192.168.0.0/16", "10.0.0.0/8", "10.0.0.0/8"])
+        );
+    }
+
+    #[test]
+    fn the_new_keys_plan_the_compiled_decision() {
+        let mut config = Config::defaults(false);
+        config.non_masquerade_cidrs = nets(&["10.0.0.0/8", "10.9.5.128/25"]);
+        config.masquerade_cidrs = nets(&["10.9.0.0/16"]);
+        config.pod_cidrs = nets(&["10.4.0.0/14", "fd40::/64"]);
+        for family in [Family::Ipv4, Family::Ipv6] {
+            let planned = plan(&config, &settings(), family);
+            let compiled = policy::compile(&config, family);
+            assert_eq!(planned.no_masquerade, compiled.iptables_returns);
+            assert_eq!(planned.pod_sources, compiled.pod_sources);
+            // The nftables backend aggregates the list: the compiled set.
+            assert_eq!(
+                aggregate_for_set(&planned.no_masquerade),
+                compiled.nft_no_masquerade
+            );
+        }
+        let v4 = plan(&config, &settings(), Family::Ipv4);
+        assert_eq!(
+            v4.pod_sources.map(|p| p.iptables),
+            Some(SourceReturns::NotIn("10.4.0.0/14".parse().unwrap()))
+        );
     }
 }

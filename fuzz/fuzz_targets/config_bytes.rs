@@ -1,7 +1,9 @@
 //! Fuzz target: any bytes given to the config parser, with every
 //! combination of load options, must be accepted or rejected, never panic;
 //! an accepted config must satisfy the invariants the rest of the agent
-//! relies on, and survive a round trip through its own JSON form.
+//! relies on (for all three CIDR lists: aligned, of an enabled family,
+//! counted together against `cidrLimit`, no network both masqueraded and
+//! not), and survive a round trip through its own JSON form.
 #![no_main]
 
 use std::time::Duration;
@@ -23,18 +25,23 @@ fuzz_target!(|data: &[u8]| {
         };
         let config = &loaded.config;
         assert!(config.resync_interval >= Duration::from_secs(1));
-        let count = i64::try_from(config.non_masquerade_cidrs.len()).unwrap_or(i64::MAX);
+        let lists = [
+            &config.non_masquerade_cidrs,
+            &config.masquerade_cidrs,
+            &config.pod_cidrs,
+        ];
+        let total: usize = lists.iter().map(|l| l.len()).sum();
+        let count = i64::try_from(total).unwrap_or(i64::MAX);
         assert!(count <= config.cidr_limit);
-        if !enable_ipv6 {
-            assert!(
-                config
-                    .non_masquerade_cidrs
-                    .iter()
-                    .all(|net| matches!(net, IpNet::V4(_)))
-            );
-        }
-        for net in &config.non_masquerade_cidrs {
+        for net in lists.iter().flat_map(|l| l.iter()) {
             assert_eq!(*net, net.trunc(), "host bits set in {net}");
+            assert!(enable_ipv6 || matches!(net, IpNet::V4(_)), "{net} without --enable-ipv6");
+        }
+        for net in &config.masquerade_cidrs {
+            assert!(
+                !config.non_masquerade_cidrs.contains(net),
+                "{net} in both nonMasqueradeCIDRs and masqueradeCIDRs"
+            );
         }
         // Our own JSON form reads back as the same config.
         let json = config.to_json();

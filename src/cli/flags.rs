@@ -9,6 +9,7 @@
 //! non-flag argument or after `--`. What must stay true: flag names are
 //! unique across both tables, and every listing is sorted by name, as Go's.
 
+use super::OutputFormat;
 use super::goflag::{FlagDef, FlagValue, Kind, Repeated, Spec, flag_set};
 use super::klog::{KLOG_FLAGS, KlogFlags};
 use super::strconv::quote;
@@ -40,6 +41,8 @@ flag_set! {
         "The `key` in the ConfigMap's data that holds the config";
     "enable-ipv6" => enable_ipv6: bool = false,
         "Also program IPv6 rules (ip6tables) and accept IPv6 CIDRs in the config";
+    "from" => from: String = "",
+        "explain: the packets' source `address` (default: a pod, i.e. a source inside podCIDRs)";
     "iptables-mode" => iptables_mode: IptablesMode = IptablesMode::Auto,
         "iptables `mode`: auto (use what the node uses), nft or legacy";
     "kubeconfig" => kubeconfig: String = "",
@@ -52,6 +55,8 @@ flag_set! {
         "Listen `address` for /metrics, /healthz and /readyz (HOST:PORT, or :PORT for all addresses); empty disables";
     "nomasq-all-reserved-ranges" => nomasq_all_reserved_ranges: bool = false,
         "Default the non-masquerade list to all reserved IPv4 ranges, not only RFC 1918";
+    "output" => output: OutputFormat = OutputFormat::Text,
+        "explain: output `format`, text (one line per address) or json (one object per line)";
     "random-fully" => random_fully: bool = true,
         "Add --random-fully to MASQUERADE rules when iptables supports it (1.6.2 and later)";
     "strict" => strict: bool = false,
@@ -82,7 +87,7 @@ macro_rules! choice_flag_value {
     )*};
 }
 
-choice_flag_value!(BackendKind, IptablesMode, LogFormat);
+choice_flag_value!(BackendKind, IptablesMode, LogFormat, OutputFormat);
 
 /// Every flag value of one command line, as set so far.
 #[derive(Debug, Clone, Default)]
@@ -242,7 +247,7 @@ mod tests {
     #[test]
     fn names_are_unique_and_each_table_is_sorted() {
         let names: Vec<&str> = entries().iter().map(|e| e.spec().name).collect();
-        assert_eq!(names.len(), 29);
+        assert_eq!(names.len(), 31);
         assert!(names.windows(2).all(|w| w[0] < w[1]), "{names:?}");
         let agent: Vec<&str> = AGENT_FLAGS.iter().map(|d| d.spec.name).collect();
         let klog: Vec<&str> = KLOG_FLAGS.iter().map(|d| d.spec.name).collect();
@@ -257,6 +262,8 @@ mod tests {
             ("backend", "nftables"),
             ("iptables-mode", "legacy"),
             ("log-format", "json"),
+            ("output", "json"),
+            ("from", "10.4.0.1"),
             ("masq-chain", "IP-MASQ"),
             ("random-fully", "false"),
             ("v", "3"),

@@ -23,8 +23,9 @@ mod tests;
 mod usage;
 
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::str::FromStr;
 
 use crate::backend::select::{BackendKind, IptablesMode};
 use crate::logging::LogFormat;
@@ -80,8 +81,47 @@ pub enum Command {
     Sync,
     /// Remove this agent's rules and exit.
     Cleanup,
+    /// Print the masquerade decision for each destination and exit.
+    Explain {
+        /// `--from`: the packets' source; None asks about a pod's packets.
+        source: Option<IpAddr>,
+        /// At least one, in the order given.
+        addresses: Vec<IpAddr>,
+        output: OutputFormat,
+    },
     /// Print the version and exit (`version` or `--version`).
     Version,
+}
+
+/// How `explain` prints its answers (`--output`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum OutputFormat {
+    /// One line per address: `ADDRESS VERDICT WHY`.
+    #[default]
+    Text,
+    /// One JSON object per address, one per line.
+    Json,
+}
+
+impl OutputFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OutputFormat::Text => "text",
+            OutputFormat::Json => "json",
+        }
+    }
+}
+
+impl FromStr for OutputFormat {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "text" => Ok(OutputFormat::Text),
+            "json" => Ok(OutputFormat::Json),
+            _ => Err("must be text or json".into()),
+        }
+    }
 }
 
 /// A parsed command line.
@@ -146,11 +186,11 @@ impl From<FlagError> for CliError {
 }
 
 /// Subcommand names, in the order usage lists them.
-const COMMANDS: [&str; 5] = ["check", "render", "sync", "cleanup", "version"];
+const COMMANDS: [&str; 6] = ["check", "render", "explain", "sync", "cleanup", "version"];
 
 /// Pick the command from its name and the positional arguments after the
 /// command's own flags.
-fn select_command(word: &str, positionals: &[String]) -> Result<Command, CliError> {
+fn select_command(word: &str, positionals: &[String], low: &LowArgs) -> Result<Command, CliError> {
     let takes_none = |command: Command| match positionals.first() {
         None => Ok(command),
         Some(extra) => Err(CliError::usage(format!(
@@ -173,10 +213,73 @@ fn select_command(word: &str, positionals: &[String]) -> Result<Command, CliErro
             ))),
         },
         "render" => takes_none(Command::Render),
+        "explain" => explain(positionals, low),
         "sync" => takes_none(Command::Sync),
         "cleanup" => takes_none(Command::Cleanup),
         "version" => takes_none(Command::Version),
         _ => Err(unknown_command(word)),
+    }
+}
+
+/// `explain [--from SOURCE] ADDRESS...`: every address parsed here, so a
+/// bad one is named before any config is read.
+fn explain(positionals: &[String], low: &LowArgs) -> Result<Command, CliError> {
+    if positionals.is_empty() {
+        return Err(CliError::usage(
+            "command \"explain\" needs at least one ADDRESS (a destination, e.g. 10.9.5.9)".into(),
+        ));
+    }
+    let from = &low.agent.from;
+    let source = if from.is_empty() {
+        None
+    } else {
+        Some(from.parse::<IpAddr>().map_err(|_| {
+            CliError::Invalid(format!(
+                "invalid value {} for --from: not an IP address{}",
+                quote(from),
+                cidr_hint(from)
+            ))
+        })?)
+    };
+    let mut addresses = Vec::with_capacity(positionals.len());
+    for (i, arg) in positionals.iter().enumerate() {
+        let addr = arg.parse::<IpAddr>().map_err(|_| {
+            CliError::Invalid(format!(
+                "explain: argument {} ({}) is not an IP address{}{}",
+                i + 1,
+                quote(arg),
+                cidr_hint(arg),
+                flag_hint(arg)
+            ))
+        })?;
+        if let Some(source) = source
+            && source.is_ipv4() != addr.is_ipv4()
+        {
+            return Err(CliError::Invalid(format!(
+                "explain: argument {} ({}): {}",
+                i + 1,
+                quote(arg),
+                crate::policy::MixedFamilies {
+                    source,
+                    destination: addr
+                }
+            )));
+        }
+        addresses.push(addr);
+    }
+    Ok(Command::Explain {
+        source,
+        addresses,
+        output: low.agent.output,
+    })
+}
+
+/// A CIDR where an address belongs: say what is asked for.
+fn cidr_hint(arg: &str) -> &'static str {
+    if arg.contains('/') {
+        " (give one address, not a CIDR)"
+    } else {
+        ""
     }
 }
 
@@ -219,9 +322,23 @@ where
                 return Err(unknown_command(word));
             }
             let positionals = low.parse_flags(after)?;
-            select_command(word, positionals)?
+            select_command(word, positionals, &low)?
         }
     };
+    // Explain's flags mean nothing elsewhere; silently ignoring one would
+    // hide a mistyped command line.
+    if !matches!(command, Command::Explain { .. }) {
+        for (name, set) in [
+            ("from", !low.agent.from.is_empty()),
+            ("output", low.agent.output != OutputFormat::Text),
+        ] {
+            if set {
+                return Err(CliError::usage(format!(
+                    "flag -{name} is only for the explain command"
+                )));
+            }
+        }
+    }
     // Like a version flag in Go programs: print and exit before anything.
     if low.agent.version {
         command = Command::Version;

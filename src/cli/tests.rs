@@ -3,6 +3,8 @@
 //! The klog grammars and the usage layout are tested beside their code,
 //! with the helpers here.
 
+use std::net::IpAddr;
+
 use super::*;
 
 pub(super) fn ok(args: &[&str]) -> Invocation {
@@ -158,7 +160,7 @@ fn bool_does_not_take_the_next_argument() {
     assert_eq!(
         fail(&["--enable-ipv6", "false"]),
         (
-            "unknown command \"false\"; commands are: check, render, sync, cleanup, version".into(),
+            "unknown command \"false\"; commands are: check, render, explain, sync, cleanup, version".into(),
             2
         )
     );
@@ -218,7 +220,8 @@ fn parsing_stops_at_the_first_non_flag() {
     assert_eq!(
         fail(&["-"]),
         (
-            "unknown command \"-\"; commands are: check, render, sync, cleanup, version".into(),
+            "unknown command \"-\"; commands are: check, render, explain, sync, cleanup, version"
+                .into(),
             2
         )
     );
@@ -265,14 +268,119 @@ fn subcommands() {
     assert_eq!(
         fail(&["run"]),
         (
-            "unknown command \"run\"; commands are: check, render, sync, cleanup, version".into(),
+            "unknown command \"run\"; commands are: check, render, explain, sync, cleanup, version"
+                .into(),
             2
         )
     );
     // The unknown command is named before its flags are looked at.
     assert_eq!(
         fail(&["bogus", "--nope"]).0,
-        "unknown command \"bogus\"; commands are: check, render, sync, cleanup, version"
+        "unknown command \"bogus\"; commands are: check, render, explain, sync, cleanup, version"
+    );
+}
+
+fn ips(list: &[&str]) -> Vec<IpAddr> {
+    list.iter().map(|a| a.parse().unwrap()).collect()
+}
+
+#[test]
+fn explain_takes_addresses_a_source_and_an_output_format() {
+    assert_eq!(
+        ok(&["explain", "10.9.5.9", "fd00::1"]).command,
+        Command::Explain {
+            source: None,
+            addresses: ips(&["10.9.5.9", "fd00::1"]),
+            output: OutputFormat::Text,
+        }
+    );
+    let inv = ok(&[
+        "--config",
+        "/tmp/c",
+        "explain",
+        "--from",
+        "192.0.2.7",
+        "--output=json",
+        "10.9.5.9",
+    ]);
+    assert_eq!(
+        inv.command,
+        Command::Explain {
+            source: Some("192.0.2.7".parse().unwrap()),
+            addresses: ips(&["10.9.5.9"]),
+            output: OutputFormat::Json,
+        }
+    );
+    assert_eq!(inv.options.config, [PathBuf::from("/tmp/c")]);
+    assert!(
+        ok(&[
+            "explain",
+            "--configmap",
+            "kube-system/ip-masq-agent",
+            "10.0.0.1"
+        ])
+        .options
+        .api_sources
+        .len()
+            == 1
+    );
+}
+
+#[test]
+fn explain_errors_name_the_argument() {
+    assert_eq!(
+        fail(&["explain"]),
+        (
+            "command \"explain\" needs at least one ADDRESS (a destination, e.g. 10.9.5.9)".into(),
+            2
+        )
+    );
+    assert_eq!(
+        fail(&["explain", "10.0.0.1", "10.0.0.0/8"]),
+        ("explain: argument 2 (\"10.0.0.0/8\") is not an IP address (give one address, not a CIDR)".into(), 1)
+    );
+    assert_eq!(
+        fail(&["explain", "nope"]),
+        (
+            "explain: argument 1 (\"nope\") is not an IP address".into(),
+            1
+        )
+    );
+    assert_eq!(
+        fail(&["explain", "10.0.0.1", "--from=10.4.0.1"]),
+        (
+            "explain: argument 2 (\"--from=10.4.0.1\") is not an IP address (flags go before the command's arguments)".into(),
+            1
+        )
+    );
+    assert_eq!(
+        fail(&["explain", "--from", "pod", "10.0.0.1"]),
+        (
+            "invalid value \"pod\" for --from: not an IP address".into(),
+            1
+        )
+    );
+    assert_eq!(
+        fail(&["explain", "--from", "10.4.0.1", "fd00::1"]),
+        (
+            "explain: argument 1 (\"fd00::1\"): source 10.4.0.1 is ipv4 but destination fd00::1 is ipv6; a packet has one address family".into(),
+            1
+        )
+    );
+    assert_eq!(
+        fail(&["explain", "--output=yaml", "10.0.0.1"]),
+        (
+            "invalid value \"yaml\" for flag -output: must be text or json".into(),
+            2
+        )
+    );
+    assert_eq!(
+        fail(&["--from=10.0.0.1", "render"]),
+        ("flag -from is only for the explain command".into(), 2)
+    );
+    assert_eq!(
+        fail(&["--output=json"]),
+        ("flag -output is only for the explain command".into(), 2)
     );
 }
 
@@ -541,6 +649,7 @@ fn flags_list_is_sorted_and_complete_with_effective_values() {
             "configmap",
             "configmap-key",
             "enable-ipv6",
+            "from",
             "iptables-mode",
             "kubeconfig",
             "legacy_stderr_threshold_behavior",
@@ -554,6 +663,7 @@ fn flags_list_is_sorted_and_complete_with_effective_values() {
             "metrics-address",
             "nomasq-all-reserved-ranges",
             "one_output",
+            "output",
             "random-fully",
             "skip_headers",
             "skip_log_headers",

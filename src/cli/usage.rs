@@ -52,11 +52,13 @@ const COMMANDS_USAGE: &str = "
 Commands (without one, the agent runs and keeps the rules in place):
   check [FILE]  validate a config file (default: every configured source, merged) and exit
   render        print the rules the config would produce and exit
+  explain [--from SOURCE] [--output=text|json] ADDRESS...
+                print whether the config masquerades traffic to each ADDRESS, and why
   sync          apply the rules once and exit
   cleanup       remove this agent's chain and jump rules and exit
   version       print the version and exit
 Flags may come before and after the command:
-  ip-masq-agent [flags] [command [flags] [FILE]]
+  ip-masq-agent [flags] [command [flags] [FILE | ADDRESS...]]
 ";
 
 /// Go's `flag.UnquoteUsage`: the first back-quoted word in the help names

@@ -1,9 +1,11 @@
 //! The subcommands: each turns parsed options into an exit code, writing its
 //! result to stdout and its diagnostics to the log (stderr). `daemon` wires
 //! the long-running agent; `oneshot` holds `check`, `render`, `sync` and
-//! `cleanup`, where `sync` is one pass of the same reconciler.
+//! `cleanup`, where `sync` is one pass of the same reconciler; `explain`
+//! asks the masquerade decision about addresses.
 
 mod daemon;
+mod explain;
 mod oneshot;
 
 use std::process::ExitCode;
@@ -29,6 +31,11 @@ pub async fn run(invocation: Invocation) -> Result<ExitCode> {
         }
         Command::Check { file } => oneshot::check(&options, file.as_deref()).await,
         Command::Render => oneshot::render(&options).await,
+        Command::Explain {
+            source,
+            addresses,
+            output,
+        } => explain::explain(&options, source, &addresses, output).await,
         Command::Sync => oneshot::sync(&options).await,
         Command::Cleanup => oneshot::cleanup(&options).await,
         Command::Run => {

@@ -62,14 +62,14 @@ async fn read_sources(options: &Options) -> Result<ReadOnce> {
 }
 
 /// A loaded config, and with several parts where each CIDR came from.
-struct Effective {
-    config: Config,
+pub(super) struct Effective {
+    pub(super) config: Config,
     warnings: Vec<String>,
     origins: Option<Origins>,
 }
 
 /// Load and validate every configured source, merged.
-async fn load_source(options: &Options) -> Result<Effective> {
+pub(super) async fn load_source(options: &Options) -> Result<Effective> {
     let ReadOnce { parts, whole } = read_sources(options).await?;
     let opts = load_options(options);
     let effective = if whole {
@@ -165,7 +165,7 @@ pub async fn render(options: &Options) -> Result<ExitCode> {
 
 /// Whether the configured sources are one whole config (one file, or one
 /// ConfigMap), read as upstream reads its file.
-fn single_source(options: &Options) -> bool {
+pub(super) fn single_source(options: &Options) -> bool {
     match (options.config.as_slice(), options.api_sources.len()) {
         ([path], 0) => !path.is_dir(),
         ([], 1) => true,
@@ -410,7 +410,7 @@ pub async fn cleanup(options: &Options) -> Result<ExitCode> {
 }
 
 /// Write to stdout, treating a closed pipe (`| head`) as the end, not a crash.
-fn print(text: &str) -> Result<()> {
+pub(super) fn print(text: &str) -> Result<()> {
     let mut stdout = std::io::stdout().lock();
     match stdout
         .write_all(text.as_bytes())

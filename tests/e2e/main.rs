@@ -15,6 +15,8 @@
 //!   iptables-nft and iptables-legacy, and the native nftables backend, named
 //!   `<file>::<letter>_<what>::iptables_nft`, `...::iptables_legacy` or
 //!   `...::nftables`;
+//! - `policy`: `masqueradeCIDRs`, `podCIDRs` and `explain` against the
+//!   kernel's answer, in a dual-stack topology of its own;
 //! - `cleanup`: the sandbox leaves nothing behind when a step fails.
 //!
 //! The harness is the integration suite's (`support`), compiled in here.
@@ -66,6 +68,7 @@ macro_rules! per_kernel {
 mod cleanup;
 mod incident;
 mod live_config;
+mod policy;
 mod repair;
 
 /// Root, the tools and namespaces (skip outside CI, fail under `CI=true`),

@@ -50,6 +50,7 @@ mod hostile_files;
 mod merged;
 mod nft;
 mod node_state;
+mod policy_nft;
 mod reload;
 mod rules;
 mod rules_nft;

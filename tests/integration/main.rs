@@ -7,6 +7,7 @@
 //! - `harness`: tests of the harness itself, so a red kernel test is never
 //!   the harness's fault;
 //! - `cli`: the command line, needing no root;
+//! - `explain`: the masquerade decision asked through the binary, no root;
 //! - `kernel`: rules written by `sync`, the daemon loop, live reload and
 //!   `cleanup`, each in a network namespace of its own and run once per
 //!   iptables backend;
@@ -24,6 +25,7 @@
 
 mod apiserver;
 mod cli;
+mod explain;
 mod harness;
 mod harness_telemetry;
 mod kernel;

@@ -592,6 +592,7 @@ fn configmap_examples_are_valid_configmaps_that_check_accepts() {
         "dual-stack.yaml",
         "cluster-only.yaml",
         "to-ports.yaml",
+        "exceptions.yaml",
     ] {
         assert!(names.contains(expected), "configmap-examples/{expected}");
     }

@@ -6,15 +6,19 @@
 //! What must stay true: the restore text is upstream's payload (COMPAT §4),
 //! byte for byte; the predicted form is what `iptables -S` prints for it
 //! (matches reordered, probabilities rounded); only our chain and the
-//! POSTROUTING rules that enter it are ever looked at or changed.
+//! POSTROUTING rules that enter it are ever looked at or changed. With
+//! `podCIDRs` the chain starts with the pod-source RETURN rules (the policy's
+//! [`SourceReturns`]); without, it holds exactly what it always held.
 
 use std::fmt::Write as _;
 
 use ipnet::IpNet;
 
-use crate::plan::{ChainName, PORT_PROTOCOLS, PortRange, Protocol, Ruleset};
+use crate::plan::{ChainName, PORT_PROTOCOLS, PortRange, Protocol, Ruleset, SourceReturns};
 
 const RETURN_COMMENT: &str = "ip-masq-agent: local traffic is not subject to MASQUERADE";
+const POD_SOURCE_COMMENT: &str =
+    "ip-masq-agent: traffic from outside podCIDRs is not subject to MASQUERADE";
 const MASQUERADE_COMMENT: &str =
     "ip-masq-agent: outbound traffic is subject to MASQUERADE (must be last in chain)";
 
@@ -113,6 +117,19 @@ pub(super) fn saved_ports(share: &PortShare) -> String {
     }
 }
 
+/// The source matches of the pod-source rules, in rule order: `! -s POD`
+/// when the pod ranges are one CIDR, else `-s CIDR` per CIDR outside them.
+/// Empty without `podCIDRs` (the chain is upstream's) and when the pod
+/// range is everything (no source is outside it).
+fn source_matches(desired: &Ruleset) -> Vec<String> {
+    match desired.pod_sources.as_ref().map(|p| &p.iptables) {
+        None => Vec::new(),
+        Some(SourceReturns::NotIn(net)) if net.prefix_len() == 0 => Vec::new(),
+        Some(SourceReturns::NotIn(net)) => vec![format!("! -s {net}")],
+        Some(SourceReturns::In(nets)) => nets.iter().map(|net| format!("-s {net}")).collect(),
+    }
+}
+
 /// The chain's rules as iptables will print them.
 pub fn predicted_chain_rules(desired: &Ruleset, random_fully: bool) -> Vec<String> {
     let chain = &desired.chain;
@@ -120,6 +137,11 @@ pub fn predicted_chain_rules(desired: &Ruleset, random_fully: bool) -> Vec<Strin
     let mut rules = Vec::with_capacity(
         desired.no_masquerade.len() + desired.to_ports.len() * PORT_PROTOCOLS.len() + 1,
     );
+    for source in source_matches(desired) {
+        rules.push(format!(
+            "-A {chain} {source} -m comment --comment \"{POD_SOURCE_COMMENT}\" -j RETURN"
+        ));
+    }
     for net in &desired.no_masquerade {
         rules.push(format!(
             "-A {chain}{} -m comment --comment \"{RETURN_COMMENT}\" -j RETURN",
@@ -155,6 +177,13 @@ pub(super) fn restore_chain_lines(desired: &Ruleset, random_fully: bool, out: &m
     let random = if random_fully { " --random-fully" } else { "" };
     let masquerade = format!("-m comment --comment \"{MASQUERADE_COMMENT}\" -j MASQUERADE{random}");
     let _ = writeln!(out, ":{chain} - [0:0]");
+    // First: a packet from outside podCIDRs is never masqueraded.
+    for source in source_matches(desired) {
+        let _ = writeln!(
+            out,
+            "-A {chain} -m comment --comment \"{POD_SOURCE_COMMENT}\" {source} -j RETURN"
+        );
+    }
     for net in &desired.no_masquerade {
         let _ = writeln!(
             out,

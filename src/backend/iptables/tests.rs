@@ -15,6 +15,7 @@ fn ruleset(nets: &[&str]) -> Ruleset {
         family: Family::Ipv4,
         chain: chain("IP-MASQ-AGENT"),
         no_masquerade: nets.iter().map(|n| n.parse().unwrap()).collect(),
+        pod_sources: None,
         random_fully: true,
         to_ports: Vec::new(),
     }
@@ -295,4 +296,49 @@ fn three_way_split_is_uniform_over_ports() {
 fn no_ranges_no_shares() {
     let none: Vec<PortShare> = port_shares(&[]);
     assert!(none.is_empty());
+}
+
+/// `nonMasqueradeCIDRs: [10.0.0.0/8]`, the exception `10.0.0.0/9`, and
+/// `podCIDRs` as given, planned as the agent plans it.
+fn with_pods(pods: &[&str]) -> Ruleset {
+    let mut config = crate::config::Config::defaults(false);
+    config.non_masquerade_cidrs = vec!["10.0.0.0/8".parse().unwrap()];
+    config.masquerade_cidrs = vec!["10.0.0.0/9".parse().unwrap()];
+    config.pod_cidrs = pods.iter().map(|p| p.parse().unwrap()).collect();
+    let settings = crate::plan::Settings {
+        chain: chain("IP-MASQ-AGENT"),
+        enable_ipv6: false,
+        random_fully: true,
+        to_ports: Vec::new(),
+    };
+    crate::plan::plan(&config, &settings, Family::Ipv4)
+}
+
+#[test]
+fn pod_sources_return_first_then_the_compiled_list() {
+    let backend = Iptables::new(Variant::Nft);
+    let rs = with_pods(&["10.200.0.0/16"]);
+    assert_eq!(
+        backend.render(&rs),
+        "*nat\n\
+:IP-MASQ-AGENT - [0:0]\n\
+-A IP-MASQ-AGENT -m comment --comment \"ip-masq-agent: traffic from outside podCIDRs is not subject to MASQUERADE\" ! -s 10.200.0.0/16 -j RETURN\n\
+-A IP-MASQ-AGENT -m comment --comment \"ip-masq-agent: local traffic is not subject to MASQUERADE\" -d 10.128.0.0/9 -j RETURN\n\
+-A IP-MASQ-AGENT -m comment --comment \"ip-masq-agent: local traffic is not subject to MASQUERADE\" -d 169.254.0.0/16 -j RETURN\n\
+-A IP-MASQ-AGENT -m comment --comment \"ip-masq-agent: outbound traffic is subject to MASQUERADE (must be last in chain)\" -j MASQUERADE --random-fully\n\
+COMMIT\n"
+    );
+    assert_eq!(
+        predicted_chain_rules(&rs, false)[0],
+        "-A IP-MASQ-AGENT ! -s 10.200.0.0/16 -m comment --comment \"ip-masq-agent: traffic from outside podCIDRs is not subject to MASQUERADE\" -j RETURN"
+    );
+    // Two pod ranges that are not one CIDR: a RETURN per CIDR outside them.
+    let two = predicted_chain_rules(&with_pods(&["0.0.0.0/2", "128.0.0.0/2"]), false);
+    let sources: Vec<&str> = two
+        .iter()
+        .filter(|r| r.contains("podCIDRs"))
+        .map(|r| r.split(' ').nth(3).unwrap())
+        .collect();
+    assert_eq!(sources, ["64.0.0.0/2", "192.0.0.0/2"]);
+    assert!(two.iter().all(|r| !r.contains("! -s")));
 }

@@ -371,6 +371,17 @@ pub mod predict {
         )
     }
 
+    /// `ip saddr != @SET return` / `ip6 saddr != @SET return`.
+    pub fn saddr_not_in_set_return(family: Family, set: &str) -> String {
+        let (len, offset) = match family {
+            Family::Ipv4 => (4, 12),
+            Family::Ipv6 => (16, 8),
+        };
+        format!(
+            "[ payload load {len}b @ network header + {offset} => reg 1 ] [ lookup reg 1 set {set} invert ] [ immediate reg 0 return ]"
+        )
+    }
+
     fn protocol_number(p: Protocol) -> u8 {
         match p {
             Protocol::Tcp => 6,

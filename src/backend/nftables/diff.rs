@@ -6,6 +6,9 @@
 //! against other tables at the same priority); chains are flushed before
 //! a set is replaced, so no rule refers to a set that goes; element
 //! deletes come before adds, since a new element may overlap one that goes.
+//! The pod-source set (a few `podCIDRs` ranges) is compared like the other
+//! and, when it differs, always rewritten whole by `nft`; a table whose
+//! plan has no pod-source set and holds none is compared exactly as before.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -14,8 +17,10 @@ use ipnet::IpNet;
 
 use super::netlink;
 use super::observe::Observed;
+use super::observe::ObservedSet;
 use super::table::{
-    Plan, SET, SHARE_PREFIX, TABLE, addr_type, base_chain_spec, elements_text, nft_family, script,
+    POD_SET, Plan, SET, SHARE_PREFIX, TABLE, addr_type, base_chain_spec, elements_text, nft_family,
+    script,
 };
 
 /// What to do with the set.
@@ -33,6 +38,21 @@ pub enum SetChange {
     Delta { remove: Vec<IpNet>, add: Vec<IpNet> },
 }
 
+/// What to do with the pod-source set.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum PodSetChange {
+    #[default]
+    None,
+    /// Missing: add it with its elements.
+    Create,
+    /// Wrong type or flags: delete and add it (its rule is rewritten too).
+    Recreate,
+    /// Other elements than planned: flush + add, in one transaction.
+    Rewrite,
+    /// No longer planned: delete it (after the rule using it is gone).
+    Delete,
+}
+
 /// Past this many removals an `nft` delta costs more than rewriting the
 /// set: nft (1.0.6) re-reads and re-splits the interval set for each
 /// deleted element, so shrinking 10 000 elements to one took 22 s. Only the
@@ -45,6 +65,7 @@ pub const MAX_DELTA_REMOVALS: usize = 64;
 pub struct Changes {
     pub create_table: bool,
     pub set: SetChange,
+    pub pod_set: PodSetChange,
     /// Flush every chain of ours and write all rules again.
     pub rewrite_rules: bool,
     /// The base chain exists with another hook, type or priority: it cannot
@@ -59,14 +80,17 @@ pub struct Changes {
 
 impl Changes {
     pub fn is_empty(&self) -> bool {
-        !self.create_table && self.set == SetChange::None && !self.rewrite_rules
+        !self.create_table
+            && self.set == SetChange::None
+            && self.pod_set == PodSetChange::None
+            && !self.rewrite_rules
     }
 
     /// The netlink transaction for these changes when only the set's
     /// elements differ (table, set, chains and rules as planned); None when
     /// `nft` must write.
     pub fn element_write(&self, plan: &Plan) -> Option<netlink::Write> {
-        if self.create_table || self.rewrite_rules {
+        if self.create_table || self.rewrite_rules || self.pod_set != PodSetChange::None {
             return None;
         }
         match &self.set {
@@ -158,6 +182,7 @@ pub fn diff<R: PartialEq>(
             }
         }
     }
+    diff_pod_set(plan, observed.pod_set.as_ref(), &mut changes);
     for chain in &plan.chains {
         let want = expected.get(&chain.name).map(Vec::as_slice).unwrap_or(&[]);
         match observed.chains.get(&chain.name) {
@@ -196,6 +221,43 @@ pub fn diff<R: PartialEq>(
         }
     }
     changes
+}
+
+fn diff_pod_set(plan: &Plan, found: Option<&ObservedSet>, changes: &mut Changes) {
+    let wanted: Option<BTreeSet<IpNet>> = plan.pod_elements().map(|p| p.iter().copied().collect());
+    let (change, why) = match (wanted, found) {
+        (None, None) => return,
+        (None, Some(_)) => (
+            PodSetChange::Delete,
+            format!("set {POD_SET} no longer used"),
+        ),
+        (Some(_), None) => (PodSetChange::Create, format!("set {POD_SET} missing")),
+        (Some(_), Some(set)) if !set.shape_ok => (
+            PodSetChange::Recreate,
+            format!(
+                "set {POD_SET} has another type or flags than {} interval",
+                addr_type(plan.family)
+            ),
+        ),
+        (Some(want), Some(set)) if set.foreign_elements > 0 || set.elements != want => {
+            let missing = want.difference(&set.elements).count();
+            let extra = set.elements.difference(&want).count() + set.foreign_elements;
+            (
+                PodSetChange::Rewrite,
+                format!(
+                    "set {POD_SET}: {} missing, {extra} extra",
+                    count(missing, "element")
+                ),
+            )
+        }
+        (Some(_), Some(_)) => return,
+    };
+    // A set a rule refers to cannot be deleted: that rule goes first.
+    if matches!(change, PodSetChange::Delete | PodSetChange::Recreate) {
+        changes.rewrite_rules = true;
+    }
+    changes.pod_set = change;
+    changes.differences.push(why);
 }
 
 /// The one `nft -f -` transaction that applies `changes` to a live table.
@@ -259,6 +321,37 @@ pub fn transaction(plan: &Plan, changes: &Changes) -> String {
             if !add.is_empty() {
                 let _ = writeln!(out, "add element {t} {SET} {}", elements_text(add));
             }
+        }
+    }
+    let add_pod_set = |out: &mut String| {
+        let _ = writeln!(
+            out,
+            "add set {t} {POD_SET} {{ type {}; flags interval; }}",
+            addr_type(plan.family)
+        );
+    };
+    let add_pod_elements = |out: &mut String| {
+        if let Some(pods) = plan.pod_elements().filter(|p| !p.is_empty()) {
+            let _ = writeln!(out, "add element {t} {POD_SET} {}", elements_text(pods));
+        }
+    };
+    match changes.pod_set {
+        PodSetChange::None => {}
+        PodSetChange::Create => {
+            add_pod_set(&mut out);
+            add_pod_elements(&mut out);
+        }
+        PodSetChange::Recreate => {
+            let _ = writeln!(out, "delete set {t} {POD_SET}");
+            add_pod_set(&mut out);
+            add_pod_elements(&mut out);
+        }
+        PodSetChange::Rewrite => {
+            let _ = writeln!(out, "flush set {t} {POD_SET}");
+            add_pod_elements(&mut out);
+        }
+        PodSetChange::Delete => {
+            let _ = writeln!(out, "delete set {t} {POD_SET}");
         }
     }
     if changes.rewrite_rules {

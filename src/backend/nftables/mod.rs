@@ -3,7 +3,8 @@
 //!
 //! State we own per family is one table and nothing outside it:
 //! `table ip ip-masq-agent` (or `ip6`) holding the interval set
-//! `no-masquerade`, the base chain `postrouting` (nat, hook postrouting,
+//! `no-masquerade` (and, when the config has `podCIDRs` ranges of the family,
+//! the interval set `pod-sources`), the base chain `postrouting` (nat, hook postrouting,
 //! priority `srcnat + 10`, so it runs after kube-proxy's and CNI chains at
 //! `srcnat`, as upstream's appended jump does) and, with several `--to-ports`
 //! intervals, one `share-N` chain per interval.
@@ -23,6 +24,10 @@
 //!   when it already matches.
 //! - The masquerade rule is never live over an incomplete set: creation is
 //!   gated (see `Memory::create`), and every element change is atomic.
+//! - The pod-source set is small (the `podCIDRs` ranges) and changes only
+//!   with the config: `nft` writes it whole, with the table or in the one
+//!   transaction that repairs it; a config change that touches it is never
+//!   sent as a blind element delta.
 //!
 //! Who does what: [`table`] plans the table, [`observe`] reads what is
 //! live, [`diff`] says what must change. The set's elements (the large
@@ -53,7 +58,7 @@ use observe::parse_json;
 use table::{NftRule, nft_family};
 
 pub use observe::{Observed, ObservedChain, ObservedSet};
-pub use table::{BASE_CHAIN, GATE, Plan, SET, TABLE, gated_script, plan_nft, script};
+pub use table::{BASE_CHAIN, GATE, POD_SET, Plan, SET, TABLE, gated_script, plan_nft, script};
 
 mod bytecode;
 mod diff;
@@ -102,6 +107,9 @@ struct Memory {
     /// The set content we last wrote or found matching (None before our
     /// first look): a set that differs from it changed outside the agent.
     elements: Option<BTreeSet<IpNet>>,
+    /// The pod-source set we last wrote or found matching (None before our
+    /// first look; `Some(None)`: no such set).
+    pods: Option<Option<Vec<IpNet>>>,
     /// The rules of the table we last wrote or found matching; None while
     /// an `nft` write is unconfirmed. While they equal the plan's, a config
     /// change is a pure set delta, sent blind.
@@ -138,6 +146,7 @@ impl Memory {
     /// The kernel now holds `target`: its elements under its rules.
     fn record(&mut self, target: &Target<'_>) {
         self.elements = Some(target.wanted.clone());
+        self.pods = Some(target.plan.pod_elements().map(<[IpNet]>::to_vec));
         self.rules = Some(target.predicted.clone());
     }
 
@@ -146,6 +155,9 @@ impl Memory {
     fn pending_delta(&self, target: &Target<'_>) -> Option<(Vec<IpNet>, Vec<IpNet>)> {
         let previous = self.elements.as_ref()?;
         if *previous == target.wanted || self.rules.as_ref() != Some(&target.predicted) {
+            return None;
+        }
+        if self.pods.as_ref().map(Option::as_deref) != Some(target.plan.pod_elements()) {
             return None;
         }
         let remove = previous.difference(&target.wanted).copied().collect();
@@ -399,10 +411,14 @@ fn verify(
     after: &Observed<String>,
     wanted: &BTreeSet<IpNet>,
 ) -> Result<(), BackendError> {
-    let set_ok = after
-        .set
-        .as_ref()
-        .is_some_and(|s| s.shape_ok && s.foreign_elements == 0 && s.elements == *wanted);
+    let exact = |set: Option<&ObservedSet>, want: &BTreeSet<IpNet>| {
+        set.is_some_and(|s| s.shape_ok && s.foreign_elements == 0 && s.elements == *want)
+    };
+    let pods_ok = match plan.pod_elements() {
+        Some(pods) => exact(after.pod_set.as_ref(), &pods.iter().copied().collect()),
+        None => after.pod_set.is_none(),
+    };
+    let set_ok = exact(after.set.as_ref(), wanted) && pods_ok;
     let missing: Vec<&str> = plan
         .chains
         .iter()
@@ -416,8 +432,13 @@ fn verify(
         ErrorKind::Verify,
         &format!("netlink: list table {} {TABLE}", nft_family(plan.family)),
         format!(
-            "after writing, set {SET} {} and chains missing: [{}]",
-            if set_ok { "matches" } else { "differs" },
+            "after writing, set {SET} {}, set {POD_SET} {} and chains missing: [{}]",
+            if exact(after.set.as_ref(), wanted) {
+                "matches"
+            } else {
+                "differs"
+            },
+            if pods_ok { "matches" } else { "differs" },
             missing.join(", ")
         ),
     ))

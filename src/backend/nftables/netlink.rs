@@ -28,7 +28,7 @@ use rustix::net::{RecvFlags, SendFlags};
 use super::bytecode::{self, SetInfo};
 use super::elements;
 use super::observe::{Hook, Observed, ObservedSet};
-use super::table::{SET, TABLE};
+use super::table::{POD_SET, SET, TABLE};
 use super::wire::{
     self, Ack, Attrs, Batch, Builder, KindName, Message, NLM_F_CREATE, NLM_F_DUMP, NLM_F_DUMP_INTR,
     NLMSG_DONE, NLMSG_ERROR, NLMSG_NOOP, Proto, attr, msg,
@@ -628,11 +628,17 @@ pub fn snapshot(family: Family) -> Result<Snapshot, NlError> {
             .push(rule.handle);
     }
 
-    if let Some(info) = sets.get(SET) {
+    for (name, slot) in [
+        (SET, &mut snap.observed.set),
+        (POD_SET, &mut snap.observed.pod_set),
+    ] {
+        let Some(info) = sets.get(name) else {
+            continue;
+        };
         let mut dumped = Vec::new();
-        dump.elements(SET, |payload| dumped.push(elements::parse(payload, proto)))?;
+        dump.elements(name, |payload| dumped.push(elements::parse(payload, proto)))?;
         let (nets, foreign) = elements::decode(&dumped, proto);
-        snap.observed.set = Some(ObservedSet {
+        *slot = Some(ObservedSet {
             shape_ok: our_set_shape(info, proto),
             elements: nets,
             foreign_elements: foreign,

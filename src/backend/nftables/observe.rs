@@ -13,7 +13,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use serde_json::{Value, json};
 
-use super::table::{BASE_PRIORITY, SET, TABLE, addr_type, nft_family};
+use super::table::{BASE_PRIORITY, POD_SET, SET, TABLE, addr_type, nft_family};
 use crate::plan::Family;
 
 /// The set as found in the kernel.
@@ -52,6 +52,8 @@ impl<R> Default for ObservedChain<R> {
 pub struct Observed<R = Value> {
     pub table: bool,
     pub set: Option<ObservedSet>,
+    /// The pod-source set, read like the other.
+    pub pod_set: Option<ObservedSet>,
     pub chains: BTreeMap<String, ObservedChain<R>>,
 }
 
@@ -60,6 +62,7 @@ impl<R> Default for Observed<R> {
         Observed {
             table: false,
             set: None,
+            pod_set: None,
             chains: BTreeMap::new(),
         }
     }
@@ -148,8 +151,13 @@ pub fn parse_json(text: &str, family: Family) -> Result<Observed, String> {
         if let Some(table) = item.get("table") {
             observed.table |= ours(table);
         } else if let Some(set) = item.get("set") {
-            if ours(set) && set.get("name").and_then(Value::as_str) == Some(SET) {
-                observed.set = Some(parse_set(set, family));
+            if !ours(set) {
+                continue;
+            }
+            match set.get("name").and_then(Value::as_str) {
+                Some(SET) => observed.set = Some(parse_set(set, family)),
+                Some(POD_SET) => observed.pod_set = Some(parse_set(set, family)),
+                _ => {}
             }
         } else if let Some(chain) = item.get("chain") {
             if chain.get("table").and_then(Value::as_str) != Some(TABLE) || !ours(chain) {

@@ -6,7 +6,9 @@
 //! forms (the nft text we send, the JSON `nft -j` prints, the expressions
 //! the kernel holds) are rendered from that one value, so they cannot
 //! disagree about what the rule is. Share chains come before the base chain
-//! in a plan, so a script defines them before the jump to them.
+//! in a plan, so a script defines them before the jump to them. A table
+//! without `podCIDRs` ranges has no [`POD_SET`] and no rule for it, so its
+//! script is what it was before the source condition existed.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -22,6 +24,9 @@ use crate::plan::{self, Family, PortRange, Ruleset};
 pub const TABLE: &str = "ip-masq-agent";
 /// The interval set of destinations that keep their source address.
 pub const SET: &str = "no-masquerade";
+/// The interval set of pod sources (`podCIDRs`); only when the config has
+/// ranges of the family.
+pub const POD_SET: &str = "pod-sources";
 /// The base chain.
 pub const BASE_CHAIN: &str = "postrouting";
 /// Prefix of the per-interval chains of `--to-ports`.
@@ -63,6 +68,9 @@ pub(super) enum NftRule {
     /// `fib daddr type local return`: upstream's `-m addrtype ! --dst-type
     /// LOCAL` on its jump, as a return.
     LocalReturn,
+    /// `ip saddr != @pod-sources return` (`ip6` for IPv6): packets from
+    /// outside `podCIDRs` are left alone, before the destination lookup.
+    ForeignSourceReturn(Family),
     /// `ip daddr @no-masquerade return` (`ip6` for IPv6).
     ListedReturn(Family),
     /// `masquerade`, with `--to-ports` after a transport protocol match
@@ -83,6 +91,9 @@ impl NftRule {
         match self {
             NftRule::Gate => GATE.to_owned(),
             NftRule::LocalReturn => "fib daddr type local return".to_owned(),
+            NftRule::ForeignSourceReturn(family) => {
+                format!("{} saddr != @{POD_SET} return", nft_family(*family))
+            }
             NftRule::ListedReturn(family) => format!("{} daddr @{SET} return", nft_family(*family)),
             NftRule::Masquerade {
                 ports,
@@ -130,6 +141,10 @@ impl NftRule {
             NftRule::Gate => json!([{"return": null}]),
             NftRule::LocalReturn => json!([
                 {"match": {"op": "==", "left": {"fib": {"result": "type", "flags": ["daddr"]}}, "right": "local"}},
+                {"return": null}
+            ]),
+            NftRule::ForeignSourceReturn(family) => json!([
+                {"match": {"op": "!=", "left": {"payload": {"protocol": nft_family(*family), "field": "saddr"}}, "right": format!("@{POD_SET}")}},
                 {"return": null}
             ]),
             NftRule::ListedReturn(family) => json!([
@@ -187,6 +202,9 @@ impl NftRule {
         match self {
             NftRule::Gate => predict::gate(),
             NftRule::LocalReturn => predict::fib_local_return(),
+            NftRule::ForeignSourceReturn(family) => {
+                predict::saddr_not_in_set_return(*family, POD_SET)
+            }
             NftRule::ListedReturn(family) => predict::daddr_in_set_return(*family, SET),
             NftRule::Masquerade {
                 ports,
@@ -239,6 +257,9 @@ pub struct Plan {
     pub(super) family: Family,
     /// Aggregated, sorted by address.
     pub(super) elements: Vec<IpNet>,
+    /// [`POD_SET`]'s elements (disjoint, sorted), when the family has
+    /// `podCIDRs` ranges; None: no such set and no source rule.
+    pub(super) pod_elements: Option<Vec<IpNet>>,
     /// Share chains first, the base chain last.
     pub(super) chains: Vec<Chain>,
 }
@@ -266,6 +287,11 @@ impl Plan {
     pub fn elements(&self) -> &[IpNet] {
         &self.elements
     }
+
+    /// The pod-source set's elements, if the plan has that set.
+    pub fn pod_elements(&self) -> Option<&[IpNet]> {
+        self.pod_elements.as_deref()
+    }
 }
 
 /// Turn the family's `Ruleset` into our table's content.
@@ -277,7 +303,11 @@ pub fn plan_nft(desired: &Ruleset) -> Plan {
         random_fully,
     };
     let mut chains = Vec::new();
-    let mut base = vec![NftRule::LocalReturn, NftRule::ListedReturn(family)];
+    let mut base = vec![NftRule::LocalReturn];
+    if desired.pod_sources.is_some() {
+        base.push(NftRule::ForeignSourceReturn(family));
+    }
+    base.push(NftRule::ListedReturn(family));
     match desired.to_ports.as_slice() {
         [] => {}
         [only] => base.push(masquerade(Some(*only))),
@@ -314,6 +344,7 @@ pub fn plan_nft(desired: &Ruleset) -> Plan {
     Plan {
         family,
         elements: plan::aggregate_for_set(&desired.no_masquerade),
+        pod_elements: desired.pod_sources.as_ref().map(|p| p.nft_set.clone()),
         chains,
     }
 }
@@ -334,8 +365,9 @@ pub fn script(plan: &Plan) -> String {
     table_script(plan, true)
 }
 
-/// The table without its elements and with [`GATE`] first in the base
-/// chain: how the agent creates it (see `Nftables::create`).
+/// The table without its [`SET`] elements and with [`GATE`] first in the
+/// base chain: how the agent creates it (see `Nftables::create`). The
+/// pod-source set, a few `podCIDRs` ranges, is written whole here.
 pub fn gated_script(plan: &Plan) -> String {
     table_script(plan, false)
 }
@@ -350,6 +382,13 @@ fn table_script(plan: &Plan, with_elements: bool) -> String {
         let _ = writeln!(out, "\t\telements = {}", elements_text(&plan.elements));
     }
     let _ = writeln!(out, "\t}}");
+    if let Some(pods) = &plan.pod_elements {
+        let _ = writeln!(out, "\tset {POD_SET} {{");
+        let _ = writeln!(out, "\t\ttype {}", addr_type(family));
+        let _ = writeln!(out, "\t\tflags interval");
+        let _ = writeln!(out, "\t\telements = {}", elements_text(pods));
+        let _ = writeln!(out, "\t}}");
+    }
     for chain in &plan.chains {
         let _ = writeln!(out, "\tchain {} {{", chain.name);
         if chain.base {

@@ -1,6 +1,6 @@
 //! What the diff finds and the transactions it turns into.
 
-use super::super::diff::{Changes, SetChange};
+use super::super::diff::{Changes, PodSetChange, SetChange};
 use super::*;
 
 #[test]
@@ -190,4 +190,63 @@ fn unused_share_chains_are_removed() {
         ),
         "{text}"
     );
+}
+
+#[test]
+fn the_pod_source_set_is_diffed_and_rewritten_whole_by_nft() {
+    let rs = pod_sources();
+    let plan = plan_nft(&rs);
+    let written: BTreeSet<IpNet> = plan.elements.iter().copied().collect();
+    assert!(diff(&plan, &live(&rs), &plan.predicted(), Some(&written)).is_empty());
+
+    // An element added behind our back: flush and refill, rules untouched.
+    let mut drifted = live(&rs);
+    if let Some(pods) = drifted.pod_set.as_mut() {
+        pods.elements.insert("192.0.2.0/24".parse().unwrap());
+    }
+    let changes = diff(&plan, &drifted, &plan.predicted(), Some(&written));
+    assert_eq!(changes.pod_set, PodSetChange::Rewrite);
+    assert!(!changes.rewrite_rules);
+    assert_eq!(
+        changes.differences,
+        vec!["set pod-sources: 0 elements missing, 1 extra"]
+    );
+    assert_eq!(changes.element_write(&plan), None, "nft writes the pod set");
+    assert_eq!(
+        transaction(&plan, &changes),
+        "flush set ip ip-masq-agent pod-sources\nadd element ip ip-masq-agent pod-sources { 10.40.0.0/24 }\n"
+    );
+
+    // Deleted: created again.
+    let mut gone = live(&rs);
+    gone.pod_set = None;
+    let changes = diff(&plan, &gone, &plan.predicted(), Some(&written));
+    assert_eq!(changes.pod_set, PodSetChange::Create);
+    assert!(transaction(&plan, &changes).starts_with(
+        "add set ip ip-masq-agent pod-sources { type ipv4_addr; flags interval; }\nadd element ip ip-masq-agent pod-sources { 10.40.0.0/24 }\n"
+    ));
+
+    // podCIDRs removed from the config: the rule goes first, then the set.
+    let without = plan_nft(&ruleset(Family::Ipv4, &["169.254.0.0/16", "10.0.0.0/8"]));
+    let changes = diff(&without, &live(&rs), &without.predicted(), Some(&written));
+    assert_eq!(changes.pod_set, PodSetChange::Delete);
+    assert!(changes.rewrite_rules);
+    let script = transaction(&without, &changes);
+    let flush = script
+        .find("flush chain ip ip-masq-agent postrouting")
+        .unwrap();
+    let delete = script
+        .find("delete set ip ip-masq-agent pod-sources")
+        .unwrap();
+    let rules = script
+        .find("add rule ip ip-masq-agent postrouting")
+        .unwrap();
+    assert!(flush < delete && delete < rules, "{script}");
+    assert!(!script.contains("saddr"), "{script}");
+
+    // A table without podCIDRs holding no pod set compares as before.
+    let plain = defaults();
+    let plain_plan = plan_nft(&plain);
+    let changes = diff(&plain_plan, &live(&plain), &plain_plan.predicted(), None);
+    assert!(changes.is_empty(), "{changes:?}");
 }

@@ -18,6 +18,7 @@ fn ruleset(family: Family, list: &[&str]) -> Ruleset {
         family,
         chain: "IP-MASQ-AGENT".parse().unwrap(),
         no_masquerade: nets(list),
+        pod_sources: None,
         random_fully: true,
         to_ports: Vec::new(),
     }
@@ -51,6 +52,22 @@ fn two_intervals() -> Ruleset {
     rs
 }
 
+/// `[10.0.0.0/8, 10.9.5.128/25]` with the exception `masqueradeCIDRs:
+/// [10.9.0.0/16]` and `podCIDRs: [10.40.0.0/24]`, as `plan` makes it.
+fn pod_sources() -> Ruleset {
+    let mut config = crate::config::Config::defaults(false);
+    config.non_masquerade_cidrs = nets(&["10.0.0.0/8", "10.9.5.128/25"]);
+    config.masquerade_cidrs = nets(&["10.9.0.0/16"]);
+    config.pod_cidrs = nets(&["10.40.0.0/24"]);
+    let settings = crate::plan::Settings {
+        chain: "IP-MASQ-AGENT".parse().unwrap(),
+        enable_ipv6: false,
+        random_fully: true,
+        to_ports: Vec::new(),
+    };
+    crate::plan::plan(&config, &settings, Family::Ipv4)
+}
+
 fn live(rs: &Ruleset) -> Observed {
     // What the kernel holds right after `rs` was applied.
     let plan = plan_nft(rs);
@@ -59,6 +76,11 @@ fn live(rs: &Ruleset) -> Observed {
         set: Some(ObservedSet {
             shape_ok: true,
             elements: plan.elements.iter().copied().collect(),
+            foreign_elements: 0,
+        }),
+        pod_set: plan.pod_elements.as_ref().map(|pods| ObservedSet {
+            shape_ok: true,
+            elements: pods.iter().copied().collect(),
             foreign_elements: 0,
         }),
         chains: plan

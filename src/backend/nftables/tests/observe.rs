@@ -36,11 +36,34 @@ fn parse_captured_defaults() {
     assert!(!parse_json(DEFAULTS_JSON, Family::Ipv6).unwrap().table);
 }
 
+/// The same after `sync` with `nonMasqueradeCIDRs: [10.0.0.0/8,
+/// 10.9.5.128/25]`, `masqueradeCIDRs: [10.9.0.0/16]` and `podCIDRs:
+/// [10.40.0.0/24]`.
+const POD_SOURCES_JSON: &str = include_str!("../testdata/pod-sources.json");
+
+#[test]
+fn parse_the_pod_source_set() {
+    let observed = parse_json(POD_SOURCES_JSON, Family::Ipv4).unwrap();
+    let pods = observed.pod_set.unwrap();
+    assert!(pods.shape_ok);
+    assert_eq!(
+        pods.elements.iter().copied().collect::<Vec<_>>(),
+        nets(&["10.40.0.0/24"])
+    );
+    assert_eq!(observed.set.unwrap().elements.len(), 10);
+    assert_eq!(observed.chains[BASE_CHAIN].rules.len(), 4);
+    assert_eq!(
+        parse_json(DEFAULTS_JSON, Family::Ipv4).unwrap().pod_set,
+        None
+    );
+}
+
 #[test]
 fn predictions_equal_what_nft_prints() {
     for (rs, captured) in [
         (defaults(), DEFAULTS_JSON),
         (two_intervals(), TWO_INTERVALS_JSON),
+        (pod_sources(), POD_SOURCES_JSON),
     ] {
         let plan = plan_nft(&rs);
         let observed = parse_json(captured, Family::Ipv4).unwrap();

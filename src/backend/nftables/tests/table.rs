@@ -139,3 +139,49 @@ fn set_elements_are_aggregated() {
         nets(&["10.0.0.0/8", "192.168.0.0/16"])
     );
 }
+
+#[test]
+fn pod_sources_add_a_set_and_a_source_rule_before_the_lookup() {
+    let rendered = "table ip ip-masq-agent {
+\tset no-masquerade {
+\t\ttype ipv4_addr
+\t\tflags interval
+\t\telements = { 10.0.0.0/13, 10.8.0.0/16, 10.9.5.128/25, 10.10.0.0/15, 10.12.0.0/14, 10.16.0.0/12, 10.32.0.0/11, 10.64.0.0/10, 10.128.0.0/9, 169.254.0.0/16 }
+\t}
+\tset pod-sources {
+\t\ttype ipv4_addr
+\t\tflags interval
+\t\telements = { 10.40.0.0/24 }
+\t}
+\tchain postrouting {
+\t\ttype nat hook postrouting priority srcnat + 10; policy accept;
+\t\tfib daddr type local return
+\t\tip saddr != @pod-sources return
+\t\tip daddr @no-masquerade return
+\t\tmasquerade fully-random
+\t}
+}
+";
+    assert_eq!(Nftables::new().render(&pod_sources()), rendered);
+    // Created gated: the small pod set whole, the large one filled later.
+    let gated = gated_script(&plan_nft(&pod_sources()));
+    assert!(gated.contains("\tset pod-sources {\n\t\ttype ipv4_addr\n\t\tflags interval\n\t\telements = { 10.40.0.0/24 }\n\t}\n"));
+    assert!(gated.contains(
+        "\t\treturn\n\t\tfib daddr type local return\n\t\tip saddr != @pod-sources return\n"
+    ));
+    assert!(!gated.contains("10.0.0.0/13"));
+}
+
+#[test]
+fn the_ipv6_source_rule() {
+    let rule = NftRule::ForeignSourceReturn(Family::Ipv6);
+    assert_eq!(rule.text(), "ip6 saddr != @pod-sources return");
+    assert_eq!(
+        rule.bytecode(),
+        "[ payload load 16b @ network header + 8 => reg 1 ] [ lookup reg 1 set pod-sources invert ] [ immediate reg 0 return ]"
+    );
+    assert_eq!(
+        NftRule::ForeignSourceReturn(Family::Ipv4).bytecode(),
+        "[ payload load 4b @ network header + 12 => reg 1 ] [ lookup reg 1 set pod-sources invert ] [ immediate reg 0 return ]"
+    );
+}

@@ -483,6 +483,7 @@ fn ruleset(family: PlanFamily, list: &[&str], random_fully: bool, ports: &[(u16,
         family,
         chain: "IP-MASQ-AGENT".parse().expect("a chain name"),
         no_masquerade: nets(list),
+        pod_sources: None,
         random_fully,
         to_ports: ranges,
     }
