@@ -521,14 +521,13 @@ impl TableDump<'_> {
     }
 }
 
-/// Reads our table (`table`, set shape and elements, chains, rules) for
-/// `family`, with the generation before and after to tell whether it is
-/// one consistent state.
 /// Whether our table exists in `family`: one GETTABLE by name, whatever
 /// else the ruleset holds (nft itself would load its whole cache first).
 pub fn table_exists(family: Family) -> Result<bool, NlError> {
-    let proto = Proto::of(family);
-    let mut conn = Conn::open()?;
+    has_table(&mut Conn::open()?, Proto::of(family))
+}
+
+fn has_table(conn: &mut Conn, proto: Proto) -> Result<bool, NlError> {
     let found = conn.get(
         &table_op(proto, "get table"),
         msg::GETTABLE,
@@ -542,6 +541,9 @@ pub fn table_exists(family: Family) -> Result<bool, NlError> {
     }
 }
 
+/// Reads our table (`table`, set shape and elements, chains, rules) for
+/// `family`, with the generation before and after to tell whether it is
+/// one consistent state.
 pub fn snapshot(family: Family) -> Result<Snapshot, NlError> {
     let proto = Proto::of(family);
     let mut conn = Conn::open()?;
@@ -551,17 +553,10 @@ pub fn snapshot(family: Family) -> Result<Snapshot, NlError> {
         consistent: true,
         ..Snapshot::default()
     };
-    let get_table = conn.get(
-        &table_op(proto, "get table"),
-        msg::GETTABLE,
-        proto.nfproto(),
-        |b| b.string(attr::TABLE_NAME, TABLE),
-    );
-    match get_table {
-        Ok(_) => snap.observed.table = true,
-        Err(e) if e.errno == Some(ENOENT) => return Ok(snap),
-        Err(e) => return Err(e),
+    if !has_table(&mut conn, proto)? {
+        return Ok(snap);
     }
+    snap.observed.table = true;
     let mut dump = TableDump {
         conn: &mut conn,
         proto,
