@@ -88,7 +88,10 @@ mod tests {
             assert!(text.contains(&format!("\n  -{name}")), "{name} missing");
         }
         for expected in [
-            "  -config file\n    \tPath of the config file (YAML or JSON), or of a directory whose files are merged; repeat to merge several; if a lone file is absent, defaults apply (default \"/etc/config/ip-masq-agent\")\n",
+            concat!(
+                "  -config file\n    \tPath of the config file (YAML or JSON), or of a directory whose files are merged; ",
+                "repeat to merge several; if a lone file is absent, defaults apply (default \"/etc/config/ip-masq-agent\")\n"
+            ),
             "  -enable-ipv6\n    \tAlso program IPv6 rules (ip6tables) and accept IPv6 CIDRs in the config\n",
             "  -backend backend\n    \tKernel backend: iptables (the upstream agent's rules) or nftables (a native table with the list in an interval set) (default iptables)\n",
             "  -iptables-mode mode\n    \tiptables mode: auto (use what the node uses), nft or legacy (default auto)\n",

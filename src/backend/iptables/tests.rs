@@ -72,7 +72,10 @@ fn render_to_ports() {
     assert_eq!(got.len(), 10);
     assert_eq!(
         got[2],
-        "-A IP-MASQ-AGENT -m comment --comment \"ip-masq-agent: outbound traffic is subject to MASQUERADE (must be last in chain)\" -j MASQUERADE --random-fully -p tcp -m statistic --mode random --probability 0.469292562840114 --to-ports 1024-29999"
+        concat!(
+            "-A IP-MASQ-AGENT -m comment --comment \"ip-masq-agent: outbound traffic is subject to MASQUERADE (must be last in chain)\" ",
+            "-j MASQUERADE --random-fully -p tcp -m statistic --mode random --probability 0.469292562840114 --to-ports 1024-29999"
+        )
     );
     assert_eq!(
         got[3],
@@ -99,17 +102,7 @@ fn predicted_save_form() {
     let got = predicted_chain_rules(&rs, false);
     assert_eq!(
         got,
-        lines(
-            "-A IP-MASQ-AGENT -d 10.0.0.0/8 -m comment --comment \"ip-masq-agent: local traffic is not subject to MASQUERADE\" -j RETURN
--A IP-MASQ-AGENT -m comment --comment \"ip-masq-agent: local traffic is not subject to MASQUERADE\" -j RETURN
--A IP-MASQ-AGENT -p tcp -m comment --comment \"ip-masq-agent: outbound traffic is subject to MASQUERADE (must be last in chain)\" -m statistic --mode random --probability 0.99996548984 -j MASQUERADE --to-ports 1024-29999
--A IP-MASQ-AGENT -p tcp -m comment --comment \"ip-masq-agent: outbound traffic is subject to MASQUERADE (must be last in chain)\" -j MASQUERADE --to-ports 40000
--A IP-MASQ-AGENT -p udp -m comment --comment \"ip-masq-agent: outbound traffic is subject to MASQUERADE (must be last in chain)\" -m statistic --mode random --probability 0.99996548984 -j MASQUERADE --to-ports 1024-29999
--A IP-MASQ-AGENT -p udp -m comment --comment \"ip-masq-agent: outbound traffic is subject to MASQUERADE (must be last in chain)\" -j MASQUERADE --to-ports 40000
--A IP-MASQ-AGENT -p sctp -m comment --comment \"ip-masq-agent: outbound traffic is subject to MASQUERADE (must be last in chain)\" -m statistic --mode random --probability 0.99996548984 -j MASQUERADE --to-ports 1024-29999
--A IP-MASQ-AGENT -p sctp -m comment --comment \"ip-masq-agent: outbound traffic is subject to MASQUERADE (must be last in chain)\" -j MASQUERADE --to-ports 40000
--A IP-MASQ-AGENT -m comment --comment \"ip-masq-agent: outbound traffic is subject to MASQUERADE (must be last in chain)\" -j MASQUERADE"
-        )
+        lines(include_str!("testdata/two-intervals-chain.rules"))
     );
 }
 
@@ -127,14 +120,7 @@ const CHAIN_LISTING: &str = "-N IP-MASQ-AGENT
 /// `iptables -t nat -S POSTROUTING` of a node with two of our jumps, the
 /// quoted one of old upstream releases, GKE's and a jump to a chain whose
 /// name starts like ours.
-const POSTROUTING_LISTING: &str = "-P POSTROUTING ACCEPT
--A POSTROUTING -j KUBE-POSTROUTING
--A POSTROUTING -m comment --comment \"\\\"ip-masq-agent: ensure nat POSTROUTING directs all non-LOCAL destination traffic to our custom IP-MASQ-AGENT chain\\\"\" -m addrtype ! --dst-type LOCAL -j IP-MASQ-AGENT
--A POSTROUTING -m comment --comment \"ip-masq-agent: ensure nat POSTROUTING directs all non-LOCAL destination traffic to our custom IP-MASQ-AGENT chain\" -m addrtype ! --dst-type LOCAL -j IP-MASQ-AGENT
--A POSTROUTING -m comment --comment \"ip-masq-agent: ensure nat POSTROUTING directs all non-LOCAL destination traffic to our custom IP-MASQ-AGENT chain\" -m addrtype ! --dst-type LOCAL -j IP-MASQ-AGENT
--A POSTROUTING -m comment --comment \"ip-masq: gke\" -j IP-MASQ-AGENT
--A POSTROUTING -j IP-MASQ-AGENT-2
-";
+const POSTROUTING_LISTING: &str = include_str!("testdata/postrouting-listing.txt");
 
 fn listed(c: &ChainName) -> Observed {
     parse_listing(c, Some(CHAIN_LISTING), POSTROUTING_LISTING)
@@ -221,7 +207,10 @@ fn empty_node_needs_everything() {
     let text = transaction(&ruleset(&[]), true, &changes);
     assert!(text.starts_with("*nat\n:IP-MASQ-AGENT - [0:0]\n"));
     assert!(text.ends_with(
-        "-A POSTROUTING -m comment --comment \"ip-masq-agent: ensure nat POSTROUTING directs all non-LOCAL destination traffic to our custom IP-MASQ-AGENT chain\" -m addrtype ! --dst-type LOCAL -j IP-MASQ-AGENT\nCOMMIT\n"
+        concat!(
+            "-A POSTROUTING -m comment --comment \"ip-masq-agent: ensure nat POSTROUTING directs all non-LOCAL destination ",
+            "traffic to our custom IP-MASQ-AGENT chain\" -m addrtype ! --dst-type LOCAL -j IP-MASQ-AGENT\nCOMMIT\n"
+        )
     ));
 }
 
