@@ -65,6 +65,7 @@ macro_rules! per_kernel {
     };
 }
 
+mod authoritative;
 mod cleanup;
 mod incident;
 mod live_config;

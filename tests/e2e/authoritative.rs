@@ -1,0 +1,473 @@
+//! `--authoritative` with real packets, against other programs' NAT rules
+//! captured from (or written exactly as by) those programs: kube-proxy in
+//! iptables and in nftables mode, the bridge CNI plugin with `ipMasq`,
+//! OpenShift SDN, Docker and a stale upstream `IP-MASQ` chain
+//! (`tests/integration/testdata/foreign/`).
+//!
+//! ```text
+//! pod POD -- node (the agent, the foreign rules) -- peer 203.0.113.2, also 198.51.100.2 and 10.44.3.7 on its loopback
+//! ```
+//!
+//! The config exempts 10.0.0.0/8 and 198.51.100.0/24. The pod connects to
+//! the peer (must be masqueraded), to 198.51.100.2 (exempted) and to
+//! kube-proxy's Service 10.0.0.51:80, whose endpoint 10.44.3.7:8080 is
+//! exempted by the config, but kube-proxy marks the connection 0x4000
+//! (KUBE-MARK-MASQ, the pod being outside its cluster CIDR) and must
+//! masquerade it. The peer routes everything back through the node, so
+//! every connection is answered and the reply names the source that
+//! arrived: the node's 203.0.113.1 (masqueraded) or the pod's own.
+//!
+//! Each scenario: without the flag the foreign rule decides (exempted
+//! traffic masqueraded anyway, where the rule set does that); with it the
+//! config decides, marked traffic is still masqueraded by kube-proxy, a
+//! second sync writes nothing, and the foreign rules read the same as
+//! before the agent ran (ours left out). For the iptables backend a foreign
+//! rule inserted ahead of our jump (as dockerd and kube-proxy do when they
+//! start) is drift that the next sync repairs by moving our jump only.
+//! What must stay true: `policy`'s (namespaces from the harness's guard,
+//! servers killed before the namespaces go, every command and wait bounded).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use tempfile::TempDir;
+
+use crate::kernel::Kernel;
+use crate::policy::{Server, link};
+use crate::sandbox::{PORT, netcheck_bin};
+use crate::support::agent::oneshot;
+use crate::support::iptables::{Family, Mode, save};
+use crate::support::netns::Netns;
+use crate::support::process::{COMMAND_TIMEOUT, describe, run_bounded};
+use crate::support::text::assert_text_eq;
+
+/// The peer's link address: not exempted, so masqueraded.
+const PEER: &str = "203.0.113.2";
+/// What the peer sees when the node masquerades.
+const NODE_AT_PEER: &str = "203.0.113.1";
+/// On the peer, in the config's 198.51.100.0/24: keeps the pod's address.
+const EXEMPT: &str = "198.51.100.2";
+/// Also exempted, but kube-proxy's own marking (KUBE-MARK-MASQ, or the
+/// same `meta mark set` its nftables table uses) marks the pod's packets
+/// to it 0x4000 without any DNAT: only the mark says "masquerade".
+const MARKED: &str = "198.51.100.3";
+/// kube-proxy's `default/web-np` ClusterIP; its one endpoint 10.44.3.7:8080
+/// lives on the peer (a pod on another node, reached through the node).
+const SERVICE: &str = "10.0.0.51:80";
+const ENDPOINT: &str = "10.44.3.7";
+const CONFIG: &str = "nonMasqueradeCIDRs: [10.0.0.0/8, 198.51.100.0/24]\n";
+/// Our chain's name (the default `--masq-chain`), left out of the foreign view.
+const OURS: &str = "IP-MASQ-AGENT";
+/// The nfacct objects kube-proxy's iptables rules count into (`-m nfacct`);
+/// kube-proxy creates them itself, so a node holding its rules has them.
+const KUBE_PROXY_NFACCT: [&str; 2] = [
+    "ct_state_invalid_dropped_pkts",
+    "localhost_nps_accepted_pkts",
+];
+
+/// A foreign rule set, as the file in `tests/integration/testdata/foreign/`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Foreign {
+    KubeProxyIptables,
+    KubeProxyNftables,
+    BridgeCni,
+    OpenShift,
+    Docker,
+    StaleIpMasq,
+}
+
+impl Foreign {
+    fn file(self) -> &'static str {
+        match self {
+            Foreign::KubeProxyIptables => "kube-proxy-iptables.save",
+            Foreign::KubeProxyNftables => "kube-proxy-nftables.nft",
+            Foreign::BridgeCni => "bridge-cni.save",
+            Foreign::OpenShift => "openshift-sdn.save",
+            Foreign::Docker => "docker.save",
+            Foreign::StaleIpMasq => "stale-ip-masq.save",
+        }
+    }
+
+    /// The pod's and the node's addresses on their link: inside the range
+    /// the rule set masquerades (the CNI's pod, OpenShift's cluster
+    /// network, Docker's bridge); all outside kube-proxy's 10.44.0.0/14.
+    fn pod_link(self) -> (&'static str, &'static str) {
+        match self {
+            Foreign::BridgeCni => ("10.22.0.2/16", "10.22.0.1/16"),
+            Foreign::OpenShift => ("10.128.0.5/24", "10.128.0.1/24"),
+            Foreign::Docker => ("172.17.0.2/16", "172.17.0.1/16"),
+            Foreign::KubeProxyIptables | Foreign::KubeProxyNftables | Foreign::StaleIpMasq => {
+                ("10.40.0.2/24", "10.40.0.1/24")
+            }
+        }
+    }
+
+    /// Whether, without `--authoritative`, the set masquerades the pod's
+    /// traffic to an exempted destination (kube-proxy only masquerades what
+    /// it marked).
+    fn overrides_exempted(self) -> bool {
+        !matches!(
+            self,
+            Foreign::KubeProxyIptables | Foreign::KubeProxyNftables
+        )
+    }
+}
+
+fn foreign_file(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/integration/testdata/foreign")
+        .join(name)
+}
+
+/// One scenario's topology, servers and config file.
+struct Node {
+    kernel: Kernel,
+    foreign: Foreign,
+    /// The iptables variant the foreign iptables rules are loaded with;
+    /// None for kube-proxy's nftables tables.
+    variant: Option<Mode>,
+    pod_ip: String,
+    _servers: Vec<Server>,
+    work: TempDir,
+    // Namespaces last: they go after the processes that live in them.
+    pod: Netns,
+    node: Netns,
+    _peer: Netns,
+}
+
+impl Node {
+    fn new(kernel: Kernel, foreign: Foreign, variant: Option<Mode>) -> Node {
+        let (pod, node, peer) = (Netns::new(), Netns::new(), Netns::new());
+        let (pod_cidr, node_cidr) = foreign.pod_link();
+        link(&node, "to-pod", &[node_cidr], &pod, &[pod_cidr]);
+        link(
+            &node,
+            "to-peer",
+            &["203.0.113.1/24"],
+            &peer,
+            &["203.0.113.2/24"],
+        );
+        for host in [EXEMPT, MARKED, ENDPOINT] {
+            peer.run(&["ip", "addr", "add", host, "dev", "lo"]);
+        }
+        node.run(&["sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward"]);
+        let gateway = node_cidr.split('/').next().expect("an address");
+        pod.run(&["ip", "route", "add", "default", "via", gateway]);
+        peer.run(&["ip", "route", "add", "default", "via", NODE_AT_PEER]);
+        for dst in ["198.51.100.0/24", "10.44.3.7/32"] {
+            node.run(&["ip", "route", "add", dst, "via", PEER]);
+        }
+        let work = tempfile::Builder::new()
+            .prefix("imqe-authoritative-")
+            .tempdir()
+            .expect("temp dir");
+        let servers = vec![Server::start(&peer, work.path(), "peer")];
+        fs::write(work.path().join("ip-masq-agent"), CONFIG).expect("write the config");
+        let pod_ip = pod_cidr.split('/').next().expect("an address").to_owned();
+        let node = Node {
+            kernel,
+            foreign,
+            variant,
+            pod_ip,
+            _servers: servers,
+            work,
+            pod,
+            node,
+            _peer: peer,
+        };
+        node.load_foreign();
+        node.mark_like_kube_proxy();
+        node
+    }
+
+    /// The pod's packets to [`MARKED`] marked for masquerading by
+    /// kube-proxy's own chain (iptables) or its own statement (nftables),
+    /// in PREROUTING, as kube-proxy marks Service traffic.
+    fn mark_like_kube_proxy(&self) {
+        let Some(mode) = self.variant else {
+            let rule = format!("ip daddr {MARKED} meta mark set meta mark | 0x00004000");
+            self.node.run(&[
+                "nft",
+                "insert",
+                "rule",
+                "ip",
+                "kube-proxy",
+                "nat-prerouting",
+                &rule,
+            ]);
+            return;
+        };
+        let line = format!("-t nat -I PREROUTING 1 -d {MARKED}/32 -j KUBE-MARK-MASQ");
+        crate::support::iptables::ipt(&self.node, mode, Family::V4, &line);
+    }
+
+    /// The foreign rule set, and kube-proxy's iptables rules with it: a
+    /// node runs kube-proxy beside its CNI, and its marked Service traffic
+    /// is what `--authoritative` must leave to it.
+    fn load_foreign(&self) {
+        let Some(mode) = self.variant else {
+            let file = foreign_file(self.foreign.file());
+            self.node
+                .run(&["nft", "-f", file.to_str().expect("UTF-8 path")]);
+            return;
+        };
+        for name in KUBE_PROXY_NFACCT {
+            self.node.run(&["nfacct", "add", name]);
+        }
+        let restore = mode.tool(Family::V4, "-restore");
+        let mut files = vec![self.foreign.file()];
+        if self.foreign != Foreign::KubeProxyIptables {
+            files.push(Foreign::KubeProxyIptables.file());
+        }
+        for name in files {
+            let file = foreign_file(name);
+            self.node
+                .run(&[&restore, "--noflush", file.to_str().expect("UTF-8 path")]);
+        }
+    }
+
+    /// The foreign rules as the node holds them, ours left out: the nat
+    /// table of the variant holding them (normalised `iptables-save`, lines
+    /// naming our chain dropped), or kube-proxy's nftables tables (counters
+    /// dropped, they count this test's packets).
+    fn foreign_state(&self) -> String {
+        if let Some(mode) = self.variant {
+            return save(&self.node, mode, Family::V4)
+                .lines()
+                .filter(|l| !l.contains(OURS))
+                .map(|l| format!("{l}\n"))
+                .collect();
+        }
+        let mut text = String::new();
+        for family in ["ip", "ip6"] {
+            let listed = self
+                .node
+                .run(&["nft", "list", "table", family, "kube-proxy"]);
+            for line in listed.lines() {
+                text.push_str(&strip_counters(line));
+                text.push('\n');
+            }
+        }
+        text
+    }
+
+    /// One `sync` in the node with the kernel's flags and `flags`; its log.
+    fn sync(&self, flags: &[&str]) -> String {
+        let config = self.work.path().join("ip-masq-agent");
+        let mut all = vec![
+            "--config".to_owned(),
+            config.to_str().expect("UTF-8").to_owned(),
+        ];
+        all.extend(self.kernel.agent_flags());
+        all.extend(flags.iter().map(|f| (*f).to_owned()));
+        all.push("sync".to_owned());
+        let all: Vec<&str> = all.iter().map(String::as_str).collect();
+        let out = oneshot(&self.node, &all);
+        assert!(out.status.success(), "{}", describe(&all.join(" "), &out));
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    /// The source address the server behind `endpoint` saw from the pod.
+    fn seen(&self, endpoint: &str) -> String {
+        let mut cmd = self
+            .pod
+            .command(netcheck_bin().to_str().expect("netcheck path is UTF-8"));
+        cmd.args(["connect", endpoint, "--timeout", "5"]);
+        let out = run_bounded(&mut cmd, COMMAND_TIMEOUT);
+        assert!(
+            out.status.success(),
+            "{}",
+            describe(&format!("connect to {endpoint}"), &out)
+        );
+        let reply = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        reply.strip_prefix("::ffff:").unwrap_or(&reply).to_owned()
+    }
+
+    /// Asserts what the peer sees for each of the pod's connections: to
+    /// the peer (always masqueraded), to [`EXEMPT`] (`exempted`), and the
+    /// two kube-proxy marked (always masqueraded, by kube-proxy).
+    fn expect(&self, when: &str, exempted: &str) {
+        let what = format!("{:?} under {} ({when})", self.foreign, self.kernel);
+        let peer = format!("{PEER}:{PORT}");
+        let exempt = format!("{EXEMPT}:{PORT}");
+        let marked = format!("{MARKED}:{PORT}");
+        assert_eq!(
+            self.seen(&peer),
+            NODE_AT_PEER,
+            "{what}: pod -> {peer} must be masqueraded"
+        );
+        assert_eq!(
+            self.seen(&exempt),
+            exempted,
+            "{what}: pod -> {exempt} (exempted by the config)"
+        );
+        assert_eq!(
+            self.seen(SERVICE),
+            NODE_AT_PEER,
+            "{what}: pod -> Service {SERVICE} (marked 0x4000, DNATed)"
+        );
+        assert_eq!(
+            self.seen(&marked),
+            NODE_AT_PEER,
+            "{what}: pod -> {marked} (marked 0x4000 only)"
+        );
+        eprintln!(
+            "{what}: peer saw {NODE_AT_PEER} from {peer}, {exempted} from {exempt}, {NODE_AT_PEER} from {SERVICE} and {marked}"
+        );
+    }
+
+    /// The first foreign POSTROUTING rule deleted and inserted again at the
+    /// front, as dockerd (which inserts) or a restarted CNI does.
+    fn foreign_rule_jumps_ahead(&self, mode: Mode) {
+        let listing =
+            self.node
+                .run(&[&mode.tool(Family::V4, ""), "-t", "nat", "-S", "POSTROUTING"]);
+        let rule = listing
+            .lines()
+            .find(|l| l.starts_with("-A POSTROUTING ") && !l.contains(OURS))
+            .expect("a foreign POSTROUTING rule");
+        // `-S` prints restore syntax, quoting included: one transaction.
+        let spec = rule.trim_start_matches("-A POSTROUTING ");
+        let payload = self.work.path().join("ahead.rules");
+        let text = format!("*nat\n-D POSTROUTING {spec}\n-I POSTROUTING 1 {spec}\nCOMMIT\n");
+        fs::write(&payload, text).expect("write the payload");
+        let restore = mode.tool(Family::V4, "-restore");
+        self.node
+            .run(&[&restore, "--noflush", payload.to_str().expect("UTF-8 path")]);
+    }
+}
+
+/// `counter packets N bytes M` as `counter`: the numbers count this
+/// test's packets.
+fn strip_counters(line: &str) -> String {
+    let words: Vec<&str> = line.split(' ').collect();
+    let mut out = Vec::with_capacity(words.len());
+    let mut i = 0;
+    while i < words.len() {
+        out.push(words[i]);
+        if words[i] == "counter"
+            && words.get(i + 1) == Some(&"packets")
+            && words.get(i + 3) == Some(&"bytes")
+        {
+            i += 5;
+        } else {
+            i += 1;
+        }
+    }
+    out.join(" ")
+}
+
+/// One scenario; see the module's text.
+pub fn scenario(kernel: Kernel, foreign: Foreign, variant: Option<Mode>) {
+    let node = Node::new(kernel, foreign, variant);
+    let before = node.foreign_state();
+    let pod = node.pod_ip.as_str();
+
+    node.sync(&[]);
+    let without = if foreign.overrides_exempted() {
+        NODE_AT_PEER
+    } else {
+        pod
+    };
+    node.expect("without --authoritative", without);
+
+    let first = node.sync(&["--authoritative", "-v=2"]);
+    assert!(first.contains("rules applied"), "{first}");
+    node.expect("with --authoritative", pod);
+    let again = node.sync(&["--authoritative", "-v=2"]);
+    assert!(
+        again.contains("rules unchanged") && !again.contains("rules applied"),
+        "{again}"
+    );
+    assert_text_eq(
+        "the foreign rules after our syncs",
+        &node.foreign_state(),
+        &before,
+    );
+
+    // A foreign rule ahead of our jump: what the next sync repairs.
+    if let (Some(mode), Some(_)) = (kernel.iptables(), variant) {
+        node.foreign_rule_jumps_ahead(mode);
+        let ahead = if foreign.overrides_exempted() {
+            NODE_AT_PEER
+        } else {
+            pod
+        };
+        node.expect("a foreign rule inserted ahead of our jump", ahead);
+        let repaired = node.sync(&["--authoritative", "-v=2"]);
+        assert!(repaired.contains("is not the first rule"), "{repaired}");
+        node.expect("after the sync that moved our jump first", pod);
+        assert_text_eq(
+            "the foreign rules after the repair",
+            &node.foreign_state(),
+            &before,
+        );
+    }
+}
+
+/// `authoritative!(iptables name, Foreign::X);` declares a test per kernel
+/// backend and variant of the foreign iptables rules: the iptables backends
+/// with the rules in their own variant, the nftables backend with them in
+/// each. `authoritative!(nftables name, Foreign::X)`: one test per backend.
+macro_rules! authoritative {
+    (iptables $name:ident, $foreign:expr) => {
+        mod $name {
+            use crate::kernel::Kernel;
+            use crate::support::iptables::Mode;
+
+            #[test]
+            fn iptables_nft() {
+                super::run(Kernel::IptablesNft, $foreign, Some(Mode::Nft));
+            }
+
+            #[test]
+            fn iptables_legacy() {
+                super::run(Kernel::IptablesLegacy, $foreign, Some(Mode::Legacy));
+            }
+
+            #[test]
+            fn nftables_over_iptables_nft() {
+                super::run(Kernel::Nftables, $foreign, Some(Mode::Nft));
+            }
+
+            #[test]
+            fn nftables_over_iptables_legacy() {
+                super::run(Kernel::Nftables, $foreign, Some(Mode::Legacy));
+            }
+        }
+    };
+    (nftables $name:ident, $foreign:expr) => {
+        mod $name {
+            use crate::kernel::Kernel;
+
+            #[test]
+            fn iptables_nft() {
+                super::run(Kernel::IptablesNft, $foreign, None);
+            }
+
+            #[test]
+            fn iptables_legacy() {
+                super::run(Kernel::IptablesLegacy, $foreign, None);
+            }
+
+            #[test]
+            fn nftables() {
+                super::run(Kernel::Nftables, $foreign, None);
+            }
+        }
+    };
+}
+
+/// The prerequisites (and `nfacct`), then the scenario.
+fn run(kernel: Kernel, foreign: Foreign, variant: Option<Mode>) {
+    if crate::prerequisites() && crate::support::env::require_tools(&["nfacct"]) {
+        scenario(kernel, foreign, variant);
+    }
+}
+
+authoritative!(iptables kube_proxy_iptables, super::Foreign::KubeProxyIptables);
+authoritative!(nftables kube_proxy_nftables, super::Foreign::KubeProxyNftables);
+authoritative!(iptables bridge_cni, super::Foreign::BridgeCni);
+authoritative!(iptables openshift, super::Foreign::OpenShift);
+authoritative!(iptables docker, super::Foreign::Docker);
+authoritative!(iptables stale_ip_masq, super::Foreign::StaleIpMasq);
