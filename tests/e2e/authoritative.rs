@@ -136,9 +136,16 @@ struct Node {
 }
 
 impl Node {
-    fn new(kernel: Kernel, foreign: Foreign, variant: Option<Mode>) -> Node {
+    /// The topology with the foreign rules loaded. `hairpin`: the pod is
+    /// the Service's endpoint 10.44.3.7 itself, serving on its own port
+    /// (so a connection to the Service comes back to it through the node).
+    fn new(kernel: Kernel, foreign: Foreign, variant: Option<Mode>, hairpin: bool) -> Node {
         let (pod, node, peer) = (Netns::new(), Netns::new(), Netns::new());
-        let (pod_cidr, node_cidr) = foreign.pod_link();
+        let (pod_cidr, node_cidr) = if hairpin {
+            ("10.44.3.7/24", "10.44.3.1/24")
+        } else {
+            foreign.pod_link()
+        };
         link(&node, "to-pod", &[node_cidr], &pod, &[pod_cidr]);
         link(
             &node,
@@ -147,21 +154,26 @@ impl Node {
             &peer,
             &["203.0.113.2/24"],
         );
-        for host in [EXEMPT, MARKED, ENDPOINT] {
+        let endpoint_on_peer = if hairpin { None } else { Some(ENDPOINT) };
+        for host in [EXEMPT, MARKED].into_iter().chain(endpoint_on_peer) {
             peer.run(&["ip", "addr", "add", host, "dev", "lo"]);
         }
         node.run(&["sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward"]);
         let gateway = node_cidr.split('/').next().expect("an address");
         pod.run(&["ip", "route", "add", "default", "via", gateway]);
         peer.run(&["ip", "route", "add", "default", "via", NODE_AT_PEER]);
-        for dst in ["198.51.100.0/24", "10.44.3.7/32"] {
-            node.run(&["ip", "route", "add", dst, "via", PEER]);
+        node.run(&["ip", "route", "add", "198.51.100.0/24", "via", PEER]);
+        if let Some(endpoint) = endpoint_on_peer {
+            node.run(&["ip", "route", "add", &format!("{endpoint}/32"), "via", PEER]);
         }
         let work = tempfile::Builder::new()
             .prefix("imqe-authoritative-")
             .tempdir()
             .expect("temp dir");
-        let servers = vec![Server::start(&peer, work.path(), "peer")];
+        let mut servers = vec![Server::start(&peer, work.path(), "peer")];
+        if hairpin {
+            servers.push(Server::start(&pod, work.path(), "pod"));
+        }
         fs::write(work.path().join("ip-masq-agent"), CONFIG).expect("write the config");
         let pod_ip = pod_cidr.split('/').next().expect("an address").to_owned();
         let node = Node {
@@ -359,7 +371,7 @@ fn strip_counters(line: &str) -> String {
 
 /// One scenario; see the module's text.
 pub fn scenario(kernel: Kernel, foreign: Foreign, variant: Option<Mode>) {
-    let node = Node::new(kernel, foreign, variant);
+    let node = Node::new(kernel, foreign, variant, false);
     let before = node.foreign_state();
     let pod = node.pod_ip.as_str();
 
@@ -403,6 +415,35 @@ pub fn scenario(kernel: Kernel, foreign: Foreign, variant: Option<Mode>) {
             &before,
         );
     }
+}
+
+/// A pod connecting to a Service whose endpoint is itself: kube-proxy must
+/// masquerade the connection (to the node's 10.44.3.1) or the pod drops
+/// the packet that comes back with its own address as the source. In
+/// iptables mode kube-proxy marks it (KUBE-SEP's `-s 10.44.3.7/32 -j
+/// KUBE-MARK-MASQ`); in nftables mode it does not mark it but masquerades
+/// what its `hairpin-connections` set matches, which is why the nftables
+/// backend leaves DNATed connections to exempted destinations unbound.
+pub fn hairpin(kernel: Kernel, foreign: Foreign, variant: Option<Mode>) {
+    let node = Node::new(kernel, foreign, variant, true);
+    let before = node.foreign_state();
+    for flags in [&[][..], &["--authoritative"]] {
+        node.sync(flags);
+        let what = format!("{foreign:?} under {kernel} ({flags:?})");
+        assert_eq!(
+            node.seen(SERVICE),
+            "10.44.3.1",
+            "{what}: the pod -> {SERVICE} -> itself"
+        );
+        eprintln!(
+            "{what}: the pod's own server saw 10.44.3.1 from {SERVICE} (hairpin masqueraded)"
+        );
+    }
+    assert_text_eq(
+        "the foreign rules after our syncs",
+        &node.foreign_state(),
+        &before,
+    );
 }
 
 /// `authoritative!(iptables name, Foreign::X);` declares a test per kernel
@@ -471,3 +512,55 @@ authoritative!(iptables bridge_cni, super::Foreign::BridgeCni);
 authoritative!(iptables openshift, super::Foreign::OpenShift);
 authoritative!(iptables docker, super::Foreign::Docker);
 authoritative!(iptables stale_ip_masq, super::Foreign::StaleIpMasq);
+
+/// The hairpin of [`hairpin`], per kube-proxy mode and backend.
+mod hairpin {
+    use super::Foreign::{KubeProxyIptables, KubeProxyNftables};
+    use crate::kernel::Kernel;
+    use crate::support::iptables::Mode;
+
+    fn run(kernel: Kernel, foreign: super::Foreign, variant: Option<Mode>) {
+        if crate::prerequisites() && crate::support::env::require_tools(&["nfacct"]) {
+            super::hairpin(kernel, foreign, variant);
+        }
+    }
+
+    #[test]
+    fn kube_proxy_iptables_iptables_nft() {
+        run(Kernel::IptablesNft, KubeProxyIptables, Some(Mode::Nft));
+    }
+
+    #[test]
+    fn kube_proxy_iptables_iptables_legacy() {
+        run(
+            Kernel::IptablesLegacy,
+            KubeProxyIptables,
+            Some(Mode::Legacy),
+        );
+    }
+
+    #[test]
+    fn kube_proxy_iptables_nftables_over_iptables_nft() {
+        run(Kernel::Nftables, KubeProxyIptables, Some(Mode::Nft));
+    }
+
+    #[test]
+    fn kube_proxy_iptables_nftables_over_iptables_legacy() {
+        run(Kernel::Nftables, KubeProxyIptables, Some(Mode::Legacy));
+    }
+
+    #[test]
+    fn kube_proxy_nftables_iptables_nft() {
+        run(Kernel::IptablesNft, KubeProxyNftables, None);
+    }
+
+    #[test]
+    fn kube_proxy_nftables_iptables_legacy() {
+        run(Kernel::IptablesLegacy, KubeProxyNftables, None);
+    }
+
+    #[test]
+    fn kube_proxy_nftables_nftables() {
+        run(Kernel::Nftables, KubeProxyNftables, None);
+    }
+}
