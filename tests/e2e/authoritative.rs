@@ -58,13 +58,6 @@ const ENDPOINT: &str = "10.44.3.7";
 const CONFIG: &str = "nonMasqueradeCIDRs: [10.0.0.0/8, 198.51.100.0/24]\n";
 /// Our chain's name (the default `--masq-chain`), left out of the foreign view.
 const OURS: &str = "IP-MASQ-AGENT";
-/// The nfacct objects kube-proxy's iptables rules count into (`-m nfacct`);
-/// kube-proxy creates them itself, so a node holding its rules has them.
-const KUBE_PROXY_NFACCT: [&str; 2] = [
-    "ct_state_invalid_dropped_pkts",
-    "localhost_nps_accepted_pkts",
-];
-
 /// A foreign rule set, as the file in `tests/integration/testdata/foreign/`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Foreign {
@@ -223,9 +216,7 @@ impl Node {
                 .run(&["nft", "-f", file.to_str().expect("UTF-8 path")]);
             return;
         };
-        for name in KUBE_PROXY_NFACCT {
-            self.node.run(&["nfacct", "add", name]);
-        }
+        crate::support::iptables::add_kube_proxy_nfacct(&self.node);
         let restore = mode.tool(Family::V4, "-restore");
         let mut files = vec![self.foreign.file()];
         if self.foreign != Foreign::KubeProxyIptables {

@@ -250,9 +250,7 @@ both_modes! {
         }
         let ns = Netns::new();
         let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/integration/testdata");
-        for name in ["ct_state_invalid_dropped_pkts", "localhost_nps_accepted_pkts"] {
-            ns.run(&["nfacct", "add", name]);
-        }
+        crate::support::iptables::add_kube_proxy_nfacct(&ns);
         for (family, file) in [(V4, "kube-proxy-iptables.save"), (V6, "kube-proxy-ip6tables.save")] {
             let path = data.join("foreign").join(file);
             ns.run(&[&mode.tool(family, "-restore"), path.to_str().expect("UTF-8 path")]);
