@@ -5,8 +5,11 @@
 //! (`tests/integration/testdata/foreign/`).
 //!
 //! ```text
-//! pod POD -- node (the agent, the foreign rules) -- peer 203.0.113.2, also 198.51.100.2 and 10.44.3.7 on its loopback
+//! pod POD -- node (the agent, the foreign rules) -- peer 203.0.113.2, also 198.51.100.2, .3 and 10.44.3.7 on its loopback
 //! ```
+//!
+//! (IPv6, for the stale chain's IPv6 twin: pod fd40::2, peer 2001:db8:1::2,
+//! exempted 2001:db8:51::/64; no Service, the captured cluster being IPv4.)
 //!
 //! The config exempts 10.0.0.0/8 and 198.51.100.0/24. The pod connects to
 //! the peer (must be masqueraded), to 198.51.100.2 (exempted) and to
@@ -41,21 +44,78 @@ use crate::support::netns::Netns;
 use crate::support::process::{COMMAND_TIMEOUT, describe, run_bounded};
 use crate::support::text::assert_text_eq;
 
-/// The peer's link address: not exempted, so masqueraded.
-const PEER: &str = "203.0.113.2";
-/// What the peer sees when the node masquerades.
-const NODE_AT_PEER: &str = "203.0.113.1";
-/// On the peer, in the config's 198.51.100.0/24: keeps the pod's address.
-const EXEMPT: &str = "198.51.100.2";
-/// Also exempted, but kube-proxy's own marking (KUBE-MARK-MASQ, or the
-/// same `meta mark set` its nftables table uses) marks the pod's packets
-/// to it 0x4000 without any DNAT: only the mark says "masquerade".
-const MARKED: &str = "198.51.100.3";
+/// The peer side of one address family.
+struct Net {
+    /// The peer's link address: not exempted, so masqueraded.
+    peer: &'static str,
+    /// What the peer sees when the node masquerades.
+    node_at_peer: &'static str,
+    /// The link's prefix length.
+    link_len: u8,
+    /// On the peer, in the config's exempted range `exempted`: keeps the
+    /// pod's address.
+    exempt: &'static str,
+    /// Also exempted, but kube-proxy's own marking (KUBE-MARK-MASQ, or the
+    /// same `meta mark set` its nftables table uses) marks the pod's
+    /// packets to it 0x4000 without any DNAT: only the mark says
+    /// "masquerade".
+    marked: &'static str,
+    exempted: &'static str,
+    family: Family,
+}
+
+const NET4: Net = Net {
+    peer: "203.0.113.2",
+    node_at_peer: "203.0.113.1",
+    link_len: 24,
+    exempt: "198.51.100.2",
+    marked: "198.51.100.3",
+    exempted: "198.51.100.0/24",
+    family: Family::V4,
+};
+
+const NET6: Net = Net {
+    peer: "2001:db8:1::2",
+    node_at_peer: "2001:db8:1::1",
+    link_len: 64,
+    exempt: "2001:db8:51::2",
+    marked: "2001:db8:51::3",
+    exempted: "2001:db8:51::/64",
+    family: Family::V6,
+};
+
+impl Net {
+    fn host_len(&self) -> u8 {
+        match self.family {
+            Family::V4 => 32,
+            Family::V6 => 128,
+        }
+    }
+
+    /// `-4` or `-6`, for `ip`.
+    fn ip_flag(&self) -> &'static str {
+        match self.family {
+            Family::V4 => "-4",
+            Family::V6 => "-6",
+        }
+    }
+}
+
+/// `ADDR:PORT`, bracketed for IPv6.
+fn endpoint(addr: &str) -> String {
+    if addr.contains(':') {
+        format!("[{addr}]:{PORT}")
+    } else {
+        format!("{addr}:{PORT}")
+    }
+}
 /// kube-proxy's `default/web-np` ClusterIP; its one endpoint 10.44.3.7:8080
 /// lives on the peer (a pod on another node, reached through the node).
 const SERVICE: &str = "10.0.0.51:80";
 const ENDPOINT: &str = "10.44.3.7";
 const CONFIG: &str = "nonMasqueradeCIDRs: [10.0.0.0/8, 198.51.100.0/24]\n";
+/// For the IPv6 scenario (with `--enable-ipv6`).
+const CONFIG6: &str = "nonMasqueradeCIDRs: [10.0.0.0/8, 198.51.100.0/24, 2001:db8:51::/64]\n";
 /// Our chain's name (the default `--masq-chain`), left out of the foreign view.
 const OURS: &str = "IP-MASQ-AGENT";
 /// A foreign rule set, as the file in `tests/integration/testdata/foreign/`.
@@ -67,6 +127,8 @@ pub enum Foreign {
     OpenShift,
     Docker,
     StaleIpMasq,
+    /// The IPv6 chain of the same, beside kube-proxy's ip6tables rules.
+    StaleIpMasq6,
 }
 
 impl Foreign {
@@ -78,6 +140,15 @@ impl Foreign {
             Foreign::OpenShift => "openshift-sdn.save",
             Foreign::Docker => "docker.save",
             Foreign::StaleIpMasq => "stale-ip-masq.save",
+            Foreign::StaleIpMasq6 => "stale-ip-masq6.save",
+        }
+    }
+
+    fn net(self) -> &'static Net {
+        if self == Foreign::StaleIpMasq6 {
+            &NET6
+        } else {
+            &NET4
         }
     }
 
@@ -92,6 +163,7 @@ impl Foreign {
             Foreign::KubeProxyIptables | Foreign::KubeProxyNftables | Foreign::StaleIpMasq => {
                 ("10.40.0.2/24", "10.40.0.1/24")
             }
+            Foreign::StaleIpMasq6 => ("fd40::2/64", "fd40::1/64"),
         }
     }
 
@@ -139,25 +211,39 @@ impl Node {
         } else {
             foreign.pod_link()
         };
+        let net = foreign.net();
+        let ip = net.ip_flag();
         link(&node, "to-pod", &[node_cidr], &pod, &[pod_cidr]);
-        link(
-            &node,
-            "to-peer",
-            &["203.0.113.1/24"],
-            &peer,
-            &["203.0.113.2/24"],
-        );
-        let endpoint_on_peer = if hairpin { None } else { Some(ENDPOINT) };
-        for host in [EXEMPT, MARKED].into_iter().chain(endpoint_on_peer) {
-            peer.run(&["ip", "addr", "add", host, "dev", "lo"]);
+        let node_link = format!("{}/{}", net.node_at_peer, net.link_len);
+        let peer_link = format!("{}/{}", net.peer, net.link_len);
+        link(&node, "to-peer", &[&node_link], &peer, &[&peer_link]);
+        // The Service's endpoint is on the peer, unless the pod is it.
+        let endpoint_on_peer = (!hairpin && net.family == Family::V4).then_some(ENDPOINT);
+        for host in [net.exempt, net.marked].into_iter().chain(endpoint_on_peer) {
+            let mut args = vec!["ip", "addr", "add", host, "dev", "lo"];
+            if net.family == Family::V6 {
+                args.push("nodad");
+            }
+            peer.run(&args);
         }
-        node.run(&["sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward"]);
+        node.run(&[
+            "sh",
+            "-c",
+            "echo 1 > /proc/sys/net/ipv4/ip_forward && echo 1 > /proc/sys/net/ipv6/conf/all/forwarding",
+        ]);
         let gateway = node_cidr.split('/').next().expect("an address");
-        pod.run(&["ip", "route", "add", "default", "via", gateway]);
-        peer.run(&["ip", "route", "add", "default", "via", NODE_AT_PEER]);
-        node.run(&["ip", "route", "add", "198.51.100.0/24", "via", PEER]);
+        pod.run(&["ip", ip, "route", "add", "default", "via", gateway]);
+        peer.run(&["ip", ip, "route", "add", "default", "via", net.node_at_peer]);
+        node.run(&["ip", ip, "route", "add", net.exempted, "via", net.peer]);
         if let Some(endpoint) = endpoint_on_peer {
-            node.run(&["ip", "route", "add", &format!("{endpoint}/32"), "via", PEER]);
+            node.run(&[
+                "ip",
+                "route",
+                "add",
+                &format!("{endpoint}/32"),
+                "via",
+                net.peer,
+            ]);
         }
         let work = tempfile::Builder::new()
             .prefix("imqe-authoritative-")
@@ -167,7 +253,12 @@ impl Node {
         if hairpin {
             servers.push(Server::start(&pod, work.path(), "pod"));
         }
-        fs::write(work.path().join("ip-masq-agent"), CONFIG).expect("write the config");
+        let config = if net.family == Family::V6 {
+            CONFIG6
+        } else {
+            CONFIG
+        };
+        fs::write(work.path().join("ip-masq-agent"), config).expect("write the config");
         let pod_ip = pod_cidr.split('/').next().expect("an address").to_owned();
         let node = Node {
             kernel,
@@ -185,12 +276,15 @@ impl Node {
         node
     }
 
-    /// The pod's packets to [`MARKED`] marked for masquerading by
+    /// The pod's packets to [`Net::marked`] marked for masquerading by
     /// kube-proxy's own chain (iptables) or its own statement (nftables),
     /// in PREROUTING, as kube-proxy marks Service traffic.
     fn mark_like_kube_proxy(&self) {
         let Some(mode) = self.variant else {
-            let rule = format!("ip daddr {MARKED} meta mark set meta mark | 0x00004000");
+            let rule = format!(
+                "ip daddr {} meta mark set meta mark | 0x00004000",
+                NET4.marked
+            );
             self.node.run(&[
                 "nft",
                 "insert",
@@ -202,8 +296,13 @@ impl Node {
             ]);
             return;
         };
-        let line = format!("-t nat -I PREROUTING 1 -d {MARKED}/32 -j KUBE-MARK-MASQ");
-        crate::support::iptables::ipt(&self.node, mode, Family::V4, &line);
+        let net = self.foreign.net();
+        let line = format!(
+            "-t nat -I PREROUTING 1 -d {}/{} -j KUBE-MARK-MASQ",
+            net.marked,
+            net.host_len()
+        );
+        crate::support::iptables::ipt(&self.node, mode, net.family, &line);
     }
 
     /// The foreign rule set, and kube-proxy's iptables rules with it: a
@@ -217,10 +316,15 @@ impl Node {
             return;
         };
         crate::support::iptables::add_kube_proxy_nfacct(&self.node);
-        let restore = mode.tool(Family::V4, "-restore");
+        let family = self.foreign.net().family;
+        let restore = mode.tool(family, "-restore");
+        let kube_proxy = match family {
+            Family::V4 => Foreign::KubeProxyIptables.file(),
+            Family::V6 => "kube-proxy-ip6tables.save",
+        };
         let mut files = vec![self.foreign.file()];
         if self.foreign != Foreign::KubeProxyIptables {
-            files.push(Foreign::KubeProxyIptables.file());
+            files.push(kube_proxy);
         }
         for name in files {
             let file = foreign_file(name);
@@ -235,7 +339,7 @@ impl Node {
     /// dropped, they count this test's packets).
     fn foreign_state(&self) -> String {
         if let Some(mode) = self.variant {
-            return save(&self.node, mode, Family::V4)
+            return save(&self.node, mode, self.foreign.net().family)
                 .lines()
                 .filter(|l| !l.contains(OURS))
                 .map(|l| format!("{l}\n"))
@@ -261,6 +365,9 @@ impl Node {
             "--config".to_owned(),
             config.to_str().expect("UTF-8").to_owned(),
         ];
+        if self.foreign.net().family == Family::V6 {
+            all.push("--enable-ipv6".to_owned());
+        }
         all.extend(self.kernel.agent_flags());
         all.extend(flags.iter().map(|f| (*f).to_owned()));
         all.push("sync".to_owned());
@@ -287,16 +394,26 @@ impl Node {
     }
 
     /// Asserts what the peer sees for each of the pod's connections: to
-    /// the peer (always masqueraded), to [`EXEMPT`] (`exempted`), and the
-    /// two kube-proxy marked (always masqueraded, by kube-proxy).
+    /// the peer (always masqueraded), to [`Net::exempt`] (`exempted`), and
+    /// those kube-proxy marked (always masqueraded, by kube-proxy): the
+    /// Service (IPv4; the captured cluster is single-stack) and
+    /// [`Net::marked`].
     fn expect(&self, when: &str, exempted: &str) {
-        let what = format!("{:?} under {} ({when})", self.foreign, self.kernel);
-        let peer = format!("{PEER}:{PORT}");
-        let exempt = format!("{EXEMPT}:{PORT}");
-        let marked = format!("{MARKED}:{PORT}");
+        let over = match (self.kernel, self.variant) {
+            (Kernel::Nftables, Some(mode)) => format!(" over iptables-{}", mode.flag()),
+            _ => String::new(),
+        };
+        let what = format!("{:?} under {}{over} ({when})", self.foreign, self.kernel);
+        let net = self.foreign.net();
+        let masqueraded = net.node_at_peer;
+        let (peer, exempt, marked) = (
+            endpoint(net.peer),
+            endpoint(net.exempt),
+            endpoint(net.marked),
+        );
         assert_eq!(
             self.seen(&peer),
-            NODE_AT_PEER,
+            masqueraded,
             "{what}: pod -> {peer} must be masqueraded"
         );
         assert_eq!(
@@ -304,27 +421,30 @@ impl Node {
             exempted,
             "{what}: pod -> {exempt} (exempted by the config)"
         );
-        assert_eq!(
-            self.seen(SERVICE),
-            NODE_AT_PEER,
-            "{what}: pod -> Service {SERVICE} (marked 0x4000, DNATed)"
-        );
+        if net.family == Family::V4 {
+            assert_eq!(
+                self.seen(SERVICE),
+                masqueraded,
+                "{what}: pod -> Service {SERVICE} (marked 0x4000, DNATed)"
+            );
+        }
         assert_eq!(
             self.seen(&marked),
-            NODE_AT_PEER,
+            masqueraded,
             "{what}: pod -> {marked} (marked 0x4000 only)"
         );
         eprintln!(
-            "{what}: peer saw {NODE_AT_PEER} from {peer}, {exempted} from {exempt}, {NODE_AT_PEER} from {SERVICE} and {marked}"
+            "{what}: peer saw {masqueraded} from {peer}, {exempted} from {exempt}, {masqueraded} from the marked ones"
         );
     }
 
     /// The first foreign POSTROUTING rule deleted and inserted again at the
     /// front, as dockerd (which inserts) or a restarted CNI does.
     fn foreign_rule_jumps_ahead(&self, mode: Mode) {
-        let listing =
-            self.node
-                .run(&[&mode.tool(Family::V4, ""), "-t", "nat", "-S", "POSTROUTING"]);
+        let family = self.foreign.net().family;
+        let listing = self
+            .node
+            .run(&[&mode.tool(family, ""), "-t", "nat", "-S", "POSTROUTING"]);
         let rule = listing
             .lines()
             .find(|l| l.starts_with("-A POSTROUTING ") && !l.contains(OURS))
@@ -334,7 +454,7 @@ impl Node {
         let payload = self.work.path().join("ahead.rules");
         let text = format!("*nat\n-D POSTROUTING {spec}\n-I POSTROUTING 1 {spec}\nCOMMIT\n");
         fs::write(&payload, text).expect("write the payload");
-        let restore = mode.tool(Family::V4, "-restore");
+        let restore = mode.tool(family, "-restore");
         self.node
             .run(&[&restore, "--noflush", payload.to_str().expect("UTF-8 path")]);
     }
@@ -367,8 +487,9 @@ pub fn scenario(kernel: Kernel, foreign: Foreign, variant: Option<Mode>) {
     let pod = node.pod_ip.as_str();
 
     node.sync(&[]);
+    let masqueraded = foreign.net().node_at_peer;
     let without = if foreign.overrides_exempted() {
-        NODE_AT_PEER
+        masqueraded
     } else {
         pod
     };
@@ -392,7 +513,7 @@ pub fn scenario(kernel: Kernel, foreign: Foreign, variant: Option<Mode>) {
     if let (Some(mode), Some(_)) = (kernel.iptables(), variant) {
         node.foreign_rule_jumps_ahead(mode);
         let ahead = if foreign.overrides_exempted() {
-            NODE_AT_PEER
+            masqueraded
         } else {
             pod
         };
@@ -503,6 +624,7 @@ authoritative!(iptables bridge_cni, super::Foreign::BridgeCni);
 authoritative!(iptables openshift, super::Foreign::OpenShift);
 authoritative!(iptables docker, super::Foreign::Docker);
 authoritative!(iptables stale_ip_masq, super::Foreign::StaleIpMasq);
+authoritative!(iptables stale_ip_masq6, super::Foreign::StaleIpMasq6);
 
 /// The hairpin of [`hairpin`], per kube-proxy mode and backend.
 mod hairpin {
