@@ -17,6 +17,7 @@ mod backoff;
 mod client;
 pub mod events;
 mod names;
+pub mod selector;
 mod watch;
 
 use std::path::PathBuf;
