@@ -242,7 +242,11 @@ impl Sources {
     pub fn waiting_reason(&self) -> String {
         self.0
             .iter()
-            .find(|s| matches!(s, Source::ConfigMap(_) | Source::Selector(_)))
+            .find(|s| match s {
+                Source::File(_) => false,
+                Source::ConfigMap(configmap) => configmap.is_waiting(),
+                Source::Selector(selector) => selector.is_waiting(),
+            })
             .or(self.0.first())
             .map(Source::waiting_reason)
             .unwrap_or_else(|| "no config source".to_owned())

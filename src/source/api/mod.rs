@@ -166,6 +166,11 @@ impl ConfigMapSource {
         &self.key
     }
 
+    /// Whether the first list has not completed yet.
+    pub fn is_waiting(&self) -> bool {
+        self.snapshots.borrow().is_none()
+    }
+
     /// The latest snapshot; `NotYet` before the first list completed.
     pub fn read(&mut self) -> Read {
         let Some(snapshot) = self.snapshots.borrow_and_update().clone() else {
@@ -463,6 +468,11 @@ impl SelectorSource {
 
     pub fn selector(&self) -> &ConfigMapSelector {
         &self.selector
+    }
+
+    /// Whether the first list has not completed yet.
+    pub fn is_waiting(&self) -> bool {
+        self.selections.borrow().is_none()
     }
 
     /// One part per selected ConfigMap; before the first list completed,
