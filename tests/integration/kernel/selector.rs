@@ -470,3 +470,74 @@ fn the_selection_is_connected_after_its_first_list() {
         ready.body
     );
 }
+
+/// `sync`, `check` and `render` read the selection once (one list), merged
+/// as the daemon merges it, with `--configmap` beside it counted once.
+#[test]
+fn one_shot_commands_read_the_selection_once() {
+    if !require_root_and_tools() {
+        return;
+    }
+    let ns = Netns::new();
+    let server = FakeApiServer::start(listen_in_netns(ns.name()).expect("listen in the namespace"));
+    server.put_configmap_object(
+        NS,
+        "ip-masq-platform",
+        object(json!({PART: "platform"}), PLATFORM),
+    );
+    server.put_configmap_object(NS, "ip-masq-vpn", object(json!({PART: "vpn"}), VPN));
+    server.put_configmap_object(NS, "coredns-extra", object(json!({"app": "dns"}), STRAY));
+    let dir = tempfile::tempdir().expect("temp dir");
+    let kubeconfig = dir.path().join("kubeconfig");
+    server
+        .write_kubeconfig(&kubeconfig)
+        .expect("write kubeconfig");
+    let kubeconfig = format!("--kubeconfig={}", kubeconfig.display());
+    let selector = format!("--configmap-selector={NS}/{PART}");
+    let run = |extra: &[&str], sub: &str| {
+        let mut args = vec![
+            kubeconfig.as_str(),
+            selector.as_str(),
+            "--iptables-mode=nft",
+        ];
+        args.extend_from_slice(extra);
+        args.push(sub);
+        oneshot(&ns, &args)
+    };
+
+    let out = run(&[], "sync");
+    assert!(out.status.success(), "{}", describe("sync", &out));
+    assert_eq!(
+        returns(&ns, Mode::Nft),
+        "169.254.0.0/16 10.0.0.0/8 172.16.0.0/12"
+    );
+
+    let out = run(&["--configmap=kube-system/ip-masq-platform"], "check");
+    assert!(out.status.success(), "{}", describe("check", &out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for name in ["ip-masq-platform", "ip-masq-vpn"] {
+        let line = format!("{}: valid config fragment", part(name));
+        assert_eq!(stdout.matches(&line).count(), 1, "{line} once:\n{stdout}");
+    }
+    assert!(!stdout.contains("coredns-extra"), "{stdout}");
+    let lists = server
+        .requests()
+        .into_iter()
+        .filter(|r| r.param("labelSelector") == Some(PART))
+        .count();
+    assert_eq!(lists, 2, "one list per command");
+
+    // A bad selected ConfigMap fails `check`, naming it.
+    server.put_configmap_object(
+        NS,
+        "ip-masq-vpn",
+        object(json!({PART: "vpn"}), USERS_BROKEN),
+    );
+    let out = run(&[], "check");
+    assert_eq!(out.status.code(), Some(1), "{}", describe("check", &out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("{}: invalid config fragment", part("ip-masq-vpn"))),
+        "{stderr}"
+    );
+}
