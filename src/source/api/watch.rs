@@ -589,3 +589,122 @@ impl<P: Publish> Watcher<P> {
             .source_state(&self.query.to_string(), &self.state);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    use super::*;
+
+    fn configmap(namespace: &str, name: &str, labels: &[(&str, &str)]) -> ConfigMap {
+        ConfigMap {
+            metadata: ObjectMeta {
+                namespace: Some(namespace.into()),
+                name: Some(name.into()),
+                labels: Some(
+                    labels
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                ),
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn collections_carry_the_canonical_selector_percent_encoded() {
+        let object = Query::Object("kube-system/ip-masq-agent".parse().unwrap());
+        assert_eq!(
+            object.collection(),
+            "/api/v1/namespaces/kube-system/configmaps?fieldSelector=metadata.name%3Dip-masq-agent"
+        );
+        let selector = Query::Selector(
+            "kube-system/ tier in (b,a) , example.com/part"
+                .parse()
+                .unwrap(),
+        );
+        assert_eq!(
+            selector.collection(),
+            "/api/v1/namespaces/kube-system/configmaps?labelSelector=example.com%2Fpart%2Ctier%20in%20%28a%2Cb%29"
+        );
+        assert_eq!(
+            selector.to_string(),
+            "kube-system/example.com/part,tier in (a,b)"
+        );
+        assert_eq!(
+            selector.describe(),
+            "configmaps of namespace kube-system selected by example.com/part,tier in (a,b)"
+        );
+    }
+
+    #[test]
+    fn every_object_is_checked_against_the_query() {
+        let selector = Query::Selector("kube-system/part".parse().unwrap());
+        let cases = [
+            (
+                configmap("kube-system", "a", &[("part", "x")]),
+                Standing::Selected,
+            ),
+            (
+                configmap("kube-system", "a", &[("other", "x")]),
+                Standing::Unselected,
+            ),
+            (
+                configmap("default", "a", &[("part", "x")]),
+                Standing::Foreign,
+            ),
+            (
+                configmap("kube-system", "", &[("part", "x")]),
+                Standing::Foreign,
+            ),
+        ];
+        for (object, standing) in &cases {
+            assert_eq!(
+                selector.standing(object),
+                *standing,
+                "{:?}",
+                object.metadata
+            );
+        }
+        let mut unnamed = configmap("kube-system", "a", &[("part", "x")]);
+        unnamed.metadata.name = None;
+        assert_eq!(selector.standing(&unnamed), Standing::Foreign);
+        let object = Query::Object("kube-system/a".parse().unwrap());
+        assert_eq!(
+            object.standing(&configmap("kube-system", "a", &[])),
+            Standing::Selected
+        );
+        assert_eq!(
+            object.standing(&configmap("kube-system", "b", &[])),
+            Standing::Foreign
+        );
+        assert_eq!(
+            object.standing(&configmap("default", "a", &[])),
+            Standing::Foreign
+        );
+    }
+
+    #[test]
+    fn one_object_publishes_as_before_and_a_selection_publishes_all() {
+        let key: ConfigMapKey = "config".parse().unwrap();
+        let mut selected = BTreeMap::new();
+        assert_eq!(
+            Snapshot::from_selected(&selected),
+            Snapshot {
+                bytes: None,
+                object: None
+            }
+        );
+        assert_eq!(Selection::from_selected(&selected), Selection::default());
+        let mut object = configmap("kube-system", "a", &[]);
+        object.data = Some([("config".to_owned(), "cidrLimit: 1\n".to_owned())].into());
+        selected.insert("a".to_owned(), snapshot_of(&object, &key));
+        assert_eq!(
+            Snapshot::from_selected(&selected).bytes.as_deref(),
+            Some(&b"cidrLimit: 1\n"[..])
+        );
+        assert_eq!(Selection::from_selected(&selected).0.len(), 1);
+    }
+}

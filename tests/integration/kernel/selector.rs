@@ -541,3 +541,70 @@ fn one_shot_commands_read_the_selection_once() {
         "{stderr}"
     );
 }
+
+/// A selection is capped at 100 ConfigMaps: a server that lists more is a
+/// failure, said once, counted by kind, never applied; once the selection
+/// is back under the cap, it applies.
+#[test]
+fn more_than_a_hundred_configmaps_are_refused() {
+    if !require_root_and_tools() {
+        return;
+    }
+    let ns = Netns::new();
+    let server = FakeApiServer::start(listen_in_netns(ns.name()).expect("listen in the namespace"));
+    for i in 0..101 {
+        let config = format!("nonMasqueradeCIDRs: [10.{i}.0.0/16]\n");
+        server.put_configmap_object(
+            NS,
+            &format!("part-{i:03}"),
+            object(json!({PART: "many"}), &config),
+        );
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (mut agent, _volume) = start_agent(
+        &ns,
+        &server,
+        dir.path(),
+        &[&format!("--configmap-selector={NS}/{PART}")],
+    );
+    agent.wait_for_log(
+        "more than 100 matching configmaps listing configmaps of namespace kube-system selected by",
+    );
+    let failures = |ns: &Netns| {
+        sample(
+            &get(ns, METRICS, &[]).body,
+            "ip_masq_agent_config_source_failures_total",
+            &[("source", "kubernetes"), ("kind", "too_many_objects")],
+        )
+    };
+    wait_until(
+        DEADLINE,
+        "a too_many_objects failure counted",
+        || failures(&ns).unwrap_or(0.0),
+        |n| *n >= 1.0,
+    );
+    assert_eq!(
+        returns(&ns, Mode::Nft),
+        "",
+        "nothing written from an over-large selection"
+    );
+    assert_eq!(
+        agent.count_lines("more than 100 matching configmaps"),
+        1,
+        "said once, not per retry"
+    );
+
+    assert!(server.delete_configmap(NS, "part-100"));
+    let expected: Vec<String> = std::iter::once("169.254.0.0/16".to_owned())
+        .chain((0..100).map(|i| format!("10.{i}.0.0/16")))
+        .collect();
+    wait_until(
+        std::time::Duration::from_secs(40),
+        "the hundred ConfigMaps applied after the next relist",
+        || {
+            agent.assert_running();
+            returns(&ns, Mode::Nft)
+        },
+        |live| *live == expected.join(" "),
+    );
+}
