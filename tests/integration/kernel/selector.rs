@@ -10,7 +10,9 @@
 //! leaves; a ConfigMap also given by `--configmap` counts once (and stays
 //! when it leaves the selection); one watch for the whole selection; a
 //! server that sends every ConfigMap of every namespace cannot add a part;
-//! a bad selector flag is refused at startup.
+//! a relist (after the server was down, or a 410) replaces the selection;
+//! more than 100 picked ConfigMaps are refused; `sync` and `check` read the
+//! selection once; a bad selector flag is refused at startup.
 
 use std::path::Path;
 
@@ -606,5 +608,83 @@ fn more_than_a_hundred_configmaps_are_refused() {
             returns(&ns, Mode::Nft)
         },
         |live| *live == expected.join(" "),
+    );
+}
+
+/// Changes the watch missed (the server down, its history compacted) are
+/// caught by the relist: the selection is replaced whole, so a ConfigMap
+/// deleted meanwhile leaves and one created meanwhile joins. A watch ended
+/// by 410 Expired relists too.
+#[test]
+fn a_relist_replaces_the_selection() {
+    if !require_root_and_tools() {
+        return;
+    }
+    let ns = Netns::new();
+    let server = FakeApiServer::start(listen_in_netns(ns.name()).expect("listen in the namespace"));
+    server.put_configmap_object(
+        NS,
+        "ip-masq-platform",
+        object(json!({PART: "platform"}), PLATFORM),
+    );
+    server.put_configmap_object(NS, "ip-masq-users", object(json!({PART: "users"}), USERS));
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (mut agent, _volume) = start_agent(
+        &ns,
+        &server,
+        dir.path(),
+        &[&format!("--configmap-selector={NS}/{PART}")],
+    );
+    wait_returns(
+        &mut agent,
+        &ns,
+        Mode::Nft,
+        "10.0.0.0/8 192.168.0.0/16",
+        "both picked",
+    );
+
+    server.take_down();
+    assert!(server.delete_configmap(NS, "ip-masq-users"));
+    server.put_configmap_object(NS, "ip-masq-vpn", object(json!({PART: "vpn"}), VPN));
+    server.expire_watches();
+    server.bring_up();
+    wait_until(
+        std::time::Duration::from_secs(40),
+        "the relisted selection in the rules",
+        || {
+            agent.assert_running();
+            returns(&ns, Mode::Nft)
+        },
+        |live| live == "169.254.0.0/16 10.0.0.0/8 172.16.0.0/12",
+    );
+    let lists = || {
+        server
+            .requests()
+            .into_iter()
+            .filter(|r| !r.is_watch() && r.param("labelSelector") == Some(PART))
+            .count()
+    };
+    let before = lists();
+    assert!(
+        before >= 2,
+        "listed at start and again after the server came back"
+    );
+
+    // 410 on the open watch: listed again, and what follows is followed.
+    wait_until(
+        DEADLINE,
+        "the selection watched again",
+        || server.watch_count(),
+        |n| *n >= 1,
+    );
+    server.expire_watches();
+    wait_until(DEADLINE, "a relist after the 410", lists, |n| *n > before);
+    server.put_configmap_object(NS, "ip-masq-users", object(json!({PART: "users"}), USERS));
+    wait_returns(
+        &mut agent,
+        &ns,
+        Mode::Nft,
+        "10.0.0.0/8 192.168.0.0/16 172.16.0.0/12",
+        "followed after the relist",
     );
 }
