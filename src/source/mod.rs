@@ -4,10 +4,10 @@
 //!
 //! A [`Source`] owns what it watches and what it last delivered; the agent
 //! only asks it for its parts now ([`Source::read`]: one per file or
-//! ConfigMap key, so a selector's parts come and go with its objects;
-//! a ConfigMap that two sources name is one part, read once), waits for it to change ([`Source::changed`]), and hands
-//! it problems to report where that source's readers look (Events on the
-//! ConfigMap). [`Sources`] is the set the agent runs with. Decoding,
+//! ConfigMap key, so a selector's parts come and go with its objects; a
+//! ConfigMap that two sources name is one part, read once), waits for it
+//! to change ([`Source::changed`]), and hands it problems to report where
+//! that source's readers look (Events on the ConfigMap). [`Sources`] is the set the agent runs with. Decoding,
 //! validation and merging are not here: every part goes through the same
 //! `config` functions, so all sources accept and reject the same text.
 

@@ -5,10 +5,11 @@
 //! once.
 //!
 //! The loop: list (field selector on the name, or the label selector),
-//! publish, then watch from the list's resourceVersion until the watch ends. A watch that ends after a
-//! while is resumed from the last resourceVersion; a 410 relists; any
-//! failure waits out the backoff (0.8 s doubling to 30 s, jittered) and
-//! relists.
+//! publish, then watch from the list's resourceVersion until the watch
+//! ends. A watch that ends after a while is resumed from the last
+//! resourceVersion; a 410 relists; any failure waits out the backoff (0.8 s
+//! doubling to 30 s, jittered) and relists. A list replaces the selection
+//! whole, so what a broken watch missed is caught up.
 //!
 //! What must stay true:
 //! - Only an object named exactly `NAMESPACE/NAME` is ever published; for a
