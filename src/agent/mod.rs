@@ -282,7 +282,7 @@ impl<B: Backend> Agent<B> {
             Err(err) => {
                 let text = err.to_string();
                 if let Some(source) = self.sources.get(index) {
-                    source.report_invalid(content, &text);
+                    source.report_invalid(&part.name, content, &text);
                 }
                 self.rejected(trigger, &part.name, memory, text);
                 false

@@ -466,3 +466,146 @@ async fn a_typo_is_logged_and_counted_once_per_content() {
     assert!(!a.reload(Trigger::Resync));
     assert_eq!(count(&a).as_deref(), Some("1"));
 }
+
+/// A selection of ConfigMaps as the watch publishes it.
+fn selection(objects: &[(&str, &str, u32)]) -> Option<crate::source::api::Selection> {
+    Some(crate::source::api::Selection(
+        objects
+            .iter()
+            .map(|(name, text, rv)| {
+                let snapshot = Snapshot {
+                    bytes: Some(text.as_bytes().to_vec()),
+                    object: Some(ObjectInfo {
+                        namespace: "kube-system".into(),
+                        name: (*name).into(),
+                        uid: Some(format!("uid-{name}")),
+                        resource_version: Some(rv.to_string()),
+                    }),
+                };
+                ((*name).to_owned(), snapshot)
+            })
+            .collect(),
+    ))
+}
+
+/// `--configmap=kube-system/ip-masq-agent` beside a selector: parts come
+/// and go with the selection, one object named by both counts once, and a
+/// rejection is reported on the rejected ConfigMap.
+#[tokio::test]
+async fn selector_parts_come_and_go_and_count_once() {
+    use crate::source::api::SelectorSource;
+
+    let (one_tx, one_rx) = watch::channel(None);
+    let (sel_tx, sel_rx) = watch::channel(None);
+    let telemetry = Telemetry::default();
+    let (sink, mut reports) = EventSink::capture(telemetry.metrics.clone());
+    let sources = Sources::new(vec![
+        Source::ConfigMap(ConfigMapSource::new(
+            "kube-system/ip-masq-agent".parse().unwrap(),
+            "config".parse().unwrap(),
+            one_rx,
+            None,
+        )),
+        Source::Selector(SelectorSource::new(
+            "kube-system/masq".parse().unwrap(),
+            "config".parse().unwrap(),
+            sel_rx,
+            Some(sink),
+        )),
+    ]);
+    let mut a = Agent::new(
+        Settings {
+            chain: "IP-MASQ-AGENT".parse().unwrap(),
+            enable_ipv6: false,
+            random_fully: true,
+            authoritative: false,
+            to_ports: Vec::new(),
+        },
+        LoadOptions {
+            all_reserved_ranges: false,
+            enable_ipv6: false,
+        },
+        sources,
+        Fake::default(),
+        telemetry,
+    );
+    one_tx.send_replace(object("nonMasqueradeCIDRs: [10.0.0.0/8]\n", 1));
+    // The selector has not listed yet: nothing is enforced.
+    assert!(!a.reload(Trigger::Startup));
+    assert_eq!(a.sync(Trigger::Startup).await, SyncResult::NoConfig);
+    let (_, reason) = a.reconciler.telemetry.health.readiness();
+    assert!(
+        reason.contains("list the configmaps of namespace kube-system selected by masq"),
+        "{reason}"
+    );
+
+    // The selector picks the same object (with other bytes, as a relist
+    // in between could) and a second one: the first source's part stands.
+    sel_tx.send_replace(selection(&[
+        ("ip-masq-agent", "nonMasqueradeCIDRs: [10.99.0.0/16]\n", 1),
+        ("users", "nonMasqueradeCIDRs: [192.168.0.0/16]\n", 1),
+    ]));
+    assert!(a.reload(Trigger::ApiChange));
+    a.sync(Trigger::ApiChange).await;
+    assert_eq!(
+        cidrs(&a, Family::Ipv4),
+        ["169.254.0.0/16", "10.0.0.0/8", "192.168.0.0/16"]
+    );
+    let names: Vec<&str> = a.loaded.parts.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "configmap kube-system/ip-masq-agent key config",
+            "configmap kube-system/users key config"
+        ]
+    );
+
+    // A third joins; then the users' turns bad and keeps its last good.
+    sel_tx.send_replace(selection(&[
+        ("users", "nonMasqueradeCIDRs: [192.168.0.1/16]\n", 2),
+        ("vpn", "nonMasqueradeCIDRs: [172.16.0.0/12]\n", 1),
+    ]));
+    assert!(a.reload(Trigger::ApiChange));
+    a.sync(Trigger::ApiChange).await;
+    assert_eq!(
+        cidrs(&a, Family::Ipv4),
+        [
+            "169.254.0.0/16",
+            "10.0.0.0/8",
+            "192.168.0.0/16",
+            "172.16.0.0/12"
+        ]
+    );
+    let Ok(Report::InvalidConfig {
+        configmap, error, ..
+    }) = reports.try_recv()
+    else {
+        panic!("no InvalidConfig report");
+    };
+    assert_eq!(
+        (configmap.name.as_str(), configmap.uid.as_deref()),
+        ("users", Some("uid-users"))
+    );
+    assert!(error.contains("is not aligned"), "{error}");
+    let metrics = a.reconciler.telemetry.metrics.encode();
+    assert!(
+        metrics.contains("ip_masq_agent_config_fragment_valid{fragment=\"configmap kube-system/users key config\"} 0"),
+        "{metrics}"
+    );
+
+    // The users' ConfigMap leaves the selection: its last good goes too.
+    sel_tx.send_replace(selection(&[(
+        "vpn",
+        "nonMasqueradeCIDRs: [172.16.0.0/12]\n",
+        1,
+    )]));
+    assert!(a.reload(Trigger::ApiChange));
+    a.sync(Trigger::ApiChange).await;
+    assert_eq!(
+        cidrs(&a, Family::Ipv4),
+        ["169.254.0.0/16", "10.0.0.0/8", "172.16.0.0/12"]
+    );
+    let metrics = a.reconciler.telemetry.metrics.encode();
+    assert!(!metrics.contains("kube-system/users"), "{metrics}");
+    assert!(reports.try_recv().is_err());
+}

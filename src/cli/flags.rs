@@ -43,6 +43,10 @@ flag_set! {
          (`namespace/name`) instead of --config; repeat to merge several";
     "configmap-key" => configmap_key: String = DEFAULT_CONFIGMAP_KEY,
         "The `key` in the ConfigMap's data that holds the config";
+    "configmap-selector" => configmap_selector: Repeated = "",
+        "Read the config from every ConfigMap of a namespace that a label selector picks, \
+         as they come and go (`namespace/selector`, e.g. kube-system/example.com/masq-part); \
+         repeat for several; merged with --configmap";
     "enable-ipv6" => enable_ipv6: bool = false,
         "Also program IPv6 rules (ip6tables) and accept IPv6 CIDRs in the config";
     "from" => from: String = "",
@@ -251,7 +255,7 @@ mod tests {
     #[test]
     fn names_are_unique_and_each_table_is_sorted() {
         let names: Vec<&str> = entries().iter().map(|e| e.spec().name).collect();
-        assert_eq!(names.len(), 32);
+        assert_eq!(names.len(), 33);
         assert!(names.windows(2).all(|w| w[0] < w[1]), "{names:?}");
         let agent: Vec<&str> = AGENT_FLAGS.iter().map(|d| d.spec.name).collect();
         let klog: Vec<&str> = KLOG_FLAGS.iter().map(|d| d.spec.name).collect();

@@ -30,7 +30,7 @@ use std::str::FromStr;
 use crate::backend::select::{BackendKind, IptablesMode};
 use crate::logging::LogFormat;
 use crate::plan::{ChainName, PortRange};
-use crate::source::api::{ApiSource, ConfigMapKey};
+use crate::source::api::{ApiSelector, ApiSource, ConfigMapKey};
 
 use flags::{FlagError, LowArgs};
 use strconv::quote;
@@ -63,6 +63,9 @@ pub struct Options {
     /// `--configmap`: the ConfigMaps read through the Kubernetes API, in
     /// the order given; empty: only the `config` files.
     pub api_sources: Vec<ApiSource>,
+    /// `--configmap-selector`: every ConfigMap each selector picks, in the
+    /// order given.
+    pub api_selectors: Vec<ApiSelector>,
     /// The ConfigMap key holding the config (`--configmap`, and `check` of
     /// a ConfigMap manifest).
     pub configmap_key: ConfigMapKey,
@@ -396,9 +399,25 @@ fn options(low: &LowArgs) -> Result<Options, CliError> {
             ))
         })?);
     }
+    let mut api_selectors = Vec::new();
+    for selector in agent
+        .configmap_selector
+        .values
+        .iter()
+        .filter(|c| !c.is_empty())
+    {
+        api_selectors.push(
+            ApiSelector::parse(selector, &agent.kubeconfig).map_err(|e| {
+                CliError::Invalid(format!(
+                    "invalid value {} for --configmap-selector: {e}",
+                    quote(selector)
+                ))
+            })?,
+        );
+    }
     // With --configmap the files are not read at all, as before several
     // sources existed: one kind of source of truth per node.
-    let config = if api_sources.is_empty() {
+    let config = if api_sources.is_empty() && api_selectors.is_empty() {
         agent.config.values.iter().map(PathBuf::from).collect()
     } else {
         Vec::new()
@@ -417,6 +436,7 @@ fn options(low: &LowArgs) -> Result<Options, CliError> {
         backend: agent.backend,
         metrics_address,
         api_sources,
+        api_selectors,
         configmap_key,
         strict: agent.strict,
     })

@@ -590,6 +590,60 @@ fn configmap_source_flags() {
 }
 
 #[test]
+fn configmap_selector_flags() {
+    assert_eq!(opts(&[]).api_selectors, []);
+    let o = opts(&[
+        "--configmap-selector=kube-system/example.com/masq-part in (platform, users)",
+        "--configmap-selector=tenants/masq",
+        "--kubeconfig=/etc/kubeconfig",
+        "--config=/etc/x",
+    ]);
+    let [first, second] = o.api_selectors.as_slice() else {
+        panic!("two selectors: {:?}", o.api_selectors);
+    };
+    // Parsed into the canonical form; only that ever reaches the API.
+    assert_eq!(
+        first.selector.to_string(),
+        "kube-system/example.com/masq-part in (platform,users)"
+    );
+    assert_eq!(second.selector.to_string(), "tenants/masq");
+    assert_eq!(first.kubeconfig, Some(PathBuf::from("/etc/kubeconfig")));
+    // As with --configmap, the files are not read.
+    assert!(o.config.is_empty());
+    assert_eq!(opts(&["--configmap-selector="]).api_selectors, []);
+    for (bad, expected) in [
+        (
+            "masq=x",
+            "invalid value \"masq=x\" for --configmap-selector: must be NAMESPACE/LABELSELECTOR",
+        ),
+        (
+            "Kube/masq",
+            "invalid value \"Kube/masq\" for --configmap-selector: namespace \"Kube\" must consist of",
+        ),
+        (
+            "kube-system/",
+            "invalid value \"kube-system/\" for --configmap-selector: the label selector must not be empty",
+        ),
+        (
+            "kube-system/a in (b",
+            "invalid value \"kube-system/a in (b\" for --configmap-selector: the set is not closed",
+        ),
+        (
+            "kube-system/a=b&watch=false",
+            "invalid value \"kube-system/a=b&watch=false\" for --configmap-selector: unexpected character '&'",
+        ),
+        (
+            "kube-system/-a",
+            "invalid value \"kube-system/-a\" for --configmap-selector: the name of label key \"-a\"",
+        ),
+    ] {
+        let (text, code) = fail(&[&format!("--configmap-selector={bad}")]);
+        assert_eq!(code, 1, "{bad}");
+        assert!(text.starts_with(expected), "{bad}: {text}");
+    }
+}
+
+#[test]
 fn enum_flags() {
     assert_eq!(opts(&["--log-format=json"]).log_format, LogFormat::Json);
     assert_eq!(opts(&["--log-format", "text"]).log_format, LogFormat::Text);
@@ -650,6 +704,7 @@ fn flags_list_is_sorted_and_complete_with_effective_values() {
             "config",
             "configmap",
             "configmap-key",
+            "configmap-selector",
             "enable-ipv6",
             "from",
             "iptables-mode",

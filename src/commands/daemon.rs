@@ -13,7 +13,7 @@ use crate::backend::select::{self, AnyBackend};
 use crate::backend::{Backend, ErrorKind};
 use crate::cli::Options;
 use crate::plan;
-use crate::source::api::ConfigMapSource;
+use crate::source::api::{ConfigMapSource, SelectorSource};
 use crate::source::file::FileSource;
 use crate::source::{Source, Sources};
 use crate::telemetry::{Series, Telemetry, http};
@@ -53,6 +53,14 @@ pub async fn run(options: &Options) -> Result<ExitCode> {
                 .await
                 .map_err(anyhow::Error::msg)
                 .context("--configmap")?,
+        ));
+    }
+    for selector in &options.api_selectors {
+        sources.push(Source::Selector(
+            SelectorSource::connect(selector, &options.configmap_key, &telemetry)
+                .await
+                .map_err(anyhow::Error::msg)
+                .context("--configmap-selector")?,
         ));
     }
     let agent = Agent::new(

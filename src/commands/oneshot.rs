@@ -33,7 +33,7 @@ struct ReadOnce {
 
 async fn read_sources(options: &Options) -> Result<ReadOnce> {
     let mut parts = Vec::new();
-    let mut whole = options.config.len() + options.api_sources.len() == 1;
+    let mut whole = single_source(options);
     for path in &options.config {
         let mut file = FileSource::new(path.clone());
         whole &= file.is_whole();
@@ -57,6 +57,21 @@ async fn read_sources(options: &Options) -> Result<ReadOnce> {
                 None => Content::Absent,
             }),
         });
+    }
+    // Every ConfigMap each selector picks now; one already read counts once.
+    for selector in &options.api_selectors {
+        let client = api::client(selector)
+            .await
+            .map_err(anyhow::Error::msg)
+            .context("--configmap-selector")?;
+        let selected = api::fetch_selected(client, selector, &options.configmap_key)
+            .await
+            .map_err(anyhow::Error::msg)?;
+        for part in selected {
+            if !parts.iter().any(|seen: &Part| seen.name == part.name) {
+                parts.push(part);
+            }
+        }
     }
     Ok(ReadOnce { parts, whole })
 }
@@ -167,6 +182,7 @@ pub async fn render(options: &Options) -> Result<ExitCode> {
 /// ConfigMap), read as upstream reads its file.
 pub(super) fn single_source(options: &Options) -> bool {
     match (options.config.as_slice(), options.api_sources.len()) {
+        _ if !options.api_selectors.is_empty() => false,
         ([path], 0) => !path.is_dir(),
         ([], 1) => true,
         _ => false,

@@ -1,11 +1,13 @@
-//! Where the config comes from: files and directories (mounted ConfigMaps)
-//! and ConfigMaps read through the Kubernetes API, any number of each.
+//! Where the config comes from: files and directories (mounted ConfigMaps),
+//! ConfigMaps read through the Kubernetes API, and the ConfigMaps a label
+//! selector picks, any number of each.
 //!
 //! A [`Source`] owns what it watches and what it last delivered; the agent
 //! only asks it for its parts now ([`Source::read`]: one per file or
-//! ConfigMap key), waits for it to change ([`Source::changed`]), and hands
-//! it problems to report where that source's readers look (Events on the
-//! ConfigMap). [`Sources`] is the set the agent runs with. Decoding,
+//! ConfigMap key, so a selector's parts come and go with its objects; a
+//! ConfigMap that two sources name is one part, read once), waits for it
+//! to change ([`Source::changed`]), and hands it problems to report where
+//! that source's readers look (Events on the ConfigMap). [`Sources`] is the set the agent runs with. Decoding,
 //! validation and merging are not here: every part goes through the same
 //! `config` functions, so all sources accept and reject the same text.
 
@@ -16,7 +18,7 @@ use std::fmt;
 
 use futures_util::future::select_all;
 
-use api::ConfigMapSource;
+use api::{ConfigMapSource, SelectorSource};
 use file::FileSource;
 
 /// The config a source holds right now.
@@ -58,6 +60,7 @@ pub enum ChangeKind {
 pub enum Source {
     File(FileSource),
     ConfigMap(ConfigMapSource),
+    Selector(SelectorSource),
 }
 
 impl Source {
@@ -69,6 +72,7 @@ impl Source {
                 name: self_name(configmap),
                 read: configmap.read(),
             }],
+            Source::Selector(selector) => selector.read(),
         }
     }
 
@@ -78,6 +82,8 @@ impl Source {
         match self {
             Source::File(file) => file.is_whole(),
             Source::ConfigMap(_) => true,
+            // A set of fragments, however many it holds now.
+            Source::Selector(_) => false,
         }
     }
 
@@ -100,6 +106,10 @@ impl Source {
                 configmap.changed().await;
                 ChangeKind::Api
             }
+            Source::Selector(selector) => {
+                selector.changed().await;
+                ChangeKind::Api
+            }
         }
     }
 
@@ -113,6 +123,11 @@ impl Source {
                     configmap.configmap()
                 )
             }
+            Source::Selector(selector) => format!(
+                "waiting for the Kubernetes API to list the configmaps of namespace {} selected by {}",
+                selector.selector().namespace(),
+                selector.selector().selector()
+            ),
         }
     }
 
@@ -120,23 +135,40 @@ impl Source {
     pub fn origin(&self, content: &Content) -> &'static str {
         match (self, content) {
             (Source::File(_), Content::Bytes(_)) => "file",
-            (Source::ConfigMap(_), Content::Bytes(_)) => "configmap",
+            (Source::ConfigMap(_) | Source::Selector(_), Content::Bytes(_)) => "configmap",
             (Source::File(_), Content::Absent) => "defaults (no config file)",
-            (Source::ConfigMap(_), Content::Absent) => "defaults (no configmap or key)",
+            (Source::ConfigMap(_) | Source::Selector(_), Content::Absent) => {
+                "defaults (no configmap or key)"
+            }
         }
     }
 
-    /// Tell the source's readers that this node rejected `content`.
-    pub fn report_invalid(&self, content: &Content, error: &str) {
-        if let Source::ConfigMap(configmap) = self {
-            configmap.report_invalid(content_digest(content), error);
+    /// Tell the readers of part `part` that this node rejected `content`.
+    pub fn report_invalid(&self, part: &str, content: &Content, error: &str) {
+        match self {
+            Source::File(_) => {}
+            Source::ConfigMap(configmap) => {
+                configmap.report_invalid(content_digest(content), error)
+            }
+            Source::Selector(selector) => {
+                selector.report_invalid(part, content_digest(content), error)
+            }
         }
     }
 
-    /// Tell the source's readers that rule syncs keep failing.
-    pub fn report_sync_failure(&self, error: String) {
-        if let Source::ConfigMap(configmap) = self {
-            configmap.report_sync_failure(error);
+    /// Tell the source's readers that rule syncs keep failing; false when
+    /// it has no readers to tell (a file).
+    pub fn report_sync_failure(&self, error: String) -> bool {
+        match self {
+            Source::File(_) => false,
+            Source::ConfigMap(configmap) => {
+                configmap.report_sync_failure(error);
+                true
+            }
+            Source::Selector(selector) => {
+                selector.report_sync_failure(error);
+                true
+            }
         }
     }
 }
@@ -146,16 +178,14 @@ impl fmt::Display for Source {
         match self {
             Source::File(file) => write!(f, "{}", file.path().display()),
             Source::ConfigMap(configmap) => f.write_str(&self_name(configmap)),
+            Source::Selector(selector) => write!(f, "configmaps {}", selector.selector()),
         }
     }
 }
 
 fn self_name(configmap: &ConfigMapSource) -> String {
-    format!(
-        "configmap {} key {}",
-        configmap.configmap(),
-        configmap.key()
-    )
+    let object = configmap.configmap();
+    api::part_name(object.namespace(), object.name(), configmap.key())
 }
 
 /// Every source the agent reads, in the order given on the command line.
@@ -173,11 +203,17 @@ impl Sources {
         matches!(self.0.as_slice(), [one] if one.is_whole())
     }
 
-    /// Every part of every source, each with the index of its source.
+    /// Every part of every source, each with the index of its source. A
+    /// part named twice (a ConfigMap given by `--configmap` and picked by a
+    /// selector, or by two selectors) counts once, from its first source.
     pub fn read(&mut self) -> Vec<(usize, Part)> {
-        let mut parts = Vec::new();
+        let mut parts: Vec<(usize, Part)> = Vec::new();
         for (index, source) in self.0.iter_mut().enumerate() {
-            parts.extend(source.read().into_iter().map(|part| (index, part)));
+            for part in source.read() {
+                if !parts.iter().any(|(_, seen)| seen.name == part.name) {
+                    parts.push((index, part));
+                }
+            }
         }
         parts
     }
@@ -206,16 +242,23 @@ impl Sources {
     pub fn waiting_reason(&self) -> String {
         self.0
             .iter()
-            .find(|s| matches!(s, Source::ConfigMap(_)))
+            .find(|s| match s {
+                Source::File(_) => false,
+                Source::ConfigMap(configmap) => configmap.is_waiting(),
+                Source::Selector(selector) => selector.is_waiting(),
+            })
             .or(self.0.first())
             .map(Source::waiting_reason)
             .unwrap_or_else(|| "no config source".to_owned())
     }
 
-    /// Tell every source's readers that rule syncs keep failing.
+    /// Tell readers that rule syncs keep failing: one Event on the Pod,
+    /// through the first source that writes Events.
     pub fn report_sync_failure(&self, error: String) {
         for source in &self.0 {
-            source.report_sync_failure(error.clone());
+            if source.report_sync_failure(error.clone()) {
+                return;
+            }
         }
     }
 }

@@ -44,7 +44,10 @@ pub struct Break {
 }
 
 /// Our jump, exactly as iptables-save prints it (COMPAT §4).
-const JUMP: &str = r#"-A POSTROUTING -m comment --comment "ip-masq-agent: ensure nat POSTROUTING directs all non-LOCAL destination traffic to our custom IP-MASQ-AGENT chain" -m addrtype ! --dst-type LOCAL -j IP-MASQ-AGENT"#;
+const JUMP: &str = concat!(
+    r#"-A POSTROUTING -m comment --comment "ip-masq-agent: ensure nat POSTROUTING directs all non-LOCAL "#,
+    r#"destination traffic to our custom IP-MASQ-AGENT chain" -m addrtype ! --dst-type LOCAL -j IP-MASQ-AGENT"#,
+);
 
 impl Kernel {
     pub const ALL: [Kernel; 3] = [

@@ -994,3 +994,82 @@ async fn the_kubeconfig_file_reaches_the_server_with_its_token() {
         "GET /api/v1/namespaces/kube-system/configmaps/ip-masq-agent -> 200"
     );
 }
+
+/// Label selectors as kube-apiserver reads them: every operator, `in(` with
+/// or without a space, a 400 for what it refuses, and the
+/// `send_every_configmap` misbehaviour that ignores namespace and selector.
+#[test]
+fn label_selectors_filter_lists_and_bad_ones_are_refused() {
+    let server = FakeApiServer::start_local();
+    let labeled = |labels: Value| json!({"metadata": {"labels": labels}, "data": {"config": "x"}});
+    server.put_configmap_object(
+        NS,
+        "platform",
+        labeled(json!({"example.com/masq-part": "platform"})),
+    );
+    server.put_configmap_object(
+        NS,
+        "users",
+        labeled(json!({"example.com/masq-part": "users", "legacy": ""})),
+    );
+    server.put_configmap_object(NS, "other", labeled(json!({"app": "dns"})));
+    server.create_namespace("tenants");
+    server.put_configmap_object(
+        "tenants",
+        "platform",
+        labeled(json!({"example.com/masq-part": "platform"})),
+    );
+    let names = |selector: &str| -> (String, Vec<String>) {
+        let path = format!("/api/v1/namespaces/{NS}/configmaps?labelSelector={selector}");
+        let (head, body) = raw_get(server.addr(), &path, Some(TOKEN));
+        let status = head.split_whitespace().nth(1).unwrap_or("").to_owned();
+        let body: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+        let items = body["items"].as_array().cloned().unwrap_or_default();
+        let names = items
+            .iter()
+            .map(|i| i["metadata"]["name"].as_str().unwrap_or("").to_owned())
+            .collect();
+        (status, names)
+    };
+    let ok = |names: &[&str]| {
+        (
+            "200".to_owned(),
+            names.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
+        )
+    };
+    assert_eq!(names("example.com%2Fmasq-part"), ok(&["platform", "users"]));
+    assert_eq!(names("example.com%2Fmasq-part%3Dusers"), ok(&["users"]));
+    assert_eq!(
+        names("example.com%2Fmasq-part%20in%20%28platform%2Cusers%29"),
+        ok(&["platform", "users"])
+    );
+    assert_eq!(
+        names("example.com%2Fmasq-part%20in%28platform%29"),
+        ok(&["platform"])
+    );
+    assert_eq!(
+        names("example.com%2Fmasq-part%2C%21legacy"),
+        ok(&["platform"])
+    );
+    assert_eq!(
+        names("example.com%2Fmasq-part%20notin%20%28users%29"),
+        ok(&["other", "platform"])
+    );
+    assert_eq!(names("app%21%3Ddns"), ok(&["platform", "users"]));
+    for bad in [
+        "-a%3Db",
+        "a%3D-b",
+        "Example.com%2Fa",
+        "a%20in%20%28%29",
+        "a%2Fb%2Fc",
+    ] {
+        assert_eq!(names(bad).0, "400", "{bad}");
+    }
+    server.send_every_configmap(true);
+    let (_, every) = names("example.com%2Fmasq-part%3Dusers");
+    assert_eq!(
+        every.len(),
+        4,
+        "every ConfigMap of every namespace: {every:?}"
+    );
+}

@@ -54,6 +54,7 @@ mod policy_nft;
 mod reload;
 mod rules;
 mod rules_nft;
+mod selector;
 
 /// The nat table of a namespace nobody wrote to, as both backends print it
 /// (they always list the built-in chains).

@@ -42,13 +42,13 @@ const ENV: [&str; 4] = [
 
 const CONFIGMAP_ARG: &str = "--configmap=kube-system/ip-masq-agent";
 
-fn component() -> PathBuf {
+pub fn component() -> PathBuf {
     manifests().join("components/kube-api")
 }
 
 /// `apiGroups [..] resources [..] resourceNames [..] verbs [..]`, each list
 /// sorted, empty lists left out, the core group shown as `""`.
-fn rule_text(rule: &PolicyRule) -> String {
+pub fn rule_text(rule: &PolicyRule) -> String {
     let fields = [
         ("apiGroups", rule.api_groups.clone()),
         ("resources", rule.resources.clone()),
@@ -78,7 +78,7 @@ fn rule_text(rule: &PolicyRule) -> String {
     parts.join(" ")
 }
 
-fn has_wildcard(rule: &PolicyRule) -> bool {
+pub fn has_wildcard(rule: &PolicyRule) -> bool {
     [
         &rule.api_groups,
         &rule.resources,
@@ -93,7 +93,7 @@ fn has_wildcard(rule: &PolicyRule) -> bool {
 }
 
 /// `namespace/name` of an object's metadata, `?` for what is missing.
-fn id(object: &Object) -> String {
+pub fn id(object: &Object) -> String {
     let meta = object.metadata();
     format!(
         "{}/{}",
@@ -298,7 +298,7 @@ pub fn daemonset_problems(ds: &DaemonSet, base: &DaemonSet) -> Vec<String> {
     problems
 }
 
-fn assert_none(problems: Vec<String>) {
+pub fn assert_none(problems: Vec<String>) {
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
 

@@ -9,7 +9,9 @@
 //!   ServiceAccount token in the base). Without kubectl these skip with a
 //!   reason, under `CI=true` they fail (`kustomize`).
 //! - The kube-api overlay (`kube_api`): least-privilege RBAC in kube-system
-//!   only, and the DaemonSet changed only where the component says.
+//!   only, and the DaemonSet changed only where the component says; the
+//!   kube-api-selector overlay (`kube_api_selector`): list and watch on
+//!   configmaps for `--configmap-selector`, and nothing more.
 //! - Sources: every kustomization and every file it lists, typed the same
 //!   way without kubectl, and no YAML file under manifests/ left unused.
 //! - Examples: `ip-masq-agent check` accepts every ConfigMap in
@@ -19,6 +21,7 @@
 //!   dashboard.
 
 mod kube_api;
+mod kube_api_selector;
 mod kustomize;
 mod lifecycle;
 mod podmonitor;

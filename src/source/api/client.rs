@@ -26,8 +26,8 @@ use kube::client::{Body, ConfigExt};
 use tokio::time::Instant;
 use tower::{BoxError, ServiceBuilder};
 
-use super::ApiSource;
-use super::names::ObjectName;
+use super::Credentials;
+use super::watch::Query;
 
 /// Responses, and each line of a watch stream, are cut off beyond this: a
 /// ConfigMap holds at most 1 MiB, which JSON escaping can grow a few times.
@@ -50,8 +50,8 @@ pub struct Endpoint {
 /// Build a client the way Kubernetes clients find credentials: an explicit
 /// `--kubeconfig` first, then the in-cluster service account, then
 /// `$KUBECONFIG` or `~/.kube/config`.
-pub async fn client(source: &ApiSource) -> Result<Endpoint, String> {
-    let config = match &source.kubeconfig {
+pub async fn client(source: &impl Credentials) -> Result<Endpoint, String> {
+    let config = match source.kubeconfig() {
         Some(path) => {
             let kubeconfig = kube::config::Kubeconfig::read_from(path)
                 .map_err(|e| format!("reading --kubeconfig {}: {e}", path.display()))?;
@@ -108,8 +108,8 @@ fn server_of(url: &http::Uri) -> String {
 /// What was being done, for error texts: "listing configmap NS/NAME".
 #[derive(Debug, Clone, Copy)]
 pub enum Doing<'a> {
-    Listing(&'a ObjectName),
-    Watching(&'a ObjectName),
+    Listing(&'a Query),
+    Watching(&'a Query),
     /// Writing an Event: the verb (create, patch) and its namespace.
     Event(&'static str, &'a str),
 }
@@ -117,8 +117,8 @@ pub enum Doing<'a> {
 impl fmt::Display for Doing<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Doing::Listing(name) => write!(f, "listing configmap {name}"),
-            Doing::Watching(name) => write!(f, "watching configmap {name}"),
+            Doing::Listing(query) => write!(f, "listing {}", query.describe()),
+            Doing::Watching(query) => write!(f, "watching {}", query.describe()),
             Doing::Event(verb, ns) => {
                 let doing = if *verb == "create" {
                     "creating"
@@ -152,11 +152,19 @@ impl Doing<'_> {
 
     fn grant(&self) -> String {
         match self {
-            Doing::Listing(name) | Doing::Watching(name) => format!(
+            Doing::Listing(Query::Object(name)) | Doing::Watching(Query::Object(name)) => format!(
                 "grant the agent's ServiceAccount a Role in {ns} with verbs [list, watch] on \
                  configmaps, resourceNames [{name}], and a RoleBinding to it",
                 ns = name.namespace(),
                 name = name.name(),
+            ),
+            // A list by label cannot be authorised by resourceNames.
+            Doing::Listing(Query::Selector(selector))
+            | Doing::Watching(Query::Selector(selector)) => format!(
+                "grant the agent's ServiceAccount a Role in {ns} with verbs [list, watch] on \
+                 configmaps without resourceNames (a label selector cannot be authorised by \
+                 name; the kube-api-selector component has it), and a RoleBinding to it",
+                ns = selector.namespace(),
             ),
             Doing::Event(_, ns) => format!(
                 "grant the agent's ServiceAccount verbs [create, patch] on events in API group \
@@ -197,6 +205,8 @@ pub enum Failure {
         excerpt: String,
     },
     TooLarge,
+    /// A selector picked more ConfigMaps than one source may hold.
+    TooMany(usize),
     /// The answer is not what was asked for (bad JSON, wrong kind).
     BadResponse(String),
     /// The watch ended cleanly before it delivered anything worthwhile.
@@ -218,6 +228,7 @@ impl Failure {
             Failure::Status { .. } => "status",
             Failure::NotStatus { .. } => "not_status",
             Failure::TooLarge => "too_large",
+            Failure::TooMany(_) => "too_many_objects",
             Failure::BadResponse(_) => "bad_response",
             Failure::WatchClosed => "watch_closed",
         }
@@ -268,6 +279,10 @@ impl Failure {
                 "the answer from {server} {doing} exceeds {} MiB and was cut off (a ConfigMap \
                  holds at most 1 MiB)",
                 BODY_LIMIT >> 20
+            ),
+            Failure::TooMany(limit) => format!(
+                "{server} sent more than {limit} matching configmaps {doing}; the selection is \
+                 kept as it was: narrow the selector"
             ),
             Failure::BadResponse(what) => format!("{server} sent {what} {doing}"),
             Failure::WatchClosed => {
@@ -510,8 +525,8 @@ pub fn escape(text: &str) -> String {
 mod tests {
     use super::*;
 
-    fn name() -> ObjectName {
-        "kube-system/ip-masq-agent".parse().unwrap()
+    fn name() -> Query {
+        Query::Object("kube-system/ip-masq-agent".parse().unwrap())
     }
 
     #[test]
@@ -557,6 +572,28 @@ mod tests {
             Failure::Tls("invalid peer certificate: UnknownIssuer".into())
                 .describe(server, Doing::Listing(&n))
                 .starts_with("TLS with https://10.0.0.1:443 failed (invalid peer certificate")
+        );
+    }
+
+    #[test]
+    fn a_forbidden_selector_asks_for_list_and_watch_without_names() {
+        let query = Query::Selector("kube-system/example.com/part=users".parse().unwrap());
+        let text = Failure::Forbidden("cannot list".into())
+            .describe("https://h:443", Doing::Listing(&query));
+        for needle in [
+            "listing configmaps of namespace kube-system selected by example.com/part=users",
+            "may not list configmaps in namespace kube-system",
+            "verbs [list, watch] on configmaps without resourceNames",
+            "kube-api-selector",
+        ] {
+            assert!(text.contains(needle), "{needle}: {text}");
+        }
+        let many = Failure::TooMany(100).describe("https://h:443", Doing::Watching(&query));
+        assert!(
+            many.contains(
+                "more than 100 matching configmaps watching configmaps of namespace kube-system"
+            ),
+            "{many}"
         );
     }
 

@@ -1,36 +1,52 @@
-//! The Kubernetes API as a config source (`--configmap=NAMESPACE/NAME`).
+//! The Kubernetes API as a config source (`--configmap=NAMESPACE/NAME`, and
+//! `--configmap-selector=NAMESPACE/LABELSELECTOR` for every ConfigMap a
+//! label selector picks).
 //!
 //! A mounted ConfigMap reaches a node only when the kubelet refreshes the
 //! volume; watching the object reaches every node as soon as the API server
 //! sends the change. This module owns the client (`client`: bounded
-//! requests, errors in words), the list/watch loop of that one object
-//! (`watch`: field selector on its name, relist on 410, jittered backoff),
-//! and hands the agent loop only what the file source would: the bytes of
-//! one key, or "absent". Decoding and validation stay in `config`, so both
+//! requests, errors in words), the list/watch loop of that one object or of
+//! one selector's objects (`watch`: field selector on its name or the label
+//! selector, relist on 410, jittered backoff), and hands the agent loop only
+//! what the file source would: the bytes of one key, or "absent", per
+//! object. Decoding and validation stay in `config`, so both
 //! sources accept and reject exactly the same text.
 //!
 //! [`ConfigMapSource`] is what the agent loop holds: the watch's latest
 //! snapshot, the object last delivered (to name it in Events), and the Event
-//! sink. The node's identity for Events comes from the downward API.
+//! sink; [`SelectorSource`] the same for a selection, one part per object,
+//! named as a `--configmap` part would be. The node's identity for Events
+//! comes from the downward API.
 
 mod backoff;
 mod client;
 pub mod events;
 mod names;
+pub mod selector;
 mod watch;
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference};
 use tracing::{error, info, warn};
 
 use self::events::{EventSink, Report};
-use super::{Content, Read};
+use self::selector::ConfigMapSelector;
+use super::{Content, Part, Read};
 pub use crate::telemetry::SourceState;
 use crate::telemetry::Telemetry;
 
 pub use client::{Endpoint, client};
 pub use names::{ConfigMapKey, ObjectName};
+pub use watch::{MAX_SELECTED, Query, Selection};
+
+/// How a ConfigMap's key is named as a part in logs, metrics, `check` and
+/// Events, whichever flag brought it: one object has one name, so a
+/// ConfigMap given twice counts once.
+pub fn part_name(namespace: &str, name: &str, key: &ConfigMapKey) -> String {
+    format!("configmap {namespace}/{name} key {key}")
+}
 
 /// The ConfigMap to read through the API, and how to reach the API.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,6 +64,41 @@ impl ApiSource {
             configmap: configmap.parse()?,
             kubeconfig: (!kubeconfig.is_empty()).then(|| PathBuf::from(kubeconfig)),
         })
+    }
+}
+
+/// `--configmap-selector`: which ConfigMaps, and how to reach the API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiSelector {
+    pub selector: ConfigMapSelector,
+    /// `None`: in-cluster credentials, else the default kubeconfig.
+    pub kubeconfig: Option<PathBuf>,
+}
+
+impl ApiSelector {
+    /// From `namespace/selector` and a kubeconfig path, empty meaning none.
+    pub fn parse(selector: &str, kubeconfig: &str) -> Result<Self, String> {
+        Ok(ApiSelector {
+            selector: selector.parse()?,
+            kubeconfig: (!kubeconfig.is_empty()).then(|| PathBuf::from(kubeconfig)),
+        })
+    }
+}
+
+/// Where a source's credentials come from (`--kubeconfig`, else in-cluster).
+pub trait Credentials {
+    fn kubeconfig(&self) -> Option<&std::path::Path>;
+}
+
+impl Credentials for ApiSource {
+    fn kubeconfig(&self) -> Option<&std::path::Path> {
+        self.kubeconfig.as_deref()
+    }
+}
+
+impl Credentials for ApiSelector {
+    fn kubeconfig(&self) -> Option<&std::path::Path> {
+        self.kubeconfig.as_deref()
     }
 }
 
@@ -113,6 +164,11 @@ impl ConfigMapSource {
 
     pub fn key(&self) -> &ConfigMapKey {
         &self.key
+    }
+
+    /// Whether the first list has not completed yet.
+    pub fn is_waiting(&self) -> bool {
+        self.snapshots.borrow().is_none()
     }
 
     /// The latest snapshot; `NotYet` before the first list completed.
@@ -265,11 +321,10 @@ pub async fn fetch(
     source: &ApiSource,
     key: &ConfigMapKey,
 ) -> Result<Snapshot, String> {
-    let listing = watch::list(&endpoint, &source.configmap, false, FETCH_TIMEOUT)
+    let query = Query::Object(source.configmap.clone());
+    let listing = watch::list(&endpoint, &query, false, FETCH_TIMEOUT)
         .await
-        .map_err(|failure| {
-            failure.describe(&endpoint.server, client::Doing::Listing(&source.configmap))
-        })?;
+        .map_err(|failure| failure.describe(&endpoint.server, client::Doing::Listing(&query)))?;
     if !listing.ignored.is_empty() {
         warn!(
             "the API server listed configmap {} though only {} was asked for; ignored",
@@ -290,15 +345,182 @@ pub fn spawn_watch(
     telemetry: Telemetry,
 ) -> tokio::sync::watch::Receiver<Option<Snapshot>> {
     let (tx, rx) = tokio::sync::watch::channel(None);
-    let watcher = watch::Watcher::new(
+    let watcher = watch::Watcher::<Snapshot>::new(
         endpoint,
-        source.configmap.clone(),
+        Query::Object(source.configmap.clone()),
         key.clone(),
         telemetry,
         tx,
     );
     tokio::spawn(watcher.run());
     rx
+}
+
+/// The parts of a selection: one per selected ConfigMap, by its name.
+fn selection_parts(selection: &Selection, key: &ConfigMapKey) -> Vec<(Part, Option<ObjectInfo>)> {
+    selection
+        .0
+        .iter()
+        .map(|(name, snapshot)| {
+            let namespace = snapshot
+                .object
+                .as_ref()
+                .map_or("", |o| o.namespace.as_str());
+            let part = Part {
+                name: part_name(namespace, name, key),
+                read: Read::Ready(match &snapshot.bytes {
+                    Some(bytes) => Content::Bytes(bytes.clone()),
+                    None => Content::Absent,
+                }),
+            };
+            (part, snapshot.object.clone())
+        })
+        .collect()
+}
+
+/// Read a selector's ConfigMaps once (for `sync`, `render` and `check`):
+/// one list, as the daemon's, so the same RBAC serves both.
+pub async fn fetch_selected(
+    endpoint: Endpoint,
+    source: &ApiSelector,
+    key: &ConfigMapKey,
+) -> Result<Vec<Part>, String> {
+    let query = Query::Selector(source.selector.clone());
+    let listing = watch::list(&endpoint, &query, false, FETCH_TIMEOUT)
+        .await
+        .map_err(|failure| failure.describe(&endpoint.server, client::Doing::Listing(&query)))?;
+    if !listing.ignored.is_empty() {
+        warn!(
+            "the API server listed configmap {} though only {} were asked for; ignored",
+            listing.ignored.join(", "),
+            query.describe()
+        );
+    }
+    let selection = Selection(listing.snapshots(key));
+    Ok(selection_parts(&selection, key)
+        .into_iter()
+        .map(|(part, _)| part)
+        .collect())
+}
+
+/// The ConfigMaps a label selector picks, each one's key a part of the
+/// config, as they come and go. One list and one watch serve them all.
+pub struct SelectorSource {
+    selector: ConfigMapSelector,
+    key: ConfigMapKey,
+    /// `None` until the first list completes.
+    selections: tokio::sync::watch::Receiver<Option<Selection>>,
+    events: Option<EventSink>,
+    /// The objects as last delivered, by part name, to name them in Events.
+    objects: BTreeMap<String, ObjectInfo>,
+    ended: bool,
+}
+
+impl SelectorSource {
+    /// A source fed by `selections` (the watch task's, or a test's).
+    pub fn new(
+        selector: ConfigMapSelector,
+        key: ConfigMapKey,
+        selections: tokio::sync::watch::Receiver<Option<Selection>>,
+        events: Option<EventSink>,
+    ) -> Self {
+        SelectorSource {
+            selector,
+            key,
+            selections,
+            events,
+            objects: BTreeMap::new(),
+            ended: false,
+        }
+    }
+
+    /// Connect: credentials, the watch, and the Event sink, as
+    /// [`ConfigMapSource::connect`].
+    pub async fn connect(
+        source: &ApiSelector,
+        key: &ConfigMapKey,
+        telemetry: &Telemetry,
+    ) -> Result<Self, String> {
+        let endpoint = client(source).await?;
+        telemetry.metrics.api_source_started(
+            &[events::INVALID_CONFIG, events::SYNC_FAILED],
+            &events::RESULTS,
+        );
+        let (node, pod) = identity();
+        info!(selector = %source.selector, key = %key, node = %node, "reading the config of every selected ConfigMap through the Kubernetes API; --config is not used");
+        let events = EventSink::spawn(endpoint.clone(), node, pod, telemetry.metrics.clone());
+        let (tx, rx) = tokio::sync::watch::channel(None);
+        let watcher = watch::Watcher::<Selection>::new(
+            endpoint,
+            Query::Selector(source.selector.clone()),
+            key.clone(),
+            telemetry.clone(),
+            tx,
+        );
+        tokio::spawn(watcher.run());
+        Ok(Self::new(
+            source.selector.clone(),
+            key.clone(),
+            rx,
+            Some(events),
+        ))
+    }
+
+    pub fn selector(&self) -> &ConfigMapSelector {
+        &self.selector
+    }
+
+    /// Whether the first list has not completed yet.
+    pub fn is_waiting(&self) -> bool {
+        self.selections.borrow().is_none()
+    }
+
+    /// One part per selected ConfigMap; before the first list completed,
+    /// one part that is not there yet.
+    pub fn read(&mut self) -> Vec<Part> {
+        let Some(selection) = self.selections.borrow_and_update().clone() else {
+            return vec![Part {
+                name: format!("configmaps {} key {}", self.selector, self.key),
+                read: Read::NotYet,
+            }];
+        };
+        let parts = selection_parts(&selection, &self.key);
+        self.objects = parts
+            .iter()
+            .filter_map(|(part, object)| Some((part.name.clone(), object.clone()?)))
+            .collect();
+        parts.into_iter().map(|(part, _)| part).collect()
+    }
+
+    /// Resolves when the watch delivered something new. Cancel-safe.
+    pub async fn changed(&mut self) {
+        if !self.ended && self.selections.changed().await.is_ok() {
+            return;
+        }
+        if !self.ended {
+            error!(selector = %self.selector, "the Kubernetes API source stopped; enforcing the last good config");
+            self.ended = true;
+        }
+        std::future::pending().await
+    }
+
+    /// This node rejected the part `part` (an Event on that ConfigMap).
+    pub fn report_invalid(&self, part: &str, content: String, error: &str) {
+        if let (Some(sink), Some(configmap)) = (&self.events, self.objects.get(part)) {
+            sink.report(Report::InvalidConfig {
+                configmap: configmap.clone(),
+                content,
+                error: error.to_owned(),
+            });
+        }
+    }
+
+    /// Rule syncs keep failing on this node.
+    pub fn report_sync_failure(&self, error: String) {
+        if let Some(sink) = &self.events {
+            sink.report(Report::SyncFailed { error });
+        }
+    }
 }
 
 #[cfg(test)]

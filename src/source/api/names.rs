@@ -33,7 +33,7 @@ fn is_alnum(c: char) -> bool {
 }
 
 /// An RFC 1123 label: what a namespace name must be.
-fn check_label(what: &str, text: &str) -> Result<(), String> {
+pub(super) fn check_label(what: &str, text: &str) -> Result<(), String> {
     if text.is_empty() || text.len() > 63 {
         return Err(format!("{what} {text:?} must be 1 to 63 characters"));
     }

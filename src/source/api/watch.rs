@@ -1,16 +1,24 @@
-//! The list/watch loop of the one ConfigMap, owned here rather than left to
+//! The list/watch loop of one ConfigMap (`--configmap`) or of the ConfigMaps
+//! a label selector picks (`--configmap-selector`: one list and one watch
+//! for all of them, not one per object), owned here rather than left to
 //! kube-runtime's watcher so that every failure is bounded, counted and said
 //! once.
 //!
-//! The loop: list (field selector on the name), publish, then watch from the
-//! list's resourceVersion until the watch ends. A watch that ends after a
-//! while is resumed from the last resourceVersion; a 410 relists; any
-//! failure waits out the backoff (0.8 s doubling to 30 s, jittered) and
-//! relists.
+//! The loop: list (field selector on the name, or the label selector),
+//! publish, then watch from the list's resourceVersion until the watch
+//! ends. A watch that ends after a while is resumed from the last
+//! resourceVersion; a 410 relists; any failure waits out the backoff (0.8 s
+//! doubling to 30 s, jittered) and relists. A list replaces the selection
+//! whole, so what a broken watch missed is caught up.
 //!
 //! What must stay true:
-//! - Only an object named exactly `NAMESPACE/NAME` is ever published;
-//!   anything else the server sends is ignored, and said once.
+//! - Only an object named exactly `NAMESPACE/NAME` is ever published; for a
+//!   selector, only objects of its namespace whose labels match it (checked
+//!   here on every item: a server could send anything). An object of the
+//!   namespace that stops matching leaves the selection; anything else the
+//!   server sends is ignored, and said once.
+//! - A selection holds at most [`MAX_SELECTED`] ConfigMaps; a server that
+//!   sends more is a failure (the last published selection stays).
 //! - Connected means a list completed: the first one at startup, and after a
 //!   failure, a list plus a watch that stayed up for [`RECOVERED_AFTER`] (or
 //!   delivered our object). A failing cycle never flaps to connected.
@@ -20,6 +28,8 @@
 //! - Every request has a deadline; bodies and lines are capped
 //!   ([`BODY_LIMIT`]).
 
+use std::collections::BTreeMap;
+use std::fmt;
 use std::time::Duration;
 
 use http::Request;
@@ -32,6 +42,7 @@ use tracing::{debug, info, warn};
 use super::backoff::{Backoff, random_unit};
 use super::client::{self, BODY_LIMIT, Doing, Endpoint, Failure, escape, excerpt};
 use super::names::{ConfigMapKey, ObjectName};
+use super::selector::ConfigMapSelector;
 use super::{Snapshot, snapshot_of};
 use crate::telemetry::{SourceState, Telemetry, unix_now};
 
@@ -52,41 +63,147 @@ const MIN_WATCH: Duration = Duration::from_secs(10);
 pub const RECOVERED_AFTER: Duration = Duration::from_secs(5);
 /// A watch up this long resets the backoff.
 const HEALTHY_AFTER: Duration = Duration::from_secs(60);
+/// ConfigMaps one selector may pick: far more than a cluster's owners of
+/// the list, and a bound on what a selection holds in memory.
+pub const MAX_SELECTED: usize = 100;
 
-/// One completed list.
-#[derive(Debug)]
-pub struct Listing {
-    /// The object named as asked, if it exists.
-    pub object: Option<ConfigMap>,
-    pub resource_version: String,
-    /// Other objects the server listed (it ignored the field selector).
-    pub ignored: Vec<String>,
+/// What a list and watch are about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Query {
+    /// `--configmap`: one object, by name.
+    Object(ObjectName),
+    /// `--configmap-selector`: every object of a namespace that matches.
+    Selector(ConfigMapSelector),
 }
 
-impl Listing {
-    pub fn snapshot(&self, key: &ConfigMapKey) -> Snapshot {
-        match &self.object {
-            Some(object) => snapshot_of(object, key),
-            None => Snapshot {
-                bytes: None,
-                object: None,
-            },
+/// Where an object the server sent stands with a query.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Standing {
+    Selected,
+    /// Of the selector's namespace, but its labels do not match.
+    Unselected,
+    /// Not asked for at all (another name or namespace).
+    Foreign,
+}
+
+impl Query {
+    pub fn namespace(&self) -> &str {
+        match self {
+            Query::Object(name) => name.namespace(),
+            Query::Selector(selector) => selector.namespace(),
+        }
+    }
+
+    /// The collection URI with this query's selector, canonical and
+    /// percent-encoded.
+    fn collection(&self) -> String {
+        match self {
+            Query::Object(configmap) => format!(
+                "/api/v1/namespaces/{}/configmaps?fieldSelector=metadata.name%3D{}",
+                configmap.namespace(),
+                configmap.name()
+            ),
+            Query::Selector(selector) => format!(
+                "/api/v1/namespaces/{}/configmaps?labelSelector={}",
+                selector.namespace(),
+                selector.selector().query_value()
+            ),
+        }
+    }
+
+    fn standing(&self, object: &ConfigMap) -> Standing {
+        let meta = &object.metadata;
+        if meta.namespace.as_deref() != Some(self.namespace())
+            || meta.name.as_deref().is_none_or(str::is_empty)
+        {
+            return Standing::Foreign;
+        }
+        match self {
+            Query::Object(configmap) if meta.name.as_deref() == Some(configmap.name()) => {
+                Standing::Selected
+            }
+            Query::Object(_) => Standing::Foreign,
+            Query::Selector(selector) => {
+                let labels = meta.labels.clone().unwrap_or_default();
+                if selector.selector().matches(&labels) {
+                    Standing::Selected
+                } else {
+                    Standing::Unselected
+                }
+            }
+        }
+    }
+
+    /// "configmap NS/NAME", "configmaps of NS selected by SELECTOR".
+    pub fn describe(&self) -> String {
+        match self {
+            Query::Object(configmap) => format!("configmap {configmap}"),
+            Query::Selector(selector) => format!(
+                "configmaps of namespace {} selected by {}",
+                selector.namespace(),
+                selector.selector()
+            ),
         }
     }
 }
 
-fn collection(configmap: &ObjectName) -> String {
-    format!(
-        "/api/v1/namespaces/{}/configmaps?fieldSelector=metadata.name%3D{}",
-        configmap.namespace(),
-        configmap.name()
-    )
+impl fmt::Display for Query {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Query::Object(configmap) => write!(f, "{configmap}"),
+            Query::Selector(selector) => write!(f, "{selector}"),
+        }
+    }
 }
 
-/// Whether `object` is the one asked for (a server may send others).
-fn is_ours(object: &ConfigMap, configmap: &ObjectName) -> bool {
-    object.metadata.name.as_deref() == Some(configmap.name())
-        && object.metadata.namespace.as_deref() == Some(configmap.namespace())
+/// The selected ConfigMaps' snapshots, by object name.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Selection(pub BTreeMap<String, Snapshot>);
+
+/// What the watch task publishes, made from what is selected now.
+pub trait Publish: Clone + PartialEq + Send + Sync + 'static {
+    fn from_selected(selected: &BTreeMap<String, Snapshot>) -> Self;
+}
+
+/// One ConfigMap: its snapshot, or "no object" (the defaults).
+impl Publish for Snapshot {
+    fn from_selected(selected: &BTreeMap<String, Snapshot>) -> Self {
+        selected.values().next().cloned().unwrap_or(Snapshot {
+            bytes: None,
+            object: None,
+        })
+    }
+}
+
+impl Publish for Selection {
+    fn from_selected(selected: &BTreeMap<String, Snapshot>) -> Self {
+        Selection(selected.clone())
+    }
+}
+
+/// One completed list.
+#[derive(Debug)]
+pub struct Listing {
+    /// The objects selected, by name.
+    pub selected: BTreeMap<String, ConfigMap>,
+    pub resource_version: String,
+    /// Other objects the server listed (it ignored the selector).
+    pub ignored: Vec<String>,
+}
+
+impl Listing {
+    /// The selected objects' snapshots of `key`.
+    pub fn snapshots(&self, key: &ConfigMapKey) -> BTreeMap<String, Snapshot> {
+        self.selected
+            .iter()
+            .map(|(name, object)| (name.clone(), snapshot_of(object, key)))
+            .collect()
+    }
+
+    /// The one object of a `--configmap` list, or "no object".
+    pub fn snapshot(&self, key: &ConfigMapKey) -> Snapshot {
+        Snapshot::from_selected(&self.snapshots(key))
+    }
 }
 
 fn name_of(object: &ConfigMap) -> String {
@@ -97,16 +214,16 @@ fn name_of(object: &ConfigMap) -> String {
     ))
 }
 
-/// List the ConfigMap once. `cached`: served from the API server's watch
-/// cache (`resourceVersion=0`), which is what a relist of every node of a
-/// cluster should cost; otherwise a consistent read.
+/// List the query's ConfigMaps once. `cached`: served from the API server's
+/// watch cache (`resourceVersion=0`), which is what a relist of every node
+/// of a cluster should cost; otherwise a consistent read.
 pub async fn list(
     endpoint: &Endpoint,
-    configmap: &ObjectName,
+    query: &Query,
     cached: bool,
     budget: Duration,
 ) -> Result<Listing, Failure> {
-    let mut uri = collection(configmap);
+    let mut uri = query.collection();
     if cached {
         uri.push_str("&resourceVersion=0");
     }
@@ -133,17 +250,21 @@ pub async fn list(
         .clone()
         .filter(|rv| !rv.is_empty())
         .ok_or_else(|| Failure::BadResponse("a ConfigMapList without a resourceVersion".into()))?;
-    let mut object = None;
+    let mut selected = BTreeMap::new();
     let mut ignored = Vec::new();
     for item in list.items {
-        if is_ours(&item, configmap) {
-            object = Some(item);
-        } else {
-            ignored.push(name_of(&item));
+        match (query.standing(&item), item.metadata.name.clone()) {
+            (Standing::Selected, Some(name)) => {
+                selected.insert(name, item);
+            }
+            _ => ignored.push(name_of(&item)),
         }
     }
+    if selected.len() > MAX_SELECTED {
+        return Err(Failure::TooMany(MAX_SELECTED));
+    }
     Ok(Listing {
-        object,
+        selected,
         resource_version,
         ignored,
     })
@@ -168,12 +289,15 @@ enum WatchEnd {
 }
 
 /// The watch task's state, and what it tells metrics, health and the log.
-pub struct Watcher {
+pub struct Watcher<P: Publish> {
     pub endpoint: Endpoint,
-    pub configmap: ObjectName,
+    pub query: Query,
     pub key: ConfigMapKey,
     pub telemetry: Telemetry,
-    pub tx: watch::Sender<Option<Snapshot>>,
+    pub tx: watch::Sender<Option<P>>,
+    /// What is selected now, by object name (for `--configmap`, at most the
+    /// one object).
+    selected: BTreeMap<String, Snapshot>,
     state: SourceState,
     /// The kind of the failure last logged, while failing.
     failing: Option<&'static str>,
@@ -182,20 +306,21 @@ pub struct Watcher {
     backoff: Backoff,
 }
 
-impl Watcher {
+impl<P: Publish> Watcher<P> {
     pub fn new(
         endpoint: Endpoint,
-        configmap: ObjectName,
+        query: Query,
         key: ConfigMapKey,
         telemetry: Telemetry,
-        tx: watch::Sender<Option<Snapshot>>,
+        tx: watch::Sender<Option<P>>,
     ) -> Self {
         Watcher {
             endpoint,
-            configmap,
+            query,
             key,
             telemetry,
             tx,
+            selected: BTreeMap::new(),
             state: SourceState::Connecting,
             failing: None,
             ignored_said: false,
@@ -205,11 +330,11 @@ impl Watcher {
 
     /// Runs until the receiver is gone.
     pub async fn run(mut self) {
-        let object = self.configmap.to_string();
+        let object = self.query.to_string();
         self.telemetry.health.source_state(&object, &self.state);
         self.telemetry.metrics.source_connected(false);
         while !self.tx.is_closed() {
-            let listing = match list(&self.endpoint, &self.configmap, true, LIST_TIMEOUT).await {
+            let listing = match list(&self.endpoint, &self.query, true, LIST_TIMEOUT).await {
                 Ok(listing) => listing,
                 Err(failure) => {
                     self.failed(&failure, Step::List);
@@ -218,7 +343,8 @@ impl Watcher {
                 }
             };
             self.say_ignored(&listing.ignored);
-            self.publish(listing.snapshot(&self.key));
+            self.selected = listing.snapshots(&self.key);
+            self.publish();
             if self.state == SourceState::Connecting {
                 self.connected();
             }
@@ -248,7 +374,7 @@ impl Watcher {
                         self.pause().await;
                     }
                     WatchEnd::Expired => {
-                        debug!(configmap = %self.configmap, "resourceVersion expired (410); listing again");
+                        debug!(configmap = %self.query, "resourceVersion expired (410); listing again");
                         if lasted < MIN_WATCH {
                             self.pause().await;
                         }
@@ -273,7 +399,7 @@ impl Watcher {
         let seconds = low + ((high - low) as f64 * random_unit()) as u64;
         let uri = format!(
             "{}&watch=true&allowWatchBookmarks=true&timeoutSeconds={seconds}&resourceVersion={rv}",
-            collection(&self.configmap)
+            self.query.collection()
         );
         let request = match Request::get(uri).body(Vec::new()) {
             Ok(request) => request,
@@ -370,18 +496,30 @@ impl Watcher {
         if let Some(version) = object.metadata.resource_version.clone() {
             *rv = version;
         }
-        if !is_ours(&object, &self.configmap) {
-            self.say_ignored(&[name_of(&object)]);
-            return Ok(false);
-        }
-        self.publish(if deleted {
-            Snapshot {
-                bytes: None,
-                object: None,
+        let standing = self.query.standing(&object);
+        let name = object.metadata.name.clone().unwrap_or_default();
+        match (standing, deleted) {
+            (Standing::Foreign, _) => {
+                self.say_ignored(&[name_of(&object)]);
+                return Ok(false);
             }
-        } else {
-            snapshot_of(&object, &self.key)
-        });
+            (Standing::Selected, false) => {
+                if !self.selected.contains_key(&name) && self.selected.len() >= MAX_SELECTED {
+                    return Err(WatchEnd::Failed(Failure::TooMany(MAX_SELECTED)));
+                }
+                self.selected.insert(name, snapshot_of(&object, &self.key));
+            }
+            // The server sends DELETED for an object that stops matching;
+            // one that says otherwise is not believed about the labels.
+            (Standing::Unselected, false) if !self.selected.contains_key(&name) => {
+                self.say_ignored(&[name_of(&object)]);
+                return Ok(false);
+            }
+            (Standing::Selected | Standing::Unselected, _) => {
+                self.selected.remove(&name);
+            }
+        }
+        self.publish();
         Ok(true)
     }
 
@@ -390,15 +528,20 @@ impl Watcher {
             return;
         }
         self.ignored_said = true;
+        let what = match &self.query {
+            Query::Object(_) => "every object of another name",
+            Query::Selector(_) => "every object of another namespace or whose labels do not match",
+        };
         warn!(
-            configmap = %self.configmap,
-            "the API server sent configmap {} though only {} was asked for; ignoring every object of another name",
+            configmap = %self.query,
+            "the API server sent configmap {} though only {} was asked for; ignoring {what}",
             names.join(", "),
-            self.configmap
+            self.query.describe()
         );
     }
 
-    fn publish(&mut self, snapshot: Snapshot) {
+    fn publish(&mut self) {
+        let snapshot = P::from_selected(&self.selected);
         self.telemetry.metrics.source_event(unix_now());
         self.telemetry.health.source_event();
         // A relist that changes nothing must not wake the loop.
@@ -417,14 +560,14 @@ impl Watcher {
             return;
         }
         if matches!(self.state, SourceState::Failing(_)) {
-            info!(configmap = %self.configmap, "Kubernetes API watch recovered");
+            info!(configmap = %self.query, "Kubernetes API watch recovered");
         }
         self.state = SourceState::Connected;
         self.failing = None;
         self.telemetry.metrics.source_connected(true);
         self.telemetry
             .health
-            .source_state(&self.configmap.to_string(), &self.state);
+            .source_state(&self.query.to_string(), &self.state);
     }
 
     fn failed(&mut self, failure: &Failure, step: Step) {
@@ -434,16 +577,135 @@ impl Watcher {
             return;
         }
         let doing = match step {
-            Step::List => Doing::Listing(&self.configmap),
-            Step::Watch => Doing::Watching(&self.configmap),
+            Step::List => Doing::Listing(&self.query),
+            Step::Watch => Doing::Watching(&self.query),
         };
         let text = failure.describe(&self.endpoint.server, doing);
-        warn!(configmap = %self.configmap, kind, "Kubernetes API watch failed: {text}; keeping the last good config and retrying with backoff");
+        warn!(configmap = %self.query, kind, "Kubernetes API watch failed: {text}; keeping the last good config and retrying with backoff");
         self.failing = Some(kind);
         self.state = SourceState::Failing(text);
         self.telemetry.metrics.source_connected(false);
         self.telemetry
             .health
-            .source_state(&self.configmap.to_string(), &self.state);
+            .source_state(&self.query.to_string(), &self.state);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    use super::*;
+
+    fn configmap(namespace: &str, name: &str, labels: &[(&str, &str)]) -> ConfigMap {
+        ConfigMap {
+            metadata: ObjectMeta {
+                namespace: Some(namespace.into()),
+                name: Some(name.into()),
+                labels: Some(
+                    labels
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                ),
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn collections_carry_the_canonical_selector_percent_encoded() {
+        let object = Query::Object("kube-system/ip-masq-agent".parse().unwrap());
+        assert_eq!(
+            object.collection(),
+            "/api/v1/namespaces/kube-system/configmaps?fieldSelector=metadata.name%3Dip-masq-agent"
+        );
+        let selector = Query::Selector(
+            "kube-system/ tier in (b,a) , example.com/part"
+                .parse()
+                .unwrap(),
+        );
+        assert_eq!(
+            selector.collection(),
+            "/api/v1/namespaces/kube-system/configmaps?labelSelector=example.com%2Fpart%2Ctier%20in%20%28a%2Cb%29"
+        );
+        assert_eq!(
+            selector.to_string(),
+            "kube-system/example.com/part,tier in (a,b)"
+        );
+        assert_eq!(
+            selector.describe(),
+            "configmaps of namespace kube-system selected by example.com/part,tier in (a,b)"
+        );
+    }
+
+    #[test]
+    fn every_object_is_checked_against_the_query() {
+        let selector = Query::Selector("kube-system/part".parse().unwrap());
+        let cases = [
+            (
+                configmap("kube-system", "a", &[("part", "x")]),
+                Standing::Selected,
+            ),
+            (
+                configmap("kube-system", "a", &[("other", "x")]),
+                Standing::Unselected,
+            ),
+            (
+                configmap("default", "a", &[("part", "x")]),
+                Standing::Foreign,
+            ),
+            (
+                configmap("kube-system", "", &[("part", "x")]),
+                Standing::Foreign,
+            ),
+        ];
+        for (object, standing) in &cases {
+            assert_eq!(
+                selector.standing(object),
+                *standing,
+                "{:?}",
+                object.metadata
+            );
+        }
+        let mut unnamed = configmap("kube-system", "a", &[("part", "x")]);
+        unnamed.metadata.name = None;
+        assert_eq!(selector.standing(&unnamed), Standing::Foreign);
+        let object = Query::Object("kube-system/a".parse().unwrap());
+        assert_eq!(
+            object.standing(&configmap("kube-system", "a", &[])),
+            Standing::Selected
+        );
+        assert_eq!(
+            object.standing(&configmap("kube-system", "b", &[])),
+            Standing::Foreign
+        );
+        assert_eq!(
+            object.standing(&configmap("default", "a", &[])),
+            Standing::Foreign
+        );
+    }
+
+    #[test]
+    fn one_object_publishes_as_before_and_a_selection_publishes_all() {
+        let key: ConfigMapKey = "config".parse().unwrap();
+        let mut selected = BTreeMap::new();
+        assert_eq!(
+            Snapshot::from_selected(&selected),
+            Snapshot {
+                bytes: None,
+                object: None
+            }
+        );
+        assert_eq!(Selection::from_selected(&selected), Selection::default());
+        let mut object = configmap("kube-system", "a", &[]);
+        object.data = Some([("config".to_owned(), "cidrLimit: 1\n".to_owned())].into());
+        selected.insert("a".to_owned(), snapshot_of(&object, &key));
+        assert_eq!(
+            Snapshot::from_selected(&selected).bytes.as_deref(),
+            Some(&b"cidrLimit: 1\n"[..])
+        );
+        assert_eq!(Selection::from_selected(&selected).0.len(), 1);
     }
 }

@@ -22,7 +22,7 @@ const USERS_BROKEN: &str = "nonMasqueradeCIDRs: [192.168.0.1/16]\nmasqLinkLocal:
 const NODE_LOCAL: &str = "nonMasqueradeCIDRs: [172.16.0.0/12]\n";
 
 /// The `RETURN` destinations of our chain, in order.
-fn returns(ns: &Netns, mode: Mode) -> String {
+pub(super) fn returns(ns: &Netns, mode: Mode) -> String {
     save(ns, mode, V4)
         .lines()
         .filter(|l| l.starts_with("-A IP-MASQ-AGENT -d "))
@@ -31,7 +31,7 @@ fn returns(ns: &Netns, mode: Mode) -> String {
         .join(" ")
 }
 
-fn wait_returns(agent: &mut Agent, ns: &Netns, mode: Mode, expected: &str, what: &str) {
+pub(super) fn wait_returns(agent: &mut Agent, ns: &Netns, mode: Mode, expected: &str, what: &str) {
     wait_for_text(
         RELOAD_DEADLINE,
         what,

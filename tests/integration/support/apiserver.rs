@@ -16,7 +16,9 @@
 //! Misbehaviour on demand, for the client's failure handling: ConfigMap
 //! lists and watches can redirect, hang, send HTML, bad JSON, huge bodies,
 //! close at once or stream bad lines (`set_list_fault`, `set_watch_fault`),
-//! or ignore the name selector (`ignore_name_selector`).
+//! or ignore the name selector (`ignore_name_selector`), or answer every
+//! ConfigMap list and watch with every ConfigMap of every namespace
+//! (`send_every_configmap`).
 //!
 //! Tests drive it through a synchronous control API (`put_configmap`,
 //! `expire_watches`, `restart`, …) from plain `#[test]` functions and read
@@ -146,6 +148,7 @@ impl FakeApiServer {
             list_fault: None,
             watch_fault: None,
             ignore_name_selector: false,
+            send_every_configmap: false,
             bookmark_interval: DEFAULT_BOOKMARK_INTERVAL,
             rv_tx,
         };
@@ -382,6 +385,12 @@ preferences: {{}}
     /// every ConfigMap of the namespace.
     pub fn ignore_name_selector(&self, ignore: bool) {
         self.shared.lock().ignore_name_selector = ignore;
+    }
+
+    /// Lists and watches of ConfigMaps ignore the namespace and every
+    /// selector: a server that sends anything.
+    pub fn send_every_configmap(&self, every: bool) {
+        self.shared.lock().send_every_configmap = every;
     }
 
     /// Lifts every `deny`.
@@ -870,6 +879,8 @@ struct Store {
     watch_fault: Option<WatchFault>,
     /// Lists and watches of ConfigMaps ignore `metadata.name` selectors.
     ignore_name_selector: bool,
+    /// Lists and watches of ConfigMaps ignore namespace and selectors.
+    send_every_configmap: bool,
     bookmark_interval: Duration,
     /// The current rv, for requests waiting for a future one.
     rv_tx: watch::Sender<u64>,
@@ -1110,39 +1121,88 @@ fn parse_label_selector(text: &str) -> Result<Vec<LabelReq>, String> {
         }
     }
     terms.push(&text[start..]);
+    // Keys and values are validated as the real server validates them
+    // (`labels.NewRequirement`): a 400 for what it would refuse.
+    let key = |k: &str| -> Result<String, String> {
+        let k = k.trim();
+        let (prefix, name) = k.rsplit_once('/').map_or((None, k), |(p, n)| (Some(p), n));
+        let prefix_ok = prefix.is_none_or(|p| {
+            !p.is_empty()
+                && p.len() <= 253
+                && p.split('.').all(|part| {
+                    !part.is_empty()
+                        && part
+                            .chars()
+                            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                        && !part.starts_with('-')
+                        && !part.ends_with('-')
+                })
+        });
+        if !prefix_ok || name.is_empty() || !label_name_ok(name) {
+            return Err(format!(
+                "unable to parse requirement: key: Invalid value: \"{k}\": name part must consist of alphanumeric \
+                 characters, '-', '_' or '.', and must start and end with an alphanumeric character"
+            ));
+        }
+        Ok(k.to_owned())
+    };
+    let value = |v: &str| -> Result<String, String> {
+        let v = v.trim();
+        if !v.is_empty() && !label_name_ok(v) {
+            return Err(format!(
+                "unable to parse requirement: values[0][{v}]: Invalid value: \"{v}\": a valid label must be an empty \
+                 string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an \
+                 alphanumeric character"
+            ));
+        }
+        Ok(v.to_owned())
+    };
     let set = |s: &str| -> Result<BTreeSet<String>, String> {
         let inner = s
             .trim()
             .strip_prefix('(')
             .and_then(|s| s.strip_suffix(')'))
             .ok_or_else(|| format!("unable to parse requirement: expected a set in '{s}'"))?;
-        Ok(inner.split(',').map(|v| v.trim().to_owned()).collect())
+        let values: BTreeSet<String> = inner.split(',').map(value).collect::<Result<_, _>>()?;
+        if inner.trim().is_empty() {
+            return Err("unable to parse requirement: for 'in', 'notin' operators, values set can't be empty".into());
+        }
+        Ok(values)
     };
     let mut reqs = Vec::new();
     for term in terms.into_iter().map(str::trim).filter(|t| !t.is_empty()) {
-        let req = if let Some(key) = term.strip_prefix('!') {
-            LabelReq::NotExists(key.trim().to_owned())
+        // `k in(a)` and `k in (a)` alike, as the server's lexer reads them.
+        let spaced = term.replace('(', " (");
+        let term = spaced.as_str();
+        let req = if let Some(k) = term.strip_prefix('!') {
+            LabelReq::NotExists(key(k)?)
         } else if let Some((k, v)) = term.split_once(" notin ") {
-            LabelReq::NotIn(k.trim().to_owned(), set(v)?)
+            LabelReq::NotIn(key(k)?, set(v)?)
         } else if let Some((k, v)) = term.split_once(" in ") {
-            LabelReq::In(k.trim().to_owned(), set(v)?)
+            LabelReq::In(key(k)?, set(v)?)
         } else if let Some((k, v)) = term.split_once("!=") {
-            LabelReq::NotEqual(k.trim().to_owned(), v.trim().to_owned())
+            LabelReq::NotEqual(key(k)?, value(v)?)
         } else if let Some((k, v)) = term.split_once("==") {
-            LabelReq::Equal(k.trim().to_owned(), v.trim().to_owned())
+            LabelReq::Equal(key(k)?, value(v)?)
         } else if let Some((k, v)) = term.split_once('=') {
-            LabelReq::Equal(k.trim().to_owned(), v.trim().to_owned())
-        } else if term
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c))
-        {
-            LabelReq::Exists(term.to_owned())
+            LabelReq::Equal(key(k)?, value(v)?)
         } else {
-            return Err(format!("unable to parse requirement: '{term}'"));
+            LabelReq::Exists(key(term)?)
         };
         reqs.push(req);
     }
     Ok(reqs)
+}
+
+/// A label value, or the name part of a key: at most 63 of
+/// `[A-Za-z0-9._-]`, alphanumeric at both ends.
+fn label_name_ok(text: &str) -> bool {
+    text.len() <= 63
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        && text.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && text.ends_with(|c: char| c.is_ascii_alphanumeric())
 }
 
 // ---------------------------------------------------------------------------
@@ -1389,11 +1449,20 @@ impl Params {
 }
 
 /// The filter of a list or watch, without its name selector while the
-/// server is told to ignore it (`ignore_name_selector`).
-fn selector_filter(ignore_name: bool, p: &Params, target: &Target) -> Filter {
+/// server is told to ignore it (`ignore_name_selector`), or without
+/// namespace and selectors (`send_every_configmap`).
+fn selector_filter(store: &Store, p: &Params, target: &Target) -> Filter {
     let mut filter = p.filter(target);
-    if target.name.is_none() && ignore_name {
+    if target.name.is_none() && store.ignore_name_selector {
         filter.fields.retain(|f| f.field != "metadata.name");
+    }
+    if target.name.is_none()
+        && store.send_every_configmap
+        && target.resource == Resource::ConfigMaps
+    {
+        filter.namespace = None;
+        filter.fields.clear();
+        filter.labels.clear();
     }
     filter
 }
@@ -1501,7 +1570,7 @@ async fn list(shared: &Shared, target: &Target, p: &Params) -> Response {
     } else {
         (store.rv, None)
     };
-    let filter = selector_filter(store.ignore_name_selector, p, target);
+    let filter = selector_filter(&store, p, target);
     let mut matching: Vec<(Key, Value)> = store
         .objects_at(snapshot)
         .into_iter()
@@ -1600,8 +1669,7 @@ async fn watch_objects(shared: &Arc<Shared>, target: &Target, p: &Params) -> Res
         return watch_response(single_line(error_line(&too_large(rv, current))));
     }
 
-    let ignore_name = shared.lock().ignore_name_selector;
-    let filter = selector_filter(ignore_name, p, target);
+    let filter = selector_filter(&shared.lock(), p, target);
     let (tx, rx) = mpsc::unbounded_channel();
     let mut backlog = VecDeque::new();
     let mut store = shared.lock();
