@@ -143,6 +143,9 @@ pub struct Settings {
     pub chain: ChainName,
     pub enable_ipv6: bool,
     pub random_fully: bool,
+    /// `--authoritative`: render rules whose decision later NAT rules of
+    /// other programs cannot override (see the backends).
+    pub authoritative: bool,
     pub to_ports: Vec<PortRange>,
 }
 
@@ -166,6 +169,12 @@ pub struct Ruleset {
     /// Add `--random-fully` (fully randomised source ports) if the backend
     /// supports it.
     pub random_fully: bool,
+    /// Make the decision final against other programs' NAT rules: the
+    /// iptables jump first and exempted traffic accepted, the nftables
+    /// chain before `srcnat` and exempted traffic bound to its own address;
+    /// in both, packets kube-proxy marked for masquerading (0x4000) are
+    /// left to it. False renders exactly what the agent always rendered.
+    pub authoritative: bool,
     /// Source port intervals (`--to-ports`) for tcp, udp and sctp, in
     /// order; connections are spread over them in proportion to their sizes,
     /// before the catch-all masquerade.
@@ -190,6 +199,7 @@ pub fn plan(config: &Config, settings: &Settings, family: Family) -> Ruleset {
         no_masquerade: compiled.iptables_returns,
         pod_sources: compiled.pod_sources,
         random_fully: settings.random_fully,
+        authoritative: settings.authoritative,
         to_ports: settings.to_ports.clone(),
     }
 }
@@ -267,6 +277,7 @@ mod tests {
             chain: "IP-MASQ-AGENT".parse().unwrap(),
             enable_ipv6: true,
             random_fully: true,
+            authoritative: false,
             to_ports: Vec::new(),
         }
     }

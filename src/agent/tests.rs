@@ -22,6 +22,7 @@ fn agent(dir: &Path, ipv6: bool) -> Agent<Fake> {
             chain: "IP-MASQ-AGENT".parse().unwrap(),
             enable_ipv6: ipv6,
             random_fully: true,
+            authoritative: false,
             to_ports: Vec::new(),
         },
         LoadOptions {
@@ -142,6 +143,7 @@ fn api_agent() -> (
             chain: "IP-MASQ-AGENT".parse().unwrap(),
             enable_ipv6: false,
             random_fully: true,
+            authoritative: false,
             to_ports: Vec::new(),
         },
         LoadOptions {
@@ -302,6 +304,7 @@ fn merging_agent(dir: &Path, extra: &Path) -> Agent<Fake> {
             chain: "IP-MASQ-AGENT".parse().unwrap(),
             enable_ipv6: false,
             random_fully: true,
+            authoritative: false,
             to_ports: Vec::new(),
         },
         LoadOptions::default(),
@@ -515,6 +518,7 @@ async fn selector_parts_come_and_go_and_count_once() {
             chain: "IP-MASQ-AGENT".parse().unwrap(),
             enable_ipv6: false,
             random_fully: true,
+            authoritative: false,
             to_ports: Vec::new(),
         },
         LoadOptions {

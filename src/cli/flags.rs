@@ -28,6 +28,10 @@ flag_set! {
     /// Sorted by name (byte order), as Go prints and visits them.
     pub const AGENT_FLAGS;
 
+    "authoritative" => authoritative: bool = false,
+        "Make the masquerade decision final against the node's other NAT rules: \
+         the iptables jump goes first in POSTROUTING, exempted traffic ends the nat traversal \
+         (packets kube-proxy marked 0x4000 excepted); nftables binds it to its own address";
     "backend" => backend: BackendKind = BackendKind::Iptables,
         "Kernel `backend`: iptables (the upstream agent's rules) or nftables \
          (a native table with the list in an interval set)";
@@ -251,7 +255,7 @@ mod tests {
     #[test]
     fn names_are_unique_and_each_table_is_sorted() {
         let names: Vec<&str> = entries().iter().map(|e| e.spec().name).collect();
-        assert_eq!(names.len(), 32);
+        assert_eq!(names.len(), 33);
         assert!(names.windows(2).all(|w| w[0] < w[1]), "{names:?}");
         let agent: Vec<&str> = AGENT_FLAGS.iter().map(|d| d.spec.name).collect();
         let klog: Vec<&str> = KLOG_FLAGS.iter().map(|d| d.spec.name).collect();
@@ -270,6 +274,7 @@ mod tests {
             ("from", "10.4.0.1"),
             ("masq-chain", "IP-MASQ"),
             ("random-fully", "false"),
+            ("authoritative", "true"),
             ("v", "3"),
             ("log_file_max_size", "7"),
         ] {

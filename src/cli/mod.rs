@@ -46,6 +46,8 @@ pub struct Options {
     pub nomasq_all_reserved_ranges: bool,
     pub enable_ipv6: bool,
     pub random_fully: bool,
+    /// `--authoritative`: our decision is final against other NAT rules.
+    pub authoritative: bool,
     /// Empty: no explicit source ports.
     pub to_ports: Vec<PortRange>,
     /// `--config` paths, files or directories, in the order given; empty
@@ -425,6 +427,7 @@ fn options(low: &LowArgs) -> Result<Options, CliError> {
         nomasq_all_reserved_ranges: agent.nomasq_all_reserved_ranges,
         enable_ipv6: agent.enable_ipv6,
         random_fully: agent.random_fully,
+        authoritative: agent.authoritative,
         to_ports,
         config,
         log_format: agent.log_format,

@@ -46,6 +46,7 @@ fn no_arguments_run_with_defaults() {
     assert!(!o.nomasq_all_reserved_ranges);
     assert!(!o.enable_ipv6);
     assert!(o.random_fully);
+    assert!(!o.authoritative);
     assert_eq!(o.to_ports, vec![]);
     assert_eq!(o.config, [PathBuf::from("/etc/config/ip-masq-agent")]);
     assert_eq!(o.log_format, LogFormat::Text);
@@ -698,6 +699,7 @@ fn flags_list_is_sorted_and_complete_with_effective_values() {
         vec![
             "add_dir_header",
             "alsologtostderr",
+            "authoritative",
             "backend",
             "config",
             "configmap",

@@ -54,6 +54,7 @@ fn settings(options: &Options) -> Settings {
         chain: options.masq_chain.clone(),
         enable_ipv6: options.enable_ipv6,
         random_fully: options.random_fully,
+        authoritative: options.authoritative,
         to_ports: options.to_ports.clone(),
     }
 }

@@ -17,6 +17,9 @@
 //!   `...::nftables`;
 //! - `policy`: `masqueradeCIDRs`, `podCIDRs` and `explain` against the
 //!   kernel's answer, in a dual-stack topology of its own;
+//! - `authoritative`: `--authoritative` against other programs' captured NAT
+//!   rules (kube-proxy in both modes, bridge CNI, OpenShift, Docker, a stale
+//!   `IP-MASQ` chain), per backend and iptables variant, in a topology of its own;
 //! - `cleanup`: the sandbox leaves nothing behind when a step fails.
 //!
 //! The harness is the integration suite's (`support`), compiled in here.
@@ -65,6 +68,7 @@ macro_rules! per_kernel {
     };
 }
 
+mod authoritative;
 mod cleanup;
 mod incident;
 mod live_config;

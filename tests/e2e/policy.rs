@@ -55,13 +55,13 @@ const PEER_HOSTS: [&str; 6] = [
 ];
 
 /// `netcheck serve [::]:PORT` in one namespace (both families); killed on drop.
-struct Server {
+pub struct Server {
     child: Child,
     out: PathBuf,
 }
 
 impl Server {
-    fn start(ns: &Netns, dir: &Path, name: &str) -> Server {
+    pub fn start(ns: &Netns, dir: &Path, name: &str) -> Server {
         let out = dir.join(format!("serve-{name}.out"));
         let mut cmd = ns.command(netcheck_bin().to_str().expect("netcheck path is UTF-8"));
         cmd.args(["serve", &format!("[::]:{PORT}"), "--timeout", "300"])
@@ -109,7 +109,7 @@ pub struct Net {
 /// A veth from `node` (`node_if`, with `node_addrs`) to `eth0` in `other`
 /// (with `other_addrs`), both ends up; IPv6 addresses without duplicate
 /// address detection, so they are usable at once.
-fn link(node: &Netns, node_if: &str, node_addrs: &[&str], other: &Netns, other_addrs: &[&str]) {
+pub fn link(node: &Netns, node_if: &str, node_addrs: &[&str], other: &Netns, other_addrs: &[&str]) {
     node.run(&[
         "ip",
         "link",

@@ -377,3 +377,43 @@ fn version_flag_and_subcommand_print_the_version() {
         assert_eq!(stdout.trim(), want, "{args:?}");
     }
 }
+
+/// `--authoritative` changes what is rendered, and only with it: without
+/// the flag both backends render, for the defaults and for a config that
+/// uses every rule-shaping key and flag, exactly what the agent rendered
+/// before the flag existed (the `default-*` and `rich-*` files were written
+/// by that agent); with it, the `*-authoritative` files.
+#[test]
+fn render_without_authoritative_is_unchanged_and_with_it_as_pinned() {
+    let dir =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/integration/testdata/authoritative");
+    let rich = dir.join("rich.yaml");
+    for backend in ["iptables", "nftables"] {
+        let backend_flag = format!("--backend={backend}");
+        for (name, args) in [
+            ("default", vec!["--config", NO_CONFIG]),
+            (
+                "rich",
+                vec![
+                    "--config",
+                    s(&rich),
+                    "--enable-ipv6",
+                    "--to-ports=1024-29999,32768-65535",
+                ],
+            ),
+        ] {
+            for (suffix, flag) in [("", None), ("-authoritative", Some("--authoritative"))] {
+                let mut all = args.clone();
+                all.push(&backend_flag);
+                all.extend(flag);
+                all.push("render");
+                let out = cli(&all);
+                let (stdout, _) = expect_exit(&out, 0, &all.join(" "));
+                let file = dir.join(format!("{name}-{backend}{suffix}.txt"));
+                let want = std::fs::read_to_string(&file)
+                    .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+                assert_text_eq(&all.join(" "), &stdout, &want);
+            }
+        }
+    }
+}

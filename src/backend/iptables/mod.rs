@@ -1,7 +1,7 @@
 //! The iptables backend: the upstream agent's exact rules, written the safe way.
 //!
 //! State we own per family: the nat chain (`--masq-chain`) and one jump to it
-//! at the end of POSTROUTING. A reconcile reads just those, by name
+//! at the end of POSTROUTING (first, with `--authoritative`). A reconcile reads just those, by name
 //! (`iptables -t nat -S CHAIN` and `-S POSTROUTING`, never the whole table,
 //! so its cost does not grow with other programs' rules), compares them with
 //! what the ruleset wants, and when they differ sends one
@@ -27,8 +27,11 @@ use tracing::{debug, warn};
 use super::exec;
 use super::{Backend, BackendError, CleanupReport, ErrorKind, Outcome};
 use crate::plan::{ChainName, Family, Ruleset};
+#[cfg(test)]
+use rules::diff;
 use rules::{
-    Observed, diff, parse_listing, predicted_chain_rules, removal, restore_chain_lines, transaction,
+    Observed, diff_placed, parse_listing, predicted_chain_rules, removal, restore_chain_lines,
+    transaction,
 };
 use variant::{RANDOM_FULLY_SINCE, Tool, is_missing_chain, legacy_table_present};
 
@@ -181,7 +184,7 @@ impl Backend for Iptables {
         };
 
         let observed = self.observe(family, chain).await?;
-        let changes = diff(&observed, chain, &expected);
+        let changes = diff_placed(&observed, chain, &expected, desired.authoritative);
         if changes.is_empty() {
             return Ok(Outcome {
                 wrote: false,
@@ -194,7 +197,7 @@ impl Backend for Iptables {
 
         // Read back: the write must have produced one jump and our chain.
         let after = self.observe(family, chain).await?;
-        let check = diff(&after, chain, &after.chain_rules);
+        let check = diff_placed(&after, chain, &after.chain_rules, desired.authoritative);
         if !after.chain_exists || check.add_jump || !check.delete_jumps.is_empty() {
             return Err(BackendError::new(
                 ErrorKind::Verify,

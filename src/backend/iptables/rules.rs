@@ -9,6 +9,11 @@
 //! POSTROUTING rules that enter it are ever looked at or changed. With
 //! `podCIDRs` the chain starts with the pod-source RETURN rules (the policy's
 //! [`SourceReturns`]); without, it holds exactly what it always held.
+//! With `--authoritative` the jump is inserted first in POSTROUTING and kept
+//! there, the chain starts with a RETURN of packets kube-proxy marked for
+//! masquerading (so they still reach its KUBE-POSTROUTING), and exempted
+//! destinations end the nat traversal with ACCEPT instead of RETURN; without
+//! the flag every line is what it was.
 
 use std::fmt::Write as _;
 
@@ -21,6 +26,21 @@ const POD_SOURCE_COMMENT: &str =
     "ip-masq-agent: traffic from outside podCIDRs is not subject to MASQUERADE";
 const MASQUERADE_COMMENT: &str =
     "ip-masq-agent: outbound traffic is subject to MASQUERADE (must be last in chain)";
+const MARKED_COMMENT: &str =
+    "ip-masq-agent: traffic kube-proxy marked for masquerading is left to KUBE-POSTROUTING";
+/// kube-proxy's KUBE-MARK-MASQ bit, as `-m mark` takes and prints it.
+const KUBE_MARK_MASQ: &str = "0x4000/0x4000";
+
+/// What a rule for an exempted destination does: RETURN (upstream's: the
+/// rest of POSTROUTING still runs) or, with `--authoritative`, ACCEPT (the
+/// nat table's traversal ends here).
+fn exempt_verdict(desired: &Ruleset) -> &'static str {
+    if desired.authoritative {
+        "ACCEPT"
+    } else {
+        "RETURN"
+    }
+}
 
 pub(super) fn jump_comment(chain: &ChainName) -> String {
     format!(
@@ -37,6 +57,9 @@ pub struct Observed {
     pub chain_rules: Vec<String>,
     /// `-A POSTROUTING ... -j CHAIN` (or `-g CHAIN`) lines in order.
     pub jumps: Vec<String>,
+    /// The first `-A POSTROUTING` line, whatever it does (`--authoritative`
+    /// wants it to be our jump).
+    pub first_rule: Option<String>,
 }
 
 /// Our objects from the two listings: `chain` is what `-S CHAIN` printed
@@ -56,7 +79,13 @@ pub fn parse_listing(chain: &ChainName, listing: Option<&str>, postrouting: &str
     }
     for line in postrouting.lines() {
         let line = line.trim_end();
-        if line.starts_with("-A POSTROUTING ") && enters_chain(line, chain) {
+        if !line.starts_with("-A POSTROUTING ") {
+            continue;
+        }
+        if observed.first_rule.is_none() {
+            observed.first_rule = Some(line.to_owned());
+        }
+        if enters_chain(line, chain) {
             observed.jumps.push(line.to_owned());
         }
     }
@@ -135,16 +164,22 @@ pub fn predicted_chain_rules(desired: &Ruleset, random_fully: bool) -> Vec<Strin
     let chain = &desired.chain;
     let random = if random_fully { " --random-fully" } else { "" };
     let mut rules = Vec::with_capacity(
-        desired.no_masquerade.len() + desired.to_ports.len() * PORT_PROTOCOLS.len() + 1,
+        desired.no_masquerade.len() + desired.to_ports.len() * PORT_PROTOCOLS.len() + 2,
     );
+    if desired.authoritative {
+        rules.push(format!(
+            "-A {chain} -m comment --comment \"{MARKED_COMMENT}\" -m mark --mark {KUBE_MARK_MASQ} -j RETURN"
+        ));
+    }
     for source in source_matches(desired) {
         rules.push(format!(
             "-A {chain} {source} -m comment --comment \"{POD_SOURCE_COMMENT}\" -j RETURN"
         ));
     }
+    let verdict = exempt_verdict(desired);
     for net in &desired.no_masquerade {
         rules.push(format!(
-            "-A {chain}{} -m comment --comment \"{RETURN_COMMENT}\" -j RETURN",
+            "-A {chain}{} -m comment --comment \"{RETURN_COMMENT}\" -j {verdict}",
             destination(net)
         ));
     }
@@ -177,17 +212,26 @@ pub(super) fn restore_chain_lines(desired: &Ruleset, random_fully: bool, out: &m
     let random = if random_fully { " --random-fully" } else { "" };
     let masquerade = format!("-m comment --comment \"{MASQUERADE_COMMENT}\" -j MASQUERADE{random}");
     let _ = writeln!(out, ":{chain} - [0:0]");
-    // First: a packet from outside podCIDRs is never masqueraded.
+    // Authoritative: kube-proxy's masquerade decision (its mark) goes
+    // first, and is carried out by its KUBE-POSTROUTING after our chain.
+    if desired.authoritative {
+        let _ = writeln!(
+            out,
+            "-A {chain} -m comment --comment \"{MARKED_COMMENT}\" -m mark --mark {KUBE_MARK_MASQ} -j RETURN"
+        );
+    }
+    // Then: a packet from outside podCIDRs is never masqueraded.
     for source in source_matches(desired) {
         let _ = writeln!(
             out,
             "-A {chain} -m comment --comment \"{POD_SOURCE_COMMENT}\" {source} -j RETURN"
         );
     }
+    let verdict = exempt_verdict(desired);
     for net in &desired.no_masquerade {
         let _ = writeln!(
             out,
-            "-A {chain} -m comment --comment \"{RETURN_COMMENT}\" -d {net} -j RETURN"
+            "-A {chain} -m comment --comment \"{RETURN_COMMENT}\" -d {net} -j {verdict}"
         );
     }
     for share in &port_shares(&desired.to_ports) {
@@ -222,8 +266,23 @@ impl Changes {
     }
 }
 
-/// Compare what is live with what is wanted. Pure.
+/// Compare what is live with what is wanted (the jump anywhere in
+/// POSTROUTING, as upstream's check-then-append). Pure.
+#[cfg(test)]
 pub fn diff(observed: &Observed, chain: &ChainName, expected_rules: &[String]) -> Changes {
+    diff_placed(observed, chain, expected_rules, false)
+}
+
+/// [`diff`], and with `first` (`--authoritative`) our jump must also be the
+/// first rule of POSTROUTING: a rule of others inserted ahead of it is
+/// drift, repaired by moving our own jump (deleted and inserted again at
+/// position 1 in the same transaction); the other rule is never touched.
+pub fn diff_placed(
+    observed: &Observed,
+    chain: &ChainName,
+    expected_rules: &[String],
+    first: bool,
+) -> Changes {
     let mut changes = Changes::default();
     if !observed.chain_exists {
         changes.rewrite_chain = true;
@@ -264,6 +323,26 @@ pub fn diff(observed: &Observed, chain: &ChainName, expected_rules: &[String]) -
         changes
             .differences
             .push(format!("jump from POSTROUTING to {chain} missing"));
+    } else if first {
+        // `-D` deletes the first rule that matches, so a duplicate cannot
+        // be deleted without taking the copy in front: every copy of ours
+        // goes and one comes back first.
+        let copies = observed.jumps.iter().filter(|j| **j == ours).count();
+        let in_front = observed.first_rule.as_ref() == Some(&ours);
+        if !in_front || copies > 1 {
+            let spec = ours.trim_start_matches("-A POSTROUTING ").to_owned();
+            changes.delete_jumps.retain(|s| *s != spec);
+            changes
+                .delete_jumps
+                .extend(std::iter::repeat_n(spec, copies));
+            changes.add_jump = true;
+        }
+        if !in_front {
+            changes.differences.push(format!(
+                "jump from POSTROUTING to {chain} is not the first rule (first: {}); moved first",
+                observed.first_rule.as_deref().unwrap_or("none")
+            ));
+        }
     }
     changes
 }
@@ -279,10 +358,16 @@ pub(super) fn transaction(desired: &Ruleset, random_fully: bool, changes: &Chang
     }
     if changes.add_jump {
         // Written as the check-then-append upstream does: at the end of
-        // POSTROUTING, after kube-proxy's and CNI rules, and never moved.
+        // POSTROUTING, after kube-proxy's and CNI rules, and never moved;
+        // with `--authoritative`, first, before every other program's.
+        let verb = if desired.authoritative {
+            "-I POSTROUTING 1"
+        } else {
+            "-A POSTROUTING"
+        };
         let _ = writeln!(
             out,
-            "-A POSTROUTING -m comment --comment \"{}\" -m addrtype ! --dst-type LOCAL -j {}",
+            "{verb} -m comment --comment \"{}\" -m addrtype ! --dst-type LOCAL -j {}",
             jump_comment(&desired.chain),
             desired.chain
         );

@@ -1,7 +1,9 @@
 //! Unit tests of the iptables backend: rendering, prediction, parsing, diff
 //! and variant choice, without the kernel.
 
-use super::rules::{PortShare, count_rules, jump_save_line, port_shares, saved_probability};
+use super::rules::{
+    PortShare, count_rules, diff_placed, jump_save_line, port_shares, saved_probability,
+};
 use super::variant::is_missing_chain;
 use super::*;
 use crate::plan::{PortRange, Protocol};
@@ -17,6 +19,7 @@ fn ruleset(nets: &[&str]) -> Ruleset {
         no_masquerade: nets.iter().map(|n| n.parse().unwrap()).collect(),
         pod_sources: None,
         random_fully: true,
+        authoritative: false,
         to_ports: Vec::new(),
     }
 }
@@ -156,6 +159,7 @@ fn removal_keeps_a_chain_others_enter() {
         chain_exists: true,
         chain_rules: Vec::new(),
         jumps: vec![jump_save_line(&c)],
+        first_rule: None,
     };
     let (payload, report) = removal(&alone, &c, "nft ipv4");
     assert!(
@@ -223,6 +227,7 @@ fn matching_node_needs_nothing() {
         chain_exists: true,
         chain_rules: rules.clone(),
         jumps: vec![jump_save_line(&c)],
+        first_rule: None,
     };
     assert!(diff(&observed, &c, &rules).is_empty());
 }
@@ -298,6 +303,7 @@ fn with_pods(pods: &[&str]) -> Ruleset {
         chain: chain("IP-MASQ-AGENT"),
         enable_ipv6: false,
         random_fully: true,
+        authoritative: false,
         to_ports: Vec::new(),
     };
     crate::plan::plan(&config, &settings, Family::Ipv4)
@@ -330,4 +336,83 @@ COMMIT\n"
         .collect();
     assert_eq!(sources, ["64.0.0.0/2", "192.0.0.0/2"]);
     assert!(two.iter().all(|r| !r.contains("! -s")));
+}
+
+const KUBE_JUMP: &str =
+    "-A POSTROUTING -m comment --comment \"kubernetes postrouting rules\" -j KUBE-POSTROUTING";
+
+#[test]
+fn authoritative_chain_returns_marked_packets_first_and_accepts_exempted() {
+    let rs = Ruleset {
+        authoritative: true,
+        ..ruleset(&["169.254.0.0/16", "10.0.0.0/8"])
+    };
+    let rules = predicted_chain_rules(&rs, true);
+    assert_eq!(
+        rules,
+        [
+            "-A IP-MASQ-AGENT -m comment --comment \"ip-masq-agent: traffic kube-proxy marked for masquerading is left to KUBE-POSTROUTING\" -m mark --mark 0x4000/0x4000 -j RETURN",
+            "-A IP-MASQ-AGENT -d 169.254.0.0/16 -m comment --comment \"ip-masq-agent: local traffic is not subject to MASQUERADE\" -j ACCEPT",
+            "-A IP-MASQ-AGENT -d 10.0.0.0/8 -m comment --comment \"ip-masq-agent: local traffic is not subject to MASQUERADE\" -j ACCEPT",
+            "-A IP-MASQ-AGENT -m comment --comment \"ip-masq-agent: outbound traffic is subject to MASQUERADE (must be last in chain)\" -j MASQUERADE --random-fully",
+        ]
+    );
+    // The jump of an empty node is inserted first, not appended.
+    let c = chain("IP-MASQ-AGENT");
+    let changes = diff_placed(&Observed::default(), &c, &[], true);
+    let text = transaction(&rs, true, &changes);
+    assert!(
+        text.contains("\n-I POSTROUTING 1 -m comment --comment \"ip-masq-agent: ensure"),
+        "{text}"
+    );
+    assert!(!text.contains("-A POSTROUTING"), "{text}");
+}
+
+#[test]
+fn authoritative_moves_only_our_jump_back_to_the_front() {
+    let c = chain("IP-MASQ-AGENT");
+    let rs = Ruleset {
+        authoritative: true,
+        ..ruleset(&["10.0.0.0/8"])
+    };
+    let rules = predicted_chain_rules(&rs, true);
+    let ours = jump_save_line(&c);
+    let listing = |lines: &[&str]| format!("-P POSTROUTING ACCEPT\n{}\n", lines.join("\n"));
+    let chain_listing = format!("-N IP-MASQ-AGENT\n{}\n", rules.join("\n"));
+    let read = |lines: &[&str]| parse_listing(&c, Some(&chain_listing), &listing(lines));
+
+    // First: nothing to do, with or without the flag.
+    let first = read(&[&ours, KUBE_JUMP]);
+    assert_eq!(first.first_rule.as_deref(), Some(ours.as_str()));
+    assert!(diff_placed(&first, &c, &rules, true).is_empty());
+
+    // kube-proxy inserted its jump ahead of ours: drift for --authoritative
+    // only; our jump is deleted and inserted first, kube-proxy's is kept.
+    let behind = read(&[KUBE_JUMP, &ours]);
+    assert!(diff_placed(&behind, &c, &rules, false).is_empty());
+    let changes = diff_placed(&behind, &c, &rules, true);
+    assert!(changes.add_jump && !changes.rewrite_chain, "{changes:?}");
+    let spec = ours.trim_start_matches("-A POSTROUTING ");
+    assert_eq!(changes.delete_jumps, [spec]);
+    assert!(
+        changes.differences[0].contains("is not the first rule (first: -A POSTROUTING -m comment --comment \"kubernetes postrouting rules\""),
+        "{changes:?}"
+    );
+    let text = transaction(&rs, true, &changes);
+    assert_eq!(
+        text,
+        format!("*nat\n-D POSTROUTING {spec}\n-I POSTROUTING 1 {spec}\nCOMMIT\n")
+    );
+    assert!(!text.contains("KUBE-POSTROUTING"));
+
+    // Two copies of ours, neither first: both go, one comes back first.
+    let twice = read(&[KUBE_JUMP, &ours, &ours]);
+    let changes = diff_placed(&twice, &c, &rules, true);
+    assert_eq!(changes.delete_jumps, [spec, spec]);
+    assert!(changes.add_jump);
+    // One first and a copy behind: `-D` would take the first, so both go.
+    let front_and_back = read(&[&ours, KUBE_JUMP, &ours]);
+    let changes = diff_placed(&front_and_back, &c, &rules, true);
+    assert_eq!(changes.delete_jumps, [spec, spec]);
+    assert!(changes.add_jump);
 }

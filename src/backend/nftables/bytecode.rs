@@ -242,11 +242,63 @@ fn render_expr(payload: &[u8], anonymous: &BTreeMap<String, String>) -> String {
         "meta" if f.items.iter().any(|(k, _)| *k == 1) => {
             let dreg = f.reg(1);
             let key = match f.u32(2) {
+                Some(3) => "mark".to_owned(),
                 Some(15) => "nfproto".to_owned(),
                 Some(16) => "l4proto".into(),
                 other => format!("key {other:?}"),
             };
             format!("meta load {key} => {dreg}")
+        }
+        "ct" if f.items.iter().any(|(k, _)| *k == 1) => {
+            let dreg = f.reg(1);
+            let key = match f.u32(2) {
+                Some(2) => "status".to_owned(),
+                other => format!("key {other:?}"),
+            };
+            format!("ct load {key} => {dreg}")
+        }
+        "bitwise" => {
+            let sreg = f.reg(1);
+            let dreg = f.reg(2);
+            // NFT_BITWISE_BOOL (0), the only operation with mask and xor,
+            // is what nft writes for `&`; the length is the data's.
+            if f.items
+                .iter()
+                .any(|(k, v)| *k == 6 && as_be32(v) == Some(0))
+            {
+                f.take(6);
+            }
+            let _ = f.u32(3);
+            let mask = f.take(4).map_or_else(|| "?".into(), render_data);
+            let xor = f.take(5).map_or_else(|| "?".into(), render_data);
+            format!("bitwise {dreg} = ( {sreg} & {mask} ) ^ {xor}")
+        }
+        "nat" => {
+            let kind = match f.u32(1) {
+                Some(0) => "snat".to_owned(),
+                Some(1) => "dnat".into(),
+                other => format!("type {other:?}"),
+            };
+            let family = match f.u32(2) {
+                Some(2) => "ip".to_owned(),
+                Some(10) => "ip6".into(),
+                other => format!("family {other:?}"),
+            };
+            let mut text = format!("nat {kind} {family}");
+            for (kind, name) in [
+                (3, "addr_min"),
+                (4, "addr_max"),
+                (5, "proto_min"),
+                (6, "proto_max"),
+            ] {
+                if f.items.iter().any(|(k, _)| *k == kind) {
+                    text.push_str(&format!(" {name} {}", f.reg(kind)));
+                }
+            }
+            if let Some(flags) = f.u32(7) {
+                text.push_str(&format!(" flags {flags:#x}"));
+            }
+            text
         }
         "lookup" => {
             let set = f.take(LOOKUP_SET).and_then(as_str).unwrap_or("?");
@@ -379,6 +431,51 @@ pub mod predict {
         };
         format!(
             "[ payload load {len}b @ network header + {offset} => reg 1 ] [ lookup reg 1 set {set} invert ] [ immediate reg 0 return ]"
+        )
+    }
+
+    /// A u32 as the kernel compares meta and ct values: host byte order.
+    fn host_u32(value: u32) -> String {
+        format!("0x{}", hex(&value.to_ne_bytes()))
+    }
+
+    /// `meta mark & MARK == MARK return`.
+    pub fn mark_return(mark: u32) -> String {
+        format!(
+            "[ meta load mark => reg 1 ] [ bitwise reg 1 = ( reg 1 & {m} ) ^ {zero} ] [ cmp eq reg 1 {m} ] [ immediate reg 0 return ]",
+            m = host_u32(mark),
+            zero = host_u32(0)
+        )
+    }
+
+    /// `(ip|ip6) daddr` loaded into register 1.
+    fn daddr(family: Family) -> &'static str {
+        match family {
+            Family::Ipv4 => "[ payload load 4b @ network header + 16 => reg 1 ]",
+            Family::Ipv6 => "[ payload load 16b @ network header + 24 => reg 1 ]",
+        }
+    }
+
+    /// `ct status dnat ip daddr @SET return` (`IPS_DST_NAT` is 0x20).
+    pub fn dnat_daddr_in_set_return(family: Family, set: &str) -> String {
+        format!(
+            "[ ct load status => reg 1 ] [ bitwise reg 1 = ( reg 1 & {} ) ^ {zero} ] [ cmp neq reg 1 {zero} ] {} [ lookup reg 1 set {set} ] [ immediate reg 0 return ]",
+            host_u32(0x20),
+            daddr(family),
+            zero = host_u32(0)
+        )
+    }
+
+    /// `ip daddr @SET snat to ip saddr` (`ip6` for IPv6): a NAT binding to
+    /// the packet's own source; flags 0x1 is `NF_NAT_RANGE_MAP_IPS`.
+    pub fn daddr_in_set_keep_saddr(family: Family, set: &str) -> String {
+        let (saddr, name) = match family {
+            Family::Ipv4 => ("[ payload load 4b @ network header + 12 => reg 1 ]", "ip"),
+            Family::Ipv6 => ("[ payload load 16b @ network header + 8 => reg 1 ]", "ip6"),
+        };
+        format!(
+            "{} [ lookup reg 1 set {set} ] {saddr} [ nat snat {name} addr_min reg 1 addr_max reg 1 flags 0x1 ]",
+            daddr(family)
         )
     }
 

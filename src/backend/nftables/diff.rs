@@ -20,7 +20,7 @@ use super::observe::Observed;
 use super::observe::ObservedSet;
 use super::table::{
     POD_SET, Plan, SET, SHARE_PREFIX, TABLE, addr_type, base_chain_spec, elements_text, nft_family,
-    script,
+    priority_text, script,
 };
 
 /// What to do with the set.
@@ -194,12 +194,13 @@ pub fn diff<R: PartialEq>(
                     .push(format!("chain {} missing", chain.name));
             }
             Some(found) => {
-                if chain.base && !found.base_ok {
+                if chain.base && (!found.base_ok || found.priority != Some(plan.priority)) {
                     changes.rewrite_rules = true;
                     changes.recreate_base = true;
                     changes.differences.push(format!(
-                        "chain {} is not a nat postrouting chain at srcnat + 10 with policy accept",
-                        chain.name
+                        "chain {} is not a nat postrouting chain at {} with policy accept",
+                        chain.name,
+                        priority_text(plan.priority)
                     ));
                 }
                 if found.rules != want {
@@ -363,7 +364,7 @@ pub fn transaction(plan: &Plan, changes: &Changes) -> String {
                         out,
                         "add chain {t} {} {{ {} }}",
                         chain.name,
-                        base_chain_spec()
+                        base_chain_spec(plan.priority)
                     );
                 } else {
                     let _ = writeln!(out, "add chain {t} {}", chain.name);

@@ -575,12 +575,14 @@ pub fn snapshot(family: Family) -> Result<Snapshot, NlError> {
         |a, _| {
             Some((
                 a.get_str(attr::CHAIN_NAME)?.to_owned(),
-                chain_hook(a).is_ours(),
+                chain_hook(a).our_priority(),
             ))
         },
     )?;
-    for (name, base_ok) in chains {
-        snap.observed.chains.entry(name).or_default().base_ok = base_ok;
+    for (name, priority) in chains {
+        let found = snap.observed.chains.entry(name).or_default();
+        found.base_ok = priority.is_some();
+        found.priority = priority;
     }
     let rules = dump.objects("list rules of", msg::GETRULE, attr::RULE_TABLE, |a, m| {
         Some(RawRule {

@@ -13,7 +13,9 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use serde_json::{Value, json};
 
-use super::table::{BASE_PRIORITY, POD_SET, SET, TABLE, addr_type, nft_family};
+use super::table::{
+    AUTHORITATIVE_PRIORITY, BASE_PRIORITY, POD_SET, SET, TABLE, addr_type, nft_family,
+};
 use crate::plan::Family;
 
 /// The set as found in the kernel.
@@ -32,8 +34,11 @@ pub struct ObservedSet {
 /// array `nft -j` prints, or a netlink snapshot's expression text.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ObservedChain<R = Value> {
-    /// `type nat hook postrouting priority srcnat + 10; policy accept`.
+    /// `type nat hook postrouting priority srcnat + 10; policy accept`
+    /// (or `srcnat - 10`, `--authoritative`'s).
     pub base_ok: bool,
+    /// The base chain's priority, when `base_ok`: which of the two.
+    pub priority: Option<i64>,
     /// Each rule, in order.
     pub rules: Vec<R>,
 }
@@ -42,6 +47,7 @@ impl<R> Default for ObservedChain<R> {
     fn default() -> Self {
         ObservedChain {
             base_ok: false,
+            priority: None,
             rules: Vec::new(),
         }
     }
@@ -80,12 +86,18 @@ pub struct Hook<'a> {
 
 impl Hook<'_> {
     /// Our base chain's: `type nat hook postrouting priority srcnat + 10;
-    /// policy accept`.
+    /// policy accept`, or `srcnat - 10` (`--authoritative`; the plan says
+    /// which, see `diff`).
     pub fn is_ours(&self) -> bool {
         self.kind == Some("nat")
             && self.hook == Some("postrouting")
-            && self.priority == Some(BASE_PRIORITY)
+            && matches!(self.priority, Some(BASE_PRIORITY | AUTHORITATIVE_PRIORITY))
             && self.policy == Some("accept")
+    }
+
+    /// The priority of a chain that [`Hook::is_ours`].
+    pub fn our_priority(&self) -> Option<i64> {
+        self.priority.filter(|_| self.is_ours())
     }
 }
 
@@ -173,7 +185,9 @@ pub fn parse_json(text: &str, family: Family) -> Result<Observed, String> {
                 priority: chain.get("prio").and_then(Value::as_i64),
                 policy: field("policy"),
             };
-            observed.chains.entry(name.to_owned()).or_default().base_ok = hook.is_ours();
+            let found = observed.chains.entry(name.to_owned()).or_default();
+            found.base_ok = hook.is_ours();
+            found.priority = hook.our_priority();
         } else if let Some(rule) = item.get("rule") {
             if !ours(rule) {
                 continue;

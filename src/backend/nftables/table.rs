@@ -8,7 +8,21 @@
 //! disagree about what the rule is. Share chains come before the base chain
 //! in a plan, so a script defines them before the jump to them. A table
 //! without `podCIDRs` ranges has no [`POD_SET`] and no rule for it, so its
-//! script is what it was before the source condition existed.
+//! script is what it was before the source condition existed, and a plan
+//! without `--authoritative` has exactly the chain and rules it always had.
+//!
+//! `--authoritative`: in nftables an `accept` ends only its own base chain;
+//! every nat base chain at the hook still runs, until one binds the
+//! connection's NAT (the kernel's `nf_nat_inet_fn` stops walking the nat
+//! hooks once `nf_nat_initialized`). So our base chain runs at `srcnat - 10`,
+//! before iptables' nat tables and kube-proxy's table (all at `srcnat`), and
+//! decides by binding: `masquerade`, or for an exempted destination `snat to
+//! ip saddr`, a binding to the address the packet already has (what the
+//! kernel's own null binding does when no rule NATs), after which no later
+//! nat chain is consulted. Left unbound for the later chains: packets
+//! kube-proxy marked for masquerading (0x4000), and connections a DNAT
+//! rewrote whose destination is exempted (Services: kube-proxy's nftables
+//! hairpin masquerade must still see them).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -33,6 +47,11 @@ pub const BASE_CHAIN: &str = "postrouting";
 pub(super) const SHARE_PREFIX: &str = "share-";
 /// `srcnat + 10` as the kernel stores it (srcnat is 100 in ip and ip6).
 pub(super) const BASE_PRIORITY: i64 = 110;
+/// `srcnat - 10`: `--authoritative`'s base chain, before every nat chain at
+/// `srcnat` (iptables' nat tables, kube-proxy's nftables table).
+pub(super) const AUTHORITATIVE_PRIORITY: i64 = 90;
+/// kube-proxy's KUBE-MARK-MASQ bit.
+pub(super) const KUBE_MARK_MASQ: u32 = 0x4000;
 /// The rule that keeps a freshly created table from masquerading anything
 /// until its set is filled: the base chain returns at once (its policy is
 /// accept), as if the table did not exist yet.
@@ -73,6 +92,15 @@ pub(super) enum NftRule {
     ForeignSourceReturn(Family),
     /// `ip daddr @no-masquerade return` (`ip6` for IPv6).
     ListedReturn(Family),
+    /// `meta mark & 0x00004000 == 0x00004000 return` (`--authoritative`):
+    /// kube-proxy's masquerade mark is left to its own chain.
+    MarkedReturn,
+    /// `ct status dnat ip daddr @no-masquerade return` (`--authoritative`):
+    /// a DNATed connection to an exempted destination is left unbound.
+    DnatListedReturn(Family),
+    /// `ip daddr @no-masquerade snat to ip saddr` (`--authoritative`): the
+    /// connection is bound to its own source address, final.
+    ListedKeep(Family),
     /// `masquerade`, with `--to-ports` after a transport protocol match
     /// (the port mapping is only valid after one).
     Masquerade {
@@ -95,6 +123,16 @@ impl NftRule {
                 format!("{} saddr != @{POD_SET} return", nft_family(*family))
             }
             NftRule::ListedReturn(family) => format!("{} daddr @{SET} return", nft_family(*family)),
+            NftRule::MarkedReturn => {
+                format!("meta mark & {KUBE_MARK_MASQ:#010x} == {KUBE_MARK_MASQ:#010x} return")
+            }
+            NftRule::DnatListedReturn(family) => {
+                format!("ct status dnat {} daddr @{SET} return", nft_family(*family))
+            }
+            NftRule::ListedKeep(family) => {
+                let fam = nft_family(*family);
+                format!("{fam} daddr @{SET} snat to {fam} saddr")
+            }
             NftRule::Masquerade {
                 ports,
                 random_fully,
@@ -147,9 +185,19 @@ impl NftRule {
                 {"match": {"op": "!=", "left": {"payload": {"protocol": nft_family(*family), "field": "saddr"}}, "right": format!("@{POD_SET}")}},
                 {"return": null}
             ]),
-            NftRule::ListedReturn(family) => json!([
-                {"match": {"op": "==", "left": {"payload": {"protocol": nft_family(*family), "field": "daddr"}}, "right": format!("@{SET}")}},
+            NftRule::ListedReturn(family) => json!([listed_json(*family), {"return": null}]),
+            NftRule::MarkedReturn => json!([
+                {"match": {"op": "==", "left": {"&": [{"meta": {"key": "mark"}}, KUBE_MARK_MASQ]}, "right": KUBE_MARK_MASQ}},
                 {"return": null}
+            ]),
+            NftRule::DnatListedReturn(family) => json!([
+                {"match": {"op": "in", "left": {"ct": {"key": "status"}}, "right": "dnat"}},
+                listed_json(*family),
+                {"return": null}
+            ]),
+            NftRule::ListedKeep(family) => json!([
+                listed_json(*family),
+                {"snat": {"addr": {"payload": {"protocol": nft_family(*family), "field": "saddr"}}}}
             ]),
             NftRule::Masquerade {
                 ports,
@@ -206,6 +254,9 @@ impl NftRule {
                 predict::saddr_not_in_set_return(*family, POD_SET)
             }
             NftRule::ListedReturn(family) => predict::daddr_in_set_return(*family, SET),
+            NftRule::MarkedReturn => predict::mark_return(KUBE_MARK_MASQ),
+            NftRule::DnatListedReturn(family) => predict::dnat_daddr_in_set_return(*family, SET),
+            NftRule::ListedKeep(family) => predict::daddr_in_set_keep_saddr(*family, SET),
             NftRule::Masquerade {
                 ports,
                 random_fully,
@@ -230,6 +281,11 @@ impl NftRule {
             }
         }
     }
+}
+
+/// `ip daddr @no-masquerade` (`ip6` for IPv6) as `nft -j` prints it.
+fn listed_json(family: Family) -> Value {
+    json!({"match": {"op": "==", "left": {"payload": {"protocol": nft_family(family), "field": "daddr"}}, "right": format!("@{SET}")}})
 }
 
 /// `meta l4proto { tcp, udp, sctp }`: the protocols `--to-ports` applies to.
@@ -262,6 +318,9 @@ pub struct Plan {
     pub(super) pod_elements: Option<Vec<IpNet>>,
     /// Share chains first, the base chain last.
     pub(super) chains: Vec<Chain>,
+    /// The base chain's priority: [`BASE_PRIORITY`], or
+    /// [`AUTHORITATIVE_PRIORITY`] with `--authoritative`.
+    pub(super) priority: i64,
 }
 
 impl Plan {
@@ -304,10 +363,18 @@ pub fn plan_nft(desired: &Ruleset) -> Plan {
     };
     let mut chains = Vec::new();
     let mut base = vec![NftRule::LocalReturn];
+    if desired.authoritative {
+        base.push(NftRule::MarkedReturn);
+    }
     if desired.pod_sources.is_some() {
         base.push(NftRule::ForeignSourceReturn(family));
     }
-    base.push(NftRule::ListedReturn(family));
+    if desired.authoritative {
+        base.push(NftRule::DnatListedReturn(family));
+        base.push(NftRule::ListedKeep(family));
+    } else {
+        base.push(NftRule::ListedReturn(family));
+    }
     match desired.to_ports.as_slice() {
         [] => {}
         [only] => base.push(masquerade(Some(*only))),
@@ -346,11 +413,28 @@ pub fn plan_nft(desired: &Ruleset) -> Plan {
         elements: plan::aggregate_for_set(&desired.no_masquerade),
         pod_elements: desired.pod_sources.as_ref().map(|p| p.nft_set.clone()),
         chains,
+        priority: if desired.authoritative {
+            AUTHORITATIVE_PRIORITY
+        } else {
+            BASE_PRIORITY
+        },
     }
 }
 
-pub(super) fn base_chain_spec() -> &'static str {
-    "type nat hook postrouting priority srcnat + 10; policy accept;"
+/// A priority of ours in nft's words (`srcnat` is 100).
+pub(super) fn priority_text(priority: i64) -> String {
+    match priority - 100 {
+        0 => "srcnat".to_owned(),
+        d if d > 0 => format!("srcnat + {d}"),
+        d => format!("srcnat - {}", -d),
+    }
+}
+
+pub(super) fn base_chain_spec(priority: i64) -> String {
+    format!(
+        "type nat hook postrouting priority {}; policy accept;",
+        priority_text(priority)
+    )
 }
 
 /// `{ a, b, ... }`.
@@ -392,7 +476,7 @@ fn table_script(plan: &Plan, with_elements: bool) -> String {
     for chain in &plan.chains {
         let _ = writeln!(out, "\tchain {} {{", chain.name);
         if chain.base {
-            let _ = writeln!(out, "\t\t{}", base_chain_spec());
+            let _ = writeln!(out, "\t\t{}", base_chain_spec(plan.priority));
             if !with_elements {
                 let _ = writeln!(out, "\t\t{}", NftRule::Gate.text());
             }

@@ -236,3 +236,43 @@ fn auto_mode_defaults_to_nft_on_an_empty_node() {
     assert_nat(&ns, Mode::Nft, V4, DEFAULT_RULES);
     assert_nat(&ns, Mode::Legacy, V4, EMPTY_NAT);
 }
+
+both_modes! {
+    /// `--authoritative` on a node holding kube-proxy's rules, both
+    /// families, the config and flags of the render test: the jump goes
+    /// first (before `KUBE-POSTROUTING`), the chain prints as predicted
+    /// (this variant's comment quoting included: no warning, and a second
+    /// sync writes nothing), and switching the flag off again rewrites the
+    /// chain to upstream's rules and leaves the jump where it is.
+    fn authoritative_jump_first_and_rules_as_predicted(mode) {
+        if !require_tools(&["nfacct"]) {
+            return;
+        }
+        let ns = Netns::new();
+        let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/integration/testdata");
+        crate::support::iptables::add_kube_proxy_nfacct(&ns);
+        for (family, file) in [(V4, "kube-proxy-iptables.save"), (V6, "kube-proxy-ip6tables.save")] {
+            let path = data.join("foreign").join(file);
+            ns.run(&[&mode.tool(family, "-restore"), path.to_str().expect("UTF-8 path")]);
+        }
+        let config = std::fs::read_to_string(data.join("authoritative/rich.yaml")).expect("rich.yaml");
+        let volume = ConfigVolume::with(&config);
+        let flags = ["--enable-ipv6", "--to-ports=1024-29999,32768-65535", "--authoritative", "-v=2"];
+        let first = sync_ok(&ns, mode, &volume, &flags);
+        assert!(!first.contains("differently than predicted"), "{first}");
+        for (family, file) in [(V4, "rich-authoritative-v4.save"), (V6, "rich-authoritative-v6.save")] {
+            let want = std::fs::read_to_string(data.join("authoritative").join(file)).expect("expected save");
+            assert_nat(&ns, mode, family, &want);
+        }
+        let second = sync_ok(&ns, mode, &volume, &flags);
+        assert_eq!(second.matches("rules unchanged").count(), 2, "{second}");
+        assert!(!second.contains("rules applied"), "{second}");
+
+        let off = sync_ok(&ns, mode, &volume, &flags[..2]);
+        assert_eq!(off.matches("rules applied").count(), 2, "{off}");
+        let v4 = save(&ns, mode, V4);
+        let postrouting: Vec<&str> = v4.lines().filter(|l| l.starts_with("-A POSTROUTING")).collect();
+        assert!(postrouting[0].ends_with("-j IP-MASQ-AGENT"), "{v4}");
+        assert!(!v4.contains("-j ACCEPT") && !v4.contains("left to KUBE-POSTROUTING"), "{v4}");
+    }
+}

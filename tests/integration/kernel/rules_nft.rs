@@ -358,3 +358,54 @@ nftables_backend! {
         assert_iptables_untouched(&ns);
     }
 }
+
+/// `--authoritative`'s table with no config file.
+const AUTHORITATIVE_TABLE: &str = "table ip ip-masq-agent {
+    set no-masquerade {
+        type ipv4_addr
+        flags interval
+        elements = { 10.0.0.0/8, 169.254.0.0/16,
+                 172.16.0.0/12, 192.168.0.0/16 }
+    }
+
+    chain postrouting {
+        type nat hook postrouting priority srcnat - 10; policy accept;
+        fib daddr type local return
+        meta mark & 0x00004000 == 0x00004000 return
+        ct status dnat ip daddr @no-masquerade return
+        ip daddr @no-masquerade snat to ip saddr
+        masquerade fully-random
+    }
+}
+";
+
+nftables_backend! {
+    /// `--authoritative` on a node with the table of before: the base chain
+    /// is recreated at `srcnat - 10`; a second sync writes nothing; what
+    /// others change in the new rules or the set is drift that a sync
+    /// repairs; without the flag again, the table of before comes back.
+    fn authoritative_table_is_written_kept_and_repaired() {
+        let ns = Netns::new();
+        let volume = ConfigVolume::empty();
+        sync_nftables(&ns, &volume, &[]);
+        let switched = sync_nftables(&ns, &volume, &["--authoritative"]);
+        assert!(switched.contains("chain postrouting is not a nat postrouting chain at srcnat - 10"), "{switched}");
+        assert_table(&ns, V4, AUTHORITATIVE_TABLE);
+        let again = sync_nftables(&ns, &volume, &["--authoritative", "-v=2"]);
+        assert!(again.contains("rules unchanged") && !again.contains("nft -j"), "{again}");
+        for (change, reported) in [
+            ("flush chain ip ip-masq-agent postrouting", "chain postrouting rules differ"),
+            ("insert rule ip ip-masq-agent postrouting masquerade", "chain postrouting rules differ"),
+            ("add rule ip ip-masq-agent postrouting ip daddr 10.0.0.0/8 snat to 10.9.9.9", "chain postrouting rules differ"),
+            ("delete element ip ip-masq-agent no-masquerade { 10.0.0.0/8 }", "set no-masquerade"),
+        ] {
+            ns.run(&["nft", change]);
+            let log = sync_nftables(&ns, &volume, &["--authoritative"]);
+            assert!(log.contains(reported), "after `{change}`:\n{log}");
+            assert_table(&ns, V4, AUTHORITATIVE_TABLE);
+        }
+        let off = sync_nftables(&ns, &volume, &[]);
+        assert!(off.contains("chain postrouting is not a nat postrouting chain at srcnat + 10"), "{off}");
+        assert!(table(&ns, V4, false).is_some_and(|t| t.contains("priority srcnat + 10;") && !t.contains("snat to")));
+    }
+}

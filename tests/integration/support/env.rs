@@ -77,7 +77,7 @@ pub fn require_tools(tools: &[&str]) -> bool {
         return true;
     }
     let why = format!(
-        "missing tools on PATH: {} (Debian packages curl, prometheus; see scripts/install-deps.sh)",
+        "missing tools on PATH: {} (Debian packages curl, prometheus, nfacct; see scripts/install-deps.sh)",
         missing.join(", ")
     );
     if in_ci() {

@@ -174,3 +174,19 @@ pub fn packets_of(save_c: &str, needle: &str) -> Option<u64> {
         .and_then(|c| c.split_once(':'))
         .and_then(|(packets, _)| packets.parse().ok())
 }
+
+/// The nfacct objects kube-proxy's captured iptables rules count into
+/// (`-m nfacct --nfacct-name`); kube-proxy creates them itself, so a node
+/// holding its rules has them, and `iptables-restore` of those rules fails
+/// without them.
+pub const KUBE_PROXY_NFACCT: [&str; 2] = [
+    "ct_state_invalid_dropped_pkts",
+    "localhost_nps_accepted_pkts",
+];
+
+/// Creates [`KUBE_PROXY_NFACCT`] in `ns` (needs the `nfacct` tool).
+pub fn add_kube_proxy_nfacct(ns: &Netns) {
+    for name in KUBE_PROXY_NFACCT {
+        ns.run(&["nfacct", "add", name]);
+    }
+}

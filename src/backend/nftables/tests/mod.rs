@@ -20,6 +20,7 @@ fn ruleset(family: Family, list: &[&str]) -> Ruleset {
         no_masquerade: nets(list),
         pod_sources: None,
         random_fully: true,
+        authoritative: false,
         to_ports: Vec::new(),
     }
 }
@@ -63,6 +64,7 @@ fn pod_sources() -> Ruleset {
         chain: "IP-MASQ-AGENT".parse().unwrap(),
         enable_ipv6: false,
         random_fully: true,
+        authoritative: false,
         to_ports: Vec::new(),
     };
     crate::plan::plan(&config, &settings, Family::Ipv4)
@@ -89,6 +91,7 @@ fn live(rs: &Ruleset) -> Observed {
             .map(|c| {
                 let chain = ObservedChain {
                     base_ok: c.base,
+                    priority: c.base.then_some(plan.priority),
                     rules: c.rules.iter().map(NftRule::json).collect(),
                 };
                 (c.name.clone(), chain)

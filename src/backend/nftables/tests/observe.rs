@@ -118,3 +118,35 @@ fn only_our_hook_makes_the_base_chain() {
         assert!(!other.is_ours(), "{other:?}");
     }
 }
+
+/// `nft -j list table ip ip-masq-agent` after `sync --authoritative` with
+/// the config of [`POD_SOURCES_JSON`], captured from nft 1.0.6.
+const AUTHORITATIVE_JSON: &str = include_str!("../testdata/authoritative.json");
+
+#[test]
+fn the_authoritative_rules_read_back_as_predicted() {
+    let rs = Ruleset {
+        authoritative: true,
+        ..pod_sources()
+    };
+    let plan = plan_nft(&rs);
+    let observed = parse_json(AUTHORITATIVE_JSON, Family::Ipv4).unwrap();
+    let chain = &observed.chains[BASE_CHAIN];
+    assert!(chain.base_ok);
+    assert_eq!(chain.priority, Some(90));
+    assert_eq!(chain.rules, plan.predicted()[BASE_CHAIN]);
+    let expected = plan.predicted();
+    assert!(diff(&plan, &observed, &expected, None).is_empty());
+    // The same table is drift for a plan without the flag: other rules,
+    // and a base chain at the other priority, recreated.
+    let upstream = plan_nft(&pod_sources());
+    let changes = diff(&upstream, &observed, &upstream.predicted(), None);
+    assert!(
+        changes.rewrite_rules && changes.recreate_base,
+        "{changes:?}"
+    );
+    assert!(
+        changes.differences[0].contains("not a nat postrouting chain at srcnat + 10"),
+        "{changes:?}"
+    );
+}

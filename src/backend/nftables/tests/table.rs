@@ -185,3 +185,37 @@ fn the_ipv6_source_rule() {
         "[ payload load 4b @ network header + 12 => reg 1 ] [ lookup reg 1 set pod-sources invert ] [ immediate reg 0 return ]"
     );
 }
+
+#[test]
+fn authoritative_runs_before_srcnat_and_binds_exempted_traffic() {
+    let rs = Ruleset {
+        authoritative: true,
+        ..pod_sources()
+    };
+    let plan = plan_nft(&rs);
+    let text = script(&plan);
+    assert!(
+        text.contains(
+            "\tchain postrouting {
+\t\ttype nat hook postrouting priority srcnat - 10; policy accept;
+\t\tfib daddr type local return
+\t\tmeta mark & 0x00004000 == 0x00004000 return
+\t\tip saddr != @pod-sources return
+\t\tct status dnat ip daddr @no-masquerade return
+\t\tip daddr @no-masquerade snat to ip saddr
+\t\tmasquerade fully-random
+\t}
+"
+        ),
+        "{text}"
+    );
+    // Created gated like any other table: nothing binds before the set is full.
+    assert!(gated_script(&plan).contains("policy accept;\n\t\treturn\n\t\tfib daddr"));
+    let v6 = plan_nft(&Ruleset {
+        authoritative: true,
+        ..ruleset(Family::Ipv6, &["fd00::/8"])
+    });
+    assert!(script(&v6).contains("\t\tip6 daddr @no-masquerade snat to ip6 saddr\n"));
+    // Without the flag: the table of before, at srcnat + 10.
+    assert!(!script(&plan_nft(&pod_sources())).contains("mark"));
+}

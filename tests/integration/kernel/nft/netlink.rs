@@ -485,6 +485,7 @@ fn ruleset(family: PlanFamily, list: &[&str], random_fully: bool, ports: &[(u16,
         no_masquerade: nets(list),
         pod_sources: None,
         random_fully,
+        authoritative: false,
         to_ports: ranges,
     }
 }
@@ -516,7 +517,12 @@ fn predicted_rules_are_what_the_kernel_holds() {
             &[(1000, 1000), (2000, 2999), (50000, 50009)],
         ),
     ];
-    for rs in shapes {
+    // `--authoritative`'s rules too, in both families and with port shares.
+    let authoritative = shapes.clone().into_iter().map(|rs| Ruleset {
+        authoritative: true,
+        ..rs
+    });
+    for rs in shapes.clone().into_iter().chain(authoritative) {
         let plan = plan_nft(&rs);
         let ns = Netns::new();
         nft_script(&ns, &script(&plan));
