@@ -9,6 +9,7 @@
 //! names its own commands. [`select`] picks one; [`fake`] stands in for
 //! both in the unit tests of the layers above.
 
+pub mod conflict;
 pub mod exec;
 #[cfg(test)]
 pub mod fake;
