@@ -43,3 +43,18 @@ pub use walk::{
     Addrs, Conflict, ConflictKind, Decider, Effect, Expectation, OurPlace, Packet, Step, Trace,
     detect, trace,
 };
+
+use crate::backend::BackendError;
+use crate::config::Config;
+use crate::plan::Family;
+
+/// Read `family`'s nat postrouting path and judge it against `config`.
+pub async fn find(
+    family: Family,
+    place: &OurPlace,
+    config: &Config,
+) -> Result<Vec<Conflict>, BackendError> {
+    let path = read_path(family, place).await?;
+    let expected = Expectation::new(config, family, &path);
+    Ok(detect(&path, &expected, place))
+}

@@ -151,6 +151,23 @@ impl Hooked {
 pub const UPSTREAM_COMMENT_PREFIX: &str = "ip-masq-agent:";
 
 impl Rule {
+    /// The rule's text for messages: in backquotes, control characters
+    /// escaped (it is the kernel's, printed by a tool).
+    pub fn shown(&self) -> String {
+        let text: String = self
+            .text
+            .chars()
+            .flat_map(|c| {
+                if c.is_control() {
+                    c.escape_default().collect::<Vec<_>>()
+                } else {
+                    vec![c]
+                }
+            })
+            .collect();
+        format!("`{text}`")
+    }
+
     /// The chain this rule jumps or goes to, if any.
     pub fn chain_target(&self) -> Option<&str> {
         match &self.target {

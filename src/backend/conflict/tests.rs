@@ -162,9 +162,9 @@ fn the_bridge_plugins_chain_masquerades_what_we_exempt() {
     assert_eq!(
         messages(&path, &c, &ours()),
         [format!(
-            "iptables-nft nat chain CNI-efe7027ce740cec505e00d4d rule {:?} may masquerade pod traffic to 10.0.0.0/8, 169.254.0.0/16 that the config exempts \
+            "iptables-nft nat chain CNI-efe7027ce740cec505e00d4d rule `{}` may masquerade pod traffic to 10.0.0.0/8, 169.254.0.0/16 that the config exempts \
              (not known here: source in 10.22.0.2/32)",
-            "-A CNI-efe7027ce740cec505e00d4d ! -d 224.0.0.0/4 -m comment --comment \"name: \\\"podnet\\\" id: \\\"capture1\\\"\" -j MASQUERADE"
+            r#"-A CNI-efe7027ce740cec505e00d4d ! -d 224.0.0.0/4 -m comment --comment "name: \"podnet\" id: \"capture1\"" -j MASQUERADE"#
         )]
     );
     // For that one pod the answer is certain.
@@ -205,7 +205,7 @@ fn openshift_masquerades_cluster_external_traffic_before_us() {
     assert_eq!(
         found,
         [
-            "iptables-nft nat chain OPENSHIFT-MASQUERADE-2 rule \"-A OPENSHIFT-MASQUERADE-2 -j MASQUERADE\" masquerades pod traffic to \
+            "iptables-nft nat chain OPENSHIFT-MASQUERADE-2 rule `-A OPENSHIFT-MASQUERADE-2 -j MASQUERADE` masquerades pod traffic to \
           10.0.0.0/8, 172.16.0.0/12, 169.254.0.0/16 that the config exempts"
         ]
     );
@@ -257,7 +257,7 @@ fn a_stale_upstream_chain_is_its_own_conflict() {
     assert_eq!(
         messages(&path, &c, &ours()),
         [format!(
-            "iptables-nft nat chain POSTROUTING rule {:?}: stale chain IP-MASQ from an earlier agent decides first; run `ip-masq-agent cleanup --stale-chains`",
+            "iptables-nft nat chain POSTROUTING rule `{}`: stale chain IP-MASQ from an earlier agent decides first; run `ip-masq-agent cleanup --stale-chains`",
             STALE
                 .lines()
                 .find(|l| l.starts_with("-A POSTROUTING"))

@@ -479,6 +479,7 @@ pub struct Conflict {
     pub kind: ConflictKind,
     pub origin: Origin,
     pub chain: String,
+    /// The rule as shown in messages ([`Rule::shown`]).
     pub rule: String,
     /// The config's destinations it affects.
     pub cidrs: Vec<String>,
@@ -490,7 +491,7 @@ pub struct Conflict {
 
 impl fmt::Display for Conflict {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let at = format!("{} chain {} rule {:?}", self.origin, self.chain, self.rule);
+        let at = format!("{} chain {} rule {}", self.origin, self.chain, self.rule);
         match &self.kind {
             ConflictKind::StaleChain(chain) => write!(
                 f,
@@ -534,11 +535,9 @@ pub fn detect(path: &[Hooked], expected: &Expectation, place: &OurPlace) -> Vec<
     };
     let mut found: Vec<Conflict> = Vec::new();
     let mut add = |kind: ConflictKind, step: &Step, label: Option<&str>| {
+        let shown = step.rule.shown();
         let key = |c: &Conflict| {
-            c.kind == kind
-                && c.origin == step.origin
-                && c.chain == step.chain
-                && c.rule == step.rule.text
+            c.kind == kind && c.origin == step.origin && c.chain == step.chain && c.rule == shown
         };
         let entry = match found.iter_mut().position(|c| key(c)) {
             Some(i) => &mut found[i],
@@ -547,7 +546,7 @@ pub fn detect(path: &[Hooked], expected: &Expectation, place: &OurPlace) -> Vec<
                     kind: kind.clone(),
                     origin: step.origin.clone(),
                     chain: step.chain.clone(),
-                    rule: step.rule.text.clone(),
+                    rule: shown.clone(),
                     cidrs: Vec::new(),
                     unsure: step.unsure.clone(),
                     ours: ours.clone(),
