@@ -2,12 +2,13 @@
 # Installs the Debian packages that the demo and the kernel tests need:
 # iptables (both the nft and the legacy variants), nftables, iproute2 (ip,
 # network namespaces), procps (sysctl), and for the telemetry tests curl and
-# prometheus (prometheus and promtool). Idempotent: packages already
+# prometheus (prometheus and promtool), nfacct (the accounting objects
+# kube-proxy's captured rules refer to). Idempotent: packages already
 # installed are skipped, and nothing is fetched when all are present.
 set -euo pipefail
 
-packages=(iptables nftables iproute2 procps curl prometheus)
-commands=(iptables iptables-legacy iptables-nft nft ip sysctl curl prometheus promtool)
+packages=(iptables nftables iproute2 procps curl prometheus nfacct)
+commands=(iptables iptables-legacy iptables-nft nft ip sysctl curl prometheus promtool nfacct)
 
 if ! command -v dpkg-query >/dev/null 2>&1; then
     # Not Debian: check the commands themselves and leave installing to the user.
