@@ -84,7 +84,13 @@ impl<B: Backend> Reconciler<B> {
             let elapsed = started.elapsed();
             // Other programs' rules are judged against what now holds.
             let found = match &result {
-                Ok(_) => Some(self.backend.conflicts(&desired, config).await),
+                Ok(_) => {
+                    let checking = Instant::now();
+                    let found = self.backend.conflicts(&desired, config).await;
+                    let elapsed_ms = checking.elapsed().as_micros() as f64 / 1000.0;
+                    debug!(family = %family, elapsed_ms, "nat postrouting path checked for conflicting rules");
+                    Some(found)
+                }
                 Err(_) => None,
             };
             if let Err(err) = self.record(trigger, desired, result, elapsed) {
