@@ -197,7 +197,9 @@ impl AnyBackend {
                 variant: b.variant().label(),
                 chain: chain.clone(),
             },
-            AnyBackend::Nftables(_) => OurPlace::Nftables,
+            AnyBackend::Nftables(_) => OurPlace::Nftables {
+                chain: chain.clone(),
+            },
         }
     }
 }

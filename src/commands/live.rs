@@ -10,6 +10,7 @@
 //! that cut the first two fields of unindented lines keep working.
 
 use std::collections::BTreeMap;
+use std::collections::btree_map::Entry;
 use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::os::unix::fs::MetadataExt;
@@ -174,19 +175,20 @@ pub async fn explain_live(
     let place = backend.our_place(&options.masq_chain);
     let ours_name = match place {
         OurPlace::Iptables { .. } => chain.clone(),
-        OurPlace::Nftables => format!("nftables table {}", crate::backend::nftables::TABLE),
+        OurPlace::Nftables { .. } => format!("nftables table {}", crate::backend::nftables::TABLE),
     };
     let mut paths: BTreeMap<Family, Vec<Hooked>> = BTreeMap::new();
     let mut out = String::new();
     for &address in addresses {
         let family = Family::of(address);
-        if !paths.contains_key(&family) {
-            let path = conflict::read_path(family, &place)
-                .await
-                .with_context(|| format!("reading the {family} nat postrouting path"))?;
-            paths.insert(family, path);
-        }
-        let path = paths.get(&family).map(Vec::as_slice).unwrap_or_default();
+        let path = match paths.entry(family) {
+            Entry::Occupied(entry) => entry.into_mut(),
+            Entry::Vacant(entry) => entry.insert(
+                conflict::read_path(family, &place)
+                    .await
+                    .with_context(|| format!("reading the {family} nat postrouting path"))?,
+            ),
+        };
         let (desired, ours_say) = if family == Family::Ipv6 && !options.enable_ipv6 {
             (
                 Verdict::NoMasquerade,

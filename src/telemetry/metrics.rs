@@ -153,7 +153,8 @@ impl SyncMetrics {
         );
         registry.register(
             "ip_masq_agent_conflicting_rules",
-            "Other programs' nat rules found overriding the config's decision (masquerading an exempt destination, ending the traversal before our chain, or a stale upstream chain), by address family",
+            "Other programs' nat rules overriding the config's decision (masquerading an exempt destination, \
+             ending the traversal before our chain, a stale upstream chain), by address family",
             this.conflicts.clone(),
         );
         this

@@ -27,7 +27,8 @@ const KP_POSTROUTING: &str = include_str!("testdata/kube-proxy-nat-postrouting.j
 const KP_MASQUERADING: &str = include_str!("testdata/kube-proxy-masquerading.json");
 
 /// Our jump, as iptables prints it.
-const OUR_JUMP: &str = "-A POSTROUTING -m comment --comment \"ip-masq-agent: ensure nat POSTROUTING directs all non-LOCAL destination traffic to our custom IP-MASQ-AGENT chain\" -m addrtype ! --dst-type LOCAL -j IP-MASQ-AGENT";
+const OUR_JUMP: &str = "-A POSTROUTING -m comment --comment \"ip-masq-agent: ensure nat POSTROUTING directs all non-LOCAL destination \
+                        traffic to our custom IP-MASQ-AGENT chain\" -m addrtype ! --dst-type LOCAL -j IP-MASQ-AGENT";
 
 /// The nat section of a save file as the path's iptables part, with our
 /// jump appended to POSTROUTING as the agent appends it.
@@ -334,6 +335,12 @@ fn stale_removal_takes_the_jump_and_the_chain_only() {
     assert_eq!(ours_as_stale[0].0, "IP-MASQ-AGENT");
 }
 
+fn nft_place() -> OurPlace {
+    OurPlace::Nftables {
+        chain: "IP-MASQ-AGENT".parse().unwrap(),
+    }
+}
+
 fn kube_proxy_nft() -> Hooked {
     let base = parse_chain(KP_POSTROUTING).unwrap();
     assert_eq!(
@@ -388,7 +395,7 @@ fn kube_proxys_nftables_chains_parse_and_leave_pod_traffic_alone() {
     };
     let path = [kp, ours_nft];
     let c = config("nonMasqueradeCIDRs: [10.0.0.0/8]\npodCIDRs: [10.44.0.0/14]\n");
-    assert!(messages(&path, &c, &OurPlace::Nftables).is_empty());
+    assert!(messages(&path, &c, &nft_place()).is_empty());
     // A service-marked packet would be kube-proxy's; unmarked pod traffic reaches ours.
     let packet = Packet {
         family: Family::Ipv4,
@@ -398,16 +405,11 @@ fn kube_proxys_nftables_chains_parse_and_leave_pod_traffic_alone() {
         in_interface: None,
         source_is_pod: true,
     };
-    let t = trace(&path, &packet, &OurPlace::Nftables, Verdict::Masquerade);
+    let t = trace(&path, &packet, &nft_place(), Verdict::Masquerade);
     assert_eq!(t.decider, Decider::Ours(Verdict::Masquerade));
     // An nftables accept does not stop the next base chain.
     let mut accepting = path.clone();
     accepting[0].chains.get_mut("nat-postrouting").unwrap()[0].target = Target::Accept;
-    let t = trace(
-        &accepting,
-        &packet,
-        &OurPlace::Nftables,
-        Verdict::Masquerade,
-    );
+    let t = trace(&accepting, &packet, &nft_place(), Verdict::Masquerade);
     assert_eq!(t.decider, Decider::Ours(Verdict::Masquerade));
 }

@@ -205,8 +205,9 @@ pub enum OurPlace {
         variant: &'static str,
         chain: ChainName,
     },
-    /// Our nftables table (the hook marked `ours`).
-    Nftables,
+    /// Our nftables table (the hook marked `ours`); `chain` is
+    /// `--masq-chain`, whose upstream-style jump is ours, not stale.
+    Nftables { chain: ChainName },
 }
 
 enum Flow {
@@ -322,7 +323,7 @@ pub fn trace(path: &[Hooked], packet: &Packet, place: &OurPlace, desired: Verdic
     let mut ended = None;
     for hook in hooks {
         if hook.ours {
-            if *place != OurPlace::Nftables {
+            if !matches!(place, OurPlace::Nftables { .. }) {
                 continue;
             }
             w.ours_reached = true;
@@ -529,9 +530,9 @@ impl fmt::Display for Conflict {
 /// Every foreign rule on `path` that overrides what `expected` wants, one
 /// entry per rule with all the destinations it affects, sorted.
 pub fn detect(path: &[Hooked], expected: &Expectation, place: &OurPlace) -> Vec<Conflict> {
-    let ours = match place {
-        OurPlace::Iptables { chain, .. } => chain.to_string(),
-        OurPlace::Nftables => "our nftables chain".to_owned(),
+    let (ours, masq_chain) = match place {
+        OurPlace::Iptables { chain, .. } => (chain.to_string(), chain.as_str()),
+        OurPlace::Nftables { chain } => ("our nftables chain".to_owned(), chain.as_str()),
     };
     let mut found: Vec<Conflict> = Vec::new();
     let mut add = |kind: ConflictKind, step: &Step, label: Option<&str>| {
@@ -571,7 +572,7 @@ pub fn detect(path: &[Hooked], expected: &Expectation, place: &OurPlace) -> Vec<
         }
         for rule in hook.chains.get(&hook.base).into_iter().flatten() {
             if let Some(target) = rule.upstream_jump()
-                && target != ours.as_str()
+                && target != masq_chain
             {
                 let step = Step {
                     origin: hook.origin.clone(),

@@ -172,9 +172,13 @@ both_modes! {
         );
         assert_reported(&ns, &agent, "ipv4", std::slice::from_ref(&expected));
         let text = explain_live(&ns, mode, &volume, &["--from", "10.128.0.5"], &["10.1.2.3"]);
+        let decided = format!(
+            "10.1.2.3 masquerade another's: iptables-{m} nat chain OPENSHIFT-MASQUERADE-2 rule `-A OPENSHIFT-MASQUERADE-2 -j MASQUERADE` \
+             (ours would say: no-masquerade nonMasqueradeCIDRs 10.0.0.0/8)"
+        );
         assert_eq!(
             text.lines().next(),
-            Some(format!("10.1.2.3 masquerade another's: iptables-{m} nat chain OPENSHIFT-MASQUERADE-2 rule `-A OPENSHIFT-MASQUERADE-2 -j MASQUERADE` (ours would say: no-masquerade nonMasqueradeCIDRs 10.0.0.0/8)").as_str()),
+            Some(decided.as_str()),
             "{text}"
         );
         // Pod-to-pod traffic returns in OpenShift's chain and reaches ours.
