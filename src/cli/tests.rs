@@ -393,6 +393,26 @@ fn explain_errors_name_the_argument() {
         fail(&["--output=json"]),
         ("flag -output is only for the explain command".into(), 2)
     );
+    assert_eq!(
+        fail(&["--live", "sync"]),
+        ("flag -live is only for the explain command".into(), 2)
+    );
+    assert_eq!(
+        fail(&["--stale-chains", "explain", "10.0.0.1"]),
+        (
+            "flag -stale-chains is only for the cleanup command".into(),
+            2
+        )
+    );
+    assert_eq!(
+        ok(&["explain", "--live", "10.0.0.1"]).command,
+        Command::Explain {
+            source: None,
+            addresses: ips(&["10.0.0.1"]),
+            output: OutputFormat::Text,
+            live: true,
+        }
+    );
 }
 
 #[test]

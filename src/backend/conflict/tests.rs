@@ -413,3 +413,34 @@ fn kube_proxys_nftables_chains_parse_and_leave_pod_traffic_alone() {
     let t = trace(&accepting, &packet, &nft_place(), Verdict::Masquerade);
     assert_eq!(t.decider, Decider::Ours(Verdict::Masquerade));
 }
+
+#[test]
+fn a_long_list_of_affected_cidrs_is_cut_short() {
+    let path = [iptables_path(OPENSHIFT)];
+    let nets: Vec<String> = (0..20).map(|i| format!("192.168.{i}.0/24")).collect();
+    let c = config(&format!(
+        "nonMasqueradeCIDRs: [{}]\npodCIDRs: [10.128.0.0/14]\n",
+        nets.join(", ")
+    ));
+    let found = messages(&path, &c, &ours());
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(
+        found[0].ends_with("192.168.6.0/24, 192.168.7.0/24 and 13 more that the config exempts"),
+        "{found:?}"
+    );
+}
+
+#[test]
+fn a_config_of_fifty_thousand_cidrs_beside_kube_proxy_has_no_conflict() {
+    let path = [iptables_path(KUBE_PROXY)];
+    let nets: Vec<String> = (0..50_000u32)
+        .map(|i| format!("10.{}.{}.0/24", i / 256, i % 256))
+        .collect();
+    let c = config(&format!(
+        "nonMasqueradeCIDRs: [{}]\ncidrLimit: 60000\npodCIDRs: [10.44.0.0/14]\n",
+        nets.join(", ")
+    ));
+    let expected = Expectation::new(&c, Family::Ipv4, &path);
+    assert!(expected.probes.len() > 50_000);
+    assert!(detect(&path, &expected, &ours()).is_empty());
+}

@@ -12,6 +12,7 @@
 //! traffic), it was not DNATed (not sent to a Service), its destinations
 //! are not local addresses and its source is not a local address.
 
+use std::collections::BTreeSet;
 use std::fmt;
 
 use ipnet::IpNet;
@@ -405,12 +406,12 @@ impl Expectation {
     /// destinations (masqueraded).
     pub fn new(config: &Config, family: Family, path: &[Hooked]) -> Expectation {
         let mut probes: Vec<Probe> = Vec::new();
-        let mut seen: Vec<IpNet> = Vec::new();
+        // A set: a config may hold tens of thousands of CIDRs.
+        let mut seen: BTreeSet<IpNet> = BTreeSet::new();
         for entry in policy::entries(config, family) {
-            if seen.contains(&entry.cidr) {
+            if !seen.insert(entry.cidr) {
                 continue;
             }
-            seen.push(entry.cidr);
             probes.push(Probe {
                 destination: Addrs::In(vec![entry.cidr]),
                 desired: entry.list.verdict(),
@@ -427,10 +428,9 @@ impl Expectation {
                 _ => None,
             });
         for net in foreign.flatten() {
-            if !family.contains(net) || seen.contains(net) || net.prefix_len() == 0 {
+            if !family.contains(net) || net.prefix_len() == 0 || !seen.insert(*net) {
                 continue;
             }
-            seen.push(*net);
             let desired = policy::decide(config, None, net.network())
                 .map(|d| d.verdict)
                 .unwrap_or(Verdict::Masquerade);
@@ -441,7 +441,7 @@ impl Expectation {
             });
         }
         probes.push(Probe {
-            destination: Addrs::Except(seen),
+            destination: Addrs::Except(seen.into_iter().collect()),
             desired: Verdict::Masquerade,
             label: "all other destinations".to_owned(),
         });
@@ -490,6 +490,25 @@ pub struct Conflict {
     pub ours: String,
 }
 
+/// CIDRs named in one message; a longer list ends with how many more.
+const LISTED_CIDRS: usize = 8;
+
+impl Conflict {
+    fn cidr_list(&self) -> String {
+        let mut text = self
+            .cidrs
+            .iter()
+            .take(LISTED_CIDRS)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", ");
+        if self.cidrs.len() > LISTED_CIDRS {
+            text.push_str(&format!(" and {} more", self.cidrs.len() - LISTED_CIDRS));
+        }
+        text
+    }
+}
+
 impl fmt::Display for Conflict {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let at = format!("{} chain {} rule {}", self.origin, self.chain, self.rule);
@@ -506,7 +525,7 @@ impl fmt::Display for Conflict {
                 } else {
                     "may masquerade"
                 },
-                self.cidrs.join(", ")
+                self.cidr_list()
             )?,
             ConflictKind::EndsBefore => write!(
                 f,
@@ -517,7 +536,7 @@ impl fmt::Display for Conflict {
                     "may end"
                 },
                 self.ours,
-                self.cidrs.join(", ")
+                self.cidr_list()
             )?,
         }
         if !self.unsure.is_empty() {
@@ -556,8 +575,9 @@ pub fn detect(path: &[Hooked], expected: &Expectation, place: &OurPlace) -> Vec<
                 &mut found[last]
             }
         };
+        // Probes come one at a time, so a repeat is the last one added.
         if let Some(label) = label
-            && !entry.cidrs.iter().any(|c| c == label)
+            && entry.cidrs.last().map(String::as_str) != Some(label)
         {
             entry.cidrs.push(label.to_owned());
         }
@@ -584,6 +604,25 @@ pub fn detect(path: &[Hooked], expected: &Expectation, place: &OurPlace) -> Vec<
                 add(ConflictKind::StaleChain(target.to_owned()), &step, None);
             }
         }
+    }
+    // Nothing foreign on the path: nothing can override us (and a config
+    // of 50 000 CIDRs costs no walk at all).
+    let anything_foreign = path.iter().filter(|h| !h.ours).any(|h| {
+        h.chains
+            .values()
+            .flatten()
+            .any(|r| match (place, &h.origin) {
+                (OurPlace::Iptables { variant, chain }, Origin::Iptables { variant: v })
+                    if v == variant =>
+                {
+                    r.chain_target() != Some(chain.as_str())
+                }
+                _ => true,
+            })
+    });
+    if !anything_foreign {
+        found.sort();
+        return found;
     }
     for probe in &expected.probes {
         let packet = Packet {
