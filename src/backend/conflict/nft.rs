@@ -207,6 +207,26 @@ fn parse_rule(rule: &Value) -> Rule {
                     Target::Goto(chain.to_owned())
                 };
             }
+            "vmap" => {
+                let key = body
+                    .get("key")
+                    .and_then(|k| k.get("meta"))
+                    .and_then(|m| m.get("key"))
+                    .and_then(Value::as_str);
+                let map = body
+                    .get("data")
+                    .and_then(Value::as_str)
+                    .and_then(|d| d.strip_prefix('@'));
+                match (key, map) {
+                    (Some(key @ ("iifname" | "oifname")), Some(map)) => {
+                        target = Target::VerdictMap {
+                            output: key == "oifname",
+                            map: map.to_owned(),
+                        };
+                    }
+                    _ => matches.push(Match::Unknown(short(expr))),
+                }
+            }
             "xt" => {
                 // iptables-nft's compat expressions seen through nft.
                 let kind = body.get("type").and_then(Value::as_str);
@@ -230,6 +250,10 @@ fn parse_rule(rule: &Value) -> Rule {
         Target::Jump(c) => format!("jump {c}"),
         Target::Goto(c) => format!("goto {c}"),
         Target::Continue => String::new(),
+        Target::VerdictMap { output, map } => format!(
+            "{} vmap @{map}",
+            if *output { "oifname" } else { "iifname" }
+        ),
     };
     let mut text = format!("[handle {handle}]");
     for piece in render(&matches) {
@@ -304,4 +328,91 @@ pub fn parse_chain(text: &str) -> Result<Listed, String> {
         }
     }
     Ok(listed)
+}
+
+/// The verdict of one map element (`{"jump": {"target": "X"}}`, `"accept"`).
+fn verdict_of(value: &Value) -> Option<Target> {
+    if let Some(word) = value.as_str() {
+        return match word {
+            "accept" => Some(Target::Accept),
+            "return" => Some(Target::Return),
+            "drop" => Some(Target::Drop),
+            "continue" => Some(Target::Continue),
+            _ => None,
+        };
+    }
+    let (name, body) = value.as_object()?.iter().next()?;
+    let chain = body
+        .get("target")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    match name.as_str() {
+        "jump" => chain.map(Target::Jump),
+        "goto" => chain.map(Target::Goto),
+        "accept" => Some(Target::Accept),
+        "return" => Some(Target::Return),
+        "drop" => Some(Target::Drop),
+        _ => None,
+    }
+}
+
+/// The interface-keyed elements of one `nft -j list map` answer: each
+/// key (an interface name) and its verdict. Elements of another shape are
+/// counted, not guessed.
+pub fn parse_verdict_map(text: &str) -> Result<(Vec<(String, Target)>, usize), String> {
+    let value: Value = serde_json::from_str(text).map_err(|e| format!("not nft JSON: {e}"))?;
+    let items = value
+        .get("nftables")
+        .and_then(Value::as_array)
+        .ok_or("no \"nftables\" array")?;
+    let mut elements = Vec::new();
+    let mut other = 0;
+    for map in items.iter().filter_map(|i| i.get("map")) {
+        for elem in map
+            .get("elem")
+            .and_then(Value::as_array)
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+        {
+            match elem.as_array().map(Vec::as_slice) {
+                Some([key, verdict]) => match (key.as_str(), verdict_of(verdict)) {
+                    (Some(key), Some(target)) => elements.push((key.to_owned(), target)),
+                    _ => other += 1,
+                },
+                _ => other += 1,
+            }
+        }
+    }
+    Ok((elements, other))
+}
+
+/// A verdict-map rule as one rule per element: the rule's matches, the
+/// element's interface, the element's verdict.
+pub fn expand_verdict_map(rule: &Rule, output: bool, elements: &[(String, Target)]) -> Vec<Rule> {
+    elements
+        .iter()
+        .map(|(key, target)| {
+            let mut matches = rule.matches.clone();
+            let names = vec![key.clone()];
+            matches.push(if output {
+                Match::OutInterface { neg: false, names }
+            } else {
+                Match::InInterface { neg: false, names }
+            });
+            let verdict = match target {
+                Target::Jump(c) => format!("jump {c}"),
+                Target::Goto(c) => format!("goto {c}"),
+                Target::Accept => "accept".into(),
+                Target::Return => "return".into(),
+                Target::Drop => "drop".into(),
+                _ => "continue".into(),
+            };
+            Rule {
+                text: format!("{} {{ {key:?} : {verdict} }}", rule.text),
+                matches,
+                target: target.clone(),
+                comment: rule.comment.clone(),
+            }
+        })
+        .collect()
 }

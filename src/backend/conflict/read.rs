@@ -15,8 +15,8 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use tracing::debug;
 
 use super::iptables::parse_listing;
-use super::nft::parse_chain;
-use super::rules::{Hooked, Origin, Rule};
+use super::nft::{expand_verdict_map, parse_chain, parse_verdict_map};
+use super::rules::{Hooked, Match, Origin, Rule, Target};
 use super::walk::OurPlace;
 use crate::backend::exec;
 use crate::backend::iptables::{self, Variant};
@@ -110,16 +110,52 @@ async fn nft_chain(
     if !nft_word(chain) {
         return Ok(None);
     }
-    match exec::run("nft", &["-j", "list", "chain", family, table, chain], None).await {
+    let command = format!("nft -j list chain {family} {table} {chain}");
+    let rules = match exec::run("nft", &["-j", "list", "chain", family, table, chain], None).await {
         Ok(out) => parse_chain(&out.stdout)
-            .map(|listed| Some(listed.rules))
-            .map_err(|e| {
-                BackendError::new(
-                    ErrorKind::Rejected,
-                    &format!("nft -j list chain {family} {table} {chain}"),
-                    e,
-                )
-            }),
+            .map(|listed| listed.rules)
+            .map_err(|e| BackendError::new(ErrorKind::Rejected, &command, e))?,
+        Err(err) if err.kind == ErrorKind::Absent => return Ok(None),
+        Err(err) => return Err(err),
+    };
+    let mut out = Vec::with_capacity(rules.len());
+    for rule in rules {
+        let Target::VerdictMap { output, map } = &rule.target else {
+            out.push(rule);
+            continue;
+        };
+        match nft_map(family, table, map).await? {
+            Some((elements, 0)) => out.extend(expand_verdict_map(&rule, *output, &elements)),
+            // A map that cannot be read, or holds what is not evaluated
+            // here: the rule may do anything.
+            _ => {
+                let unknown = Match::Unknown(format!("verdict map @{map} not evaluated"));
+                out.push(Rule {
+                    matches: vec![unknown],
+                    target: Target::Continue,
+                    ..rule
+                });
+            }
+        }
+    }
+    Ok(Some(out))
+}
+
+/// `nft -j list map FAMILY TABLE MAP`: a verdict map's elements (and how
+/// many of another shape), None when it is not there.
+async fn nft_map(
+    family: &str,
+    table: &str,
+    map: &str,
+) -> Result<Option<(Vec<(String, Target)>, usize)>, BackendError> {
+    if !nft_word(map) {
+        return Ok(None);
+    }
+    let command = format!("nft -j list map {family} {table} {map}");
+    match exec::run("nft", &["-j", "list", "map", family, table, map], None).await {
+        Ok(out) => parse_verdict_map(&out.stdout)
+            .map(Some)
+            .map_err(|e| BackendError::new(ErrorKind::Rejected, &command, e)),
         Err(err) if err.kind == ErrorKind::Absent => Ok(None),
         Err(err) => Err(err),
     }

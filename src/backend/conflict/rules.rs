@@ -85,6 +85,13 @@ pub enum Target {
     Goto(String),
     /// MARK, LOG, counters: the traversal goes on.
     Continue,
+    /// nft's `iifname vmap @MAP` / `oifname vmap @MAP`: a named verdict
+    /// map keyed by the interface (`output`: oifname). The reader replaces
+    /// it by one rule per element; unread, it decides nothing.
+    VerdictMap {
+        output: bool,
+        map: String,
+    },
 }
 
 /// One rule: where it was read, how it printed, what it does.

@@ -444,3 +444,79 @@ fn a_config_of_fifty_thousand_cidrs_beside_kube_proxy_has_no_conflict() {
     assert!(expected.probes.len() > 50_000);
     assert!(detect(&path, &expected, &ours()).is_empty());
 }
+
+/// Docker's nftables table (its driver's own golden file, loaded into nft):
+/// the base chain reaches the masquerade only through verdict maps.
+#[test]
+fn dockers_nftables_verdict_maps_lead_to_its_masquerade() {
+    use super::nft::{expand_verdict_map, parse_verdict_map};
+    let base = parse_chain(include_str!("testdata/docker-nat-postrouting.json")).unwrap();
+    assert_eq!(base.priority, Some(100));
+    let mut rules = Vec::new();
+    for rule in &base.rules {
+        let Target::VerdictMap { output, map } = &rule.target else {
+            panic!("{rule:?}");
+        };
+        let text = match map.as_str() {
+            "nat-postrouting-out-jumps" => {
+                include_str!("testdata/docker-nat-postrouting-out-jumps.json")
+            }
+            "nat-postrouting-in-jumps" => {
+                include_str!("testdata/docker-nat-postrouting-in-jumps.json")
+            }
+            other => panic!("{other}"),
+        };
+        let (elements, other) = parse_verdict_map(text).unwrap();
+        assert_eq!(other, 0);
+        rules.extend(expand_verdict_map(rule, *output, &elements));
+    }
+    assert_eq!(
+        rules.iter().map(|r| r.text.as_str()).collect::<Vec<_>>(),
+        [
+            "[handle 18] iifname vmap @nat-postrouting-out-jumps { \"br-dummy\" : jump nat-postrouting-out__br-dummy }",
+            "[handle 19] oifname vmap @nat-postrouting-in-jumps { \"br-dummy\" : jump nat-postrouting-in__br-dummy }",
+        ]
+    );
+    let out = parse_chain(include_str!("testdata/docker-nat-postrouting-out.json")).unwrap();
+    assert_eq!(
+        out.rules[0].text,
+        "[handle 29] oifname != br-dummy saddr == 192.168.0.0/24 masquerade comment \"MASQUERADE\""
+    );
+    let inbound = parse_chain(include_str!("testdata/docker-nat-postrouting-in.json")).unwrap();
+    let docker = Hooked {
+        origin: Origin::Nftables {
+            family: "ip".into(),
+            table: "docker-bridges".into(),
+        },
+        priority: 100,
+        base: "nat-POSTROUTING".into(),
+        chains: BTreeMap::from([
+            ("nat-POSTROUTING".into(), rules),
+            ("nat-postrouting-out__br-dummy".into(), out.rules),
+            ("nat-postrouting-in__br-dummy".into(), inbound.rules),
+        ]),
+        ours: false,
+        unread: Vec::new(),
+    };
+    let ours_nft = Hooked {
+        origin: Origin::Nftables {
+            family: "ip".into(),
+            table: "ip-masq-agent".into(),
+        },
+        priority: 110,
+        base: "postrouting".into(),
+        chains: BTreeMap::new(),
+        ours: true,
+        unread: Vec::new(),
+    };
+    let path = [docker, ours_nft];
+    let c = config("nonMasqueradeCIDRs: [10.0.0.0/8]\npodCIDRs: [192.168.0.0/24]\n");
+    assert_eq!(
+        messages(&path, &c, &nft_place()),
+        [
+            "nftables table ip docker-bridges chain nat-postrouting-out__br-dummy rule \
+          `[handle 29] oifname != br-dummy saddr == 192.168.0.0/24 masquerade comment \"MASQUERADE\"` may masquerade pod traffic to \
+          10.0.0.0/8, 192.168.0.0/24, 169.254.0.0/16 that the config exempts (not known here: input interface br-dummy; output interface not br-dummy)"
+        ]
+    );
+}

@@ -424,3 +424,77 @@ fn without_handles(text: &str) -> String {
     out.push_str(rest);
     out
 }
+
+/// Docker's nftables table (its driver's own golden file) beside the
+/// nftables backend: at srcnat it runs before our table and reaches its
+/// masquerade through verdict maps keyed by the interfaces.
+#[test]
+fn docker_nftables_masquerades_before_our_table() {
+    if !require_root_and_tools() {
+        return;
+    }
+    let ns = Netns::new();
+    // Docker's bridge (a veth under its name is enough for routing) and an uplink.
+    for step in [
+        "ip link add br-dummy type veth peer name br-dummy-peer",
+        "ip addr add 192.168.0.1/24 dev br-dummy",
+        "ip link set br-dummy-peer up",
+        "ip link set br-dummy up",
+        "ip link add eth0 type veth peer name eth0-peer",
+        "ip addr add 192.0.2.1/24 dev eth0",
+        "ip link set eth0-peer up",
+        "ip link set eth0 up",
+        "ip route add default via 192.0.2.254",
+    ] {
+        ns.run(&step.split(' ').collect::<Vec<_>>());
+    }
+    let docker = foreign("docker-nftables.nft");
+    ns.run(&["nft", "-f", docker.to_str().expect("UTF-8 path")]);
+    let before = ns.run(&["nft", "list", "table", "ip", "docker-bridges"]);
+    let volume = ConfigVolume::with(
+        "nonMasqueradeCIDRs: [10.0.0.0/8]\npodCIDRs: [192.168.0.0/24]\nresyncInterval: 1s\n",
+    );
+    let mut agent = Agent::start_with_flags(&ns, &volume, &["--backend=nftables"]);
+    agent.wait_for_log("conflicting nat rule:");
+    agent.wait_for_lines("rules unchanged", 2);
+    let rule = "oifname != br-dummy saddr == 192.168.0.0/24 masquerade comment \"MASQUERADE\"";
+    let found = warnings(&agent);
+    assert_eq!(found.len(), 1, "{}", agent.log());
+    assert!(
+        without_handles(&found[0]).starts_with(&format!(
+            "nftables table ip docker-bridges chain nat-postrouting-out__br-dummy rule `[handle N] {rule}` may masquerade pod traffic to \
+             10.0.0.0/8, 192.168.0.0/24, 169.254.0.0/16 that the config exempts (not known here: input interface br-dummy; output interface not br-dummy)"
+        )),
+        "{found:?}"
+    );
+    assert_eq!(gauge(&ns, "ipv4"), Some(1.0));
+    let config = volume.path();
+    let args = [
+        "--config",
+        config.to_str().expect("UTF-8"),
+        "--backend=nftables",
+        "--from",
+        "192.168.0.2",
+        "explain",
+        "--live",
+        "10.1.2.3",
+    ];
+    let out = oneshot(&ns, &args);
+    assert!(out.status.success(), "{}", describe("explain --live", &out));
+    let text = without_handles(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(
+        text.lines().next(),
+        Some(
+            format!(
+                "10.1.2.3 masquerade another's: nftables table ip docker-bridges chain nat-postrouting-out__br-dummy rule `[handle N] {rule}` \
+                 (ours would say: no-masquerade nonMasqueradeCIDRs 10.0.0.0/8)"
+            )
+            .as_str()
+        ),
+        "{text}"
+    );
+    assert_eq!(
+        ns.run(&["nft", "list", "table", "ip", "docker-bridges"]),
+        before
+    );
+}
