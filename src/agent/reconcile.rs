@@ -13,6 +13,7 @@ use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
 use super::Trigger;
+use crate::backend::conflict::Conflict;
 use crate::backend::{Backend, BackendError, Outcome};
 use crate::config::Config;
 use crate::plan::{self, Family, Ruleset, Settings};
@@ -36,6 +37,10 @@ pub struct Reconciler<B: Backend> {
     applied: HashMap<Family, Ruleset>,
     /// Foreign jumps to our chain already warned about.
     foreign_jumps: HashMap<Family, Vec<String>>,
+    /// Conflicting foreign nat rules already warned about (None: not
+    /// looked yet), and the last failure to look, each once per change.
+    conflicts: HashMap<Family, Vec<String>>,
+    conflict_error: HashMap<Family, String>,
     /// Failed syncs in a row.
     failures: u32,
     /// A one-shot command reports an unchanged node at info level; the
@@ -51,6 +56,8 @@ impl<B: Backend> Reconciler<B> {
             telemetry,
             applied: HashMap::new(),
             foreign_jumps: HashMap::new(),
+            conflicts: HashMap::new(),
+            conflict_error: HashMap::new(),
             failures: 0,
             once: false,
         }
@@ -74,14 +81,66 @@ impl<B: Backend> Reconciler<B> {
             let desired = plan::plan(config, &self.settings, family);
             let started = Instant::now();
             let result = self.backend.reconcile(&desired).await;
-            if let Err(err) = self.record(trigger, desired, result, started.elapsed()) {
+            let elapsed = started.elapsed();
+            // Other programs' rules are judged against what now holds.
+            let found = match &result {
+                Ok(_) => {
+                    let checking = Instant::now();
+                    let found = self.backend.conflicts(&desired, config).await;
+                    let elapsed_ms = checking.elapsed().as_micros() as f64 / 1000.0;
+                    debug!(family = %family, elapsed_ms, "nat postrouting path checked for conflicting rules");
+                    Some(found)
+                }
+                Err(_) => None,
+            };
+            if let Err(err) = self.record(trigger, desired, result, elapsed) {
                 self.failures = self.failures.saturating_add(1);
                 return SyncResult::Failed(err);
+            }
+            if let Some(found) = found {
+                self.record_conflicts(family, found);
             }
         }
         self.failures = 0;
         self.telemetry.health.sync_succeeded();
         SyncResult::Ok
+    }
+
+    /// Conflicting foreign rules: a WARN for each one that appeared, an
+    /// info line for each one gone, the gauge and the readiness text; all
+    /// only when the set changed. Failing to look is not a sync failure.
+    fn record_conflicts(&mut self, family: Family, found: Result<Vec<Conflict>, BackendError>) {
+        let found = match found {
+            Ok(found) => {
+                self.conflict_error.remove(&family);
+                found
+            }
+            Err(err) => {
+                let text = err.to_string();
+                if self.conflict_error.get(&family) != Some(&text) {
+                    warn!(family = %family, "cannot read the nat postrouting path to look for conflicting rules: {text}");
+                    self.conflict_error.insert(family, text);
+                }
+                return;
+            }
+        };
+        let lines: Vec<String> = found.iter().map(ToString::to_string).collect();
+        let first = !self.conflicts.contains_key(&family);
+        let known = self.conflicts.entry(family).or_default();
+        if *known == lines && !first {
+            return;
+        }
+        for line in lines.iter().filter(|l| !known.contains(l)) {
+            warn!(family = %family, "conflicting nat rule: {line}");
+        }
+        for line in known.iter().filter(|l| !lines.contains(l)) {
+            info!(family = %family, "conflicting nat rule gone: {line}");
+        }
+        self.telemetry
+            .metrics
+            .conflicting_rules(family, lines.len());
+        self.telemetry.health.conflicts(family, lines.clone());
+        *known = lines;
     }
 
     /// Metrics, logs and the probes' state for one family's result.

@@ -69,6 +69,58 @@ async fn writes_once_then_only_on_change() {
 }
 
 #[tokio::test]
+async fn conflicts_reach_the_gauge_and_the_readiness_text_and_go() {
+    use crate::backend::conflict::{Conflict, ConflictKind, Origin};
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("ip-masq-agent"),
+        "nonMasqueradeCIDRs: [10.0.0.0/8]\n",
+    )
+    .unwrap();
+    let mut a = agent(dir.path(), false);
+    let gauge = |a: &Agent<Fake>| {
+        a.telemetry()
+            .metrics
+            .encode()
+            .lines()
+            .find(|l| l.starts_with("ip_masq_agent_conflicting_rules{"))
+            .map(str::to_owned)
+    };
+    a.reconciler.backend.conflicts = vec![Conflict {
+        kind: ConflictKind::Masquerades,
+        origin: Origin::Iptables { variant: "nft" },
+        chain: "CNI-x".into(),
+        rule: "`-A CNI-x -j MASQUERADE`".into(),
+        cidrs: vec!["10.0.0.0/8".into()],
+        unsure: Vec::new(),
+        ours: "IP-MASQ-AGENT".into(),
+    }];
+    assert!(a.reload(Trigger::Startup));
+    assert_eq!(a.sync(Trigger::Startup).await, SyncResult::Ok);
+    assert_eq!(
+        gauge(&a).as_deref(),
+        Some("ip_masq_agent_conflicting_rules{family=\"ipv4\"} 1")
+    );
+    let (ready, text) = a.telemetry().health.readiness();
+    assert!(ready, "a conflict is not a readiness failure");
+    assert_eq!(
+        text,
+        "ok: rules in sync\nconflicting nat rule (ipv4): iptables-nft nat chain CNI-x rule `-A CNI-x -j MASQUERADE` \
+         masquerades pod traffic to 10.0.0.0/8 that the config exempts"
+    );
+    a.reconciler.backend.conflicts.clear();
+    a.sync(Trigger::Resync).await;
+    assert_eq!(
+        gauge(&a).as_deref(),
+        Some("ip_masq_agent_conflicting_rules{family=\"ipv4\"} 0")
+    );
+    assert_eq!(
+        a.telemetry().health.readiness(),
+        (true, "ok: rules in sync".to_owned())
+    );
+}
+
+#[tokio::test]
 async fn invalid_config_keeps_enforcing_the_last_good_one() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("ip-masq-agent");

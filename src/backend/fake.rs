@@ -6,7 +6,9 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
+use super::conflict::Conflict;
 use super::{Backend, BackendError, CleanupReport, ErrorKind, Outcome};
+use crate::config::Config;
 use crate::plan::{ChainName, Family, Ruleset};
 
 #[derive(Debug, Default)]
@@ -19,6 +21,8 @@ pub struct Fake {
     pub last: Option<Ruleset>,
     /// When set, every reconcile fails with this kind and changes nothing.
     pub fail: Option<ErrorKind>,
+    /// What every conflict check finds.
+    pub conflicts: Vec<Conflict>,
 }
 
 impl Fake {
@@ -86,5 +90,9 @@ impl Backend for Fake {
             Some(_) => vec![format!("{family}: removed")],
             None => Vec::new(),
         })
+    }
+
+    async fn conflicts(&mut self, _: &Ruleset, _: &Config) -> Result<Vec<Conflict>, BackendError> {
+        Ok(self.conflicts.clone())
     }
 }

@@ -9,6 +9,7 @@
 //! names its own commands. [`select`] picks one; [`fake`] stands in for
 //! both in the unit tests of the layers above.
 
+pub mod conflict;
 pub mod exec;
 #[cfg(test)]
 pub mod fake;
@@ -18,6 +19,7 @@ pub mod select;
 
 use std::fmt;
 
+use crate::config::Config;
 use crate::plan::{ChainName, Family, Ruleset};
 
 /// What a reconcile found and did.
@@ -141,4 +143,16 @@ pub trait Backend {
         family: Family,
         chain: &ChainName,
     ) -> Result<CleanupReport, BackendError>;
+
+    /// Other programs' nat rules that override what `desired` decides for
+    /// `config`'s pod traffic ([`conflict`]): read-only, bounded by the nat
+    /// postrouting path. A backend without a kernel finds none.
+    async fn conflicts(
+        &mut self,
+        desired: &Ruleset,
+        config: &Config,
+    ) -> Result<Vec<conflict::Conflict>, BackendError> {
+        let _ = (desired, config);
+        Ok(Vec::new())
+    }
 }

@@ -8,9 +8,11 @@ use std::str::FromStr;
 use futures_util::future::join_all;
 use tracing::{info, warn};
 
+use super::conflict::{self, Conflict, OurPlace};
 use super::iptables::{self, Iptables, Variant};
 use super::nftables::Nftables;
 use super::{Backend, BackendError, CleanupReport, ErrorKind, Outcome};
+use crate::config::Config;
 use crate::plan::{ChainName, Family, Ruleset};
 
 /// Which kernel backend programs the rules (`--backend`).
@@ -175,6 +177,29 @@ impl Backend for AnyBackend {
         match self {
             AnyBackend::Iptables(b) => b.cleanup(family, chain).await,
             AnyBackend::Nftables(b) => b.cleanup(family, chain).await,
+        }
+    }
+
+    async fn conflicts(
+        &mut self,
+        desired: &Ruleset,
+        config: &Config,
+    ) -> Result<Vec<Conflict>, BackendError> {
+        conflict::find(desired.family, &self.our_place(&desired.chain), config).await
+    }
+}
+
+impl AnyBackend {
+    /// Where our decision is made on the nat postrouting path.
+    pub fn our_place(&self, chain: &ChainName) -> OurPlace {
+        match self {
+            AnyBackend::Iptables(b) => OurPlace::Iptables {
+                variant: b.variant().label(),
+                chain: chain.clone(),
+            },
+            AnyBackend::Nftables(_) => OurPlace::Nftables {
+                chain: chain.clone(),
+            },
         }
     }
 }

@@ -56,6 +56,8 @@ flag_set! {
     "kubeconfig" => kubeconfig: String = "",
         "Kubeconfig `file` for --configmap; empty: the in-cluster service account, \
          else $KUBECONFIG or ~/.kube/config";
+    "live" => live: bool = false,
+        "explain: walk this node's actual nat POSTROUTING path (iptables and nftables) and name the rule that decides; needs root";
     "log-format" => log_format: LogFormat = LogFormat::Text, "Log line `format`: text or json";
     "masq-chain" => masq_chain: String = "IP-MASQ-AGENT",
         "Name of the nat `chain` that holds the masquerade rules";
@@ -67,6 +69,8 @@ flag_set! {
         "explain: output `format`, text (one line per address) or json (one object per line)";
     "random-fully" => random_fully: bool = true,
         "Add --random-fully to MASQUERADE rules when iptables supports it (1.6.2 and later)";
+    "stale-chains" => stale_chains: bool = false,
+        "cleanup: remove only the chains (and their POSTROUTING jumps) that an earlier ip-masq-agent left under another --masq-chain name";
     "strict" => strict: bool = false,
         "check: exit 1 on any warning (an unknown key, a ConfigMap the DaemonSet does not mount)";
     "to-ports" => to_ports: String = "",

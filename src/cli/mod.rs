@@ -84,8 +84,9 @@ pub enum Command {
     Render,
     /// Apply the rules once and exit.
     Sync,
-    /// Remove this agent's rules and exit.
-    Cleanup,
+    /// Remove this agent's rules and exit; with `--stale-chains`, only the
+    /// chains an earlier agent left under another `--masq-chain` name.
+    Cleanup { stale_chains: bool },
     /// Print the masquerade decision for each destination and exit.
     Explain {
         /// `--from`: the packets' source; None asks about a pod's packets.
@@ -93,6 +94,8 @@ pub enum Command {
         /// At least one, in the order given.
         addresses: Vec<IpAddr>,
         output: OutputFormat,
+        /// `--live`: walk the node's nat path instead of the config alone.
+        live: bool,
     },
     /// Print the version and exit (`version` or `--version`).
     Version,
@@ -220,7 +223,9 @@ fn select_command(word: &str, positionals: &[String], low: &LowArgs) -> Result<C
         "render" => takes_none(Command::Render),
         "explain" => explain(positionals, low),
         "sync" => takes_none(Command::Sync),
-        "cleanup" => takes_none(Command::Cleanup),
+        "cleanup" => takes_none(Command::Cleanup {
+            stale_chains: low.agent.stale_chains,
+        }),
         "version" => takes_none(Command::Version),
         _ => Err(unknown_command(word)),
     }
@@ -276,6 +281,7 @@ fn explain(positionals: &[String], low: &LowArgs) -> Result<Command, CliError> {
         source,
         addresses,
         output: low.agent.output,
+        live: low.agent.live,
     })
 }
 
@@ -336,6 +342,7 @@ where
         for (name, set) in [
             ("from", !low.agent.from.is_empty()),
             ("output", low.agent.output != OutputFormat::Text),
+            ("live", low.agent.live),
         ] {
             if set {
                 return Err(CliError::usage(format!(
@@ -343,6 +350,11 @@ where
                 )));
             }
         }
+    }
+    if low.agent.stale_chains && !matches!(command, Command::Cleanup { .. }) {
+        return Err(CliError::usage(
+            "flag -stale-chains is only for the cleanup command".into(),
+        ));
     }
     // Like a version flag in Go programs: print and exit before anything.
     if low.agent.version {

@@ -253,7 +253,16 @@ fn subcommands() {
     assert_eq!(ok(&["check"]).command, Command::Check { file: None });
     assert_eq!(ok(&["render"]).command, Command::Render);
     assert_eq!(ok(&["sync"]).command, Command::Sync);
-    assert_eq!(ok(&["cleanup"]).command, Command::Cleanup);
+    assert_eq!(
+        ok(&["cleanup"]).command,
+        Command::Cleanup {
+            stale_chains: false
+        }
+    );
+    assert_eq!(
+        ok(&["cleanup", "--stale-chains"]).command,
+        Command::Cleanup { stale_chains: true }
+    );
     assert_eq!(ok(&["version"]).command, Command::Version);
     assert_eq!(
         fail(&["render", "x"]),
@@ -293,6 +302,7 @@ fn explain_takes_addresses_a_source_and_an_output_format() {
             source: None,
             addresses: ips(&["10.9.5.9", "fd00::1"]),
             output: OutputFormat::Text,
+            live: false,
         }
     );
     let inv = ok(&[
@@ -310,6 +320,7 @@ fn explain_takes_addresses_a_source_and_an_output_format() {
             source: Some("192.0.2.7".parse().unwrap()),
             addresses: ips(&["10.9.5.9"]),
             output: OutputFormat::Json,
+            live: false,
         }
     );
     assert_eq!(inv.options.config, [PathBuf::from("/tmp/c")]);
@@ -382,6 +393,26 @@ fn explain_errors_name_the_argument() {
     assert_eq!(
         fail(&["--output=json"]),
         ("flag -output is only for the explain command".into(), 2)
+    );
+    assert_eq!(
+        fail(&["--live", "sync"]),
+        ("flag -live is only for the explain command".into(), 2)
+    );
+    assert_eq!(
+        fail(&["--stale-chains", "explain", "10.0.0.1"]),
+        (
+            "flag -stale-chains is only for the cleanup command".into(),
+            2
+        )
+    );
+    assert_eq!(
+        ok(&["explain", "--live", "10.0.0.1"]).command,
+        Command::Explain {
+            source: None,
+            addresses: ips(&["10.0.0.1"]),
+            output: OutputFormat::Text,
+            live: true,
+        }
     );
 }
 
@@ -710,6 +741,7 @@ fn flags_list_is_sorted_and_complete_with_effective_values() {
             "iptables-mode",
             "kubeconfig",
             "legacy_stderr_threshold_behavior",
+            "live",
             "log-format",
             "log_backtrace_at",
             "log_dir",
@@ -724,6 +756,7 @@ fn flags_list_is_sorted_and_complete_with_effective_values() {
             "random-fully",
             "skip_headers",
             "skip_log_headers",
+            "stale-chains",
             "stderrthreshold",
             "strict",
             "to-ports",

@@ -42,7 +42,7 @@ pub async fn explain(
 /// The config the agent would enforce from the configured sources. One
 /// `--config` file alone is read as `check` reads it (a ConfigMap manifest
 /// by its data key); anything else is loaded and merged as `sync` loads it.
-async fn load(options: &Options) -> Result<Config> {
+pub(super) async fn load(options: &Options) -> Result<Config> {
     let opts = load_options(options);
     let file = match options.config.as_slice() {
         [path] if single_source(options) => Some(path),

@@ -6,6 +6,7 @@
 
 mod daemon;
 mod explain;
+mod live;
 mod oneshot;
 
 use std::process::ExitCode;
@@ -35,9 +36,19 @@ pub async fn run(invocation: Invocation) -> Result<ExitCode> {
             source,
             addresses,
             output,
+            live: false,
         } => explain::explain(&options, source, &addresses, output).await,
+        Command::Explain {
+            source,
+            addresses,
+            output,
+            live: true,
+        } => live::explain_live(&options, source, &addresses, output).await,
         Command::Sync => oneshot::sync(&options).await,
-        Command::Cleanup => oneshot::cleanup(&options).await,
+        Command::Cleanup {
+            stale_chains: false,
+        } => oneshot::cleanup(&options).await,
+        Command::Cleanup { stale_chains: true } => live::cleanup_stale(&options).await,
         Command::Run => {
             info!(version = crate::VERSION, "ip-masq-agent starting");
             for (name, value) in &flags {

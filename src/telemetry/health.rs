@@ -6,8 +6,11 @@
 //! agent unready: a node that cannot reach the API keeps enforcing its last
 //! good config, which is the right state to be in.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use crate::plan::Family;
 
 /// The state of a watching config source, for readiness and metrics.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,6 +33,9 @@ struct HealthState {
     waiting_for_config: Option<String>,
     /// The API source, when configured: what it watches and how it fares.
     source: Option<SourceHealth>,
+    /// Foreign nat rules overriding the config, per family (never a
+    /// readiness failure: the agent's own rules are right).
+    conflicts: BTreeMap<Family, Vec<String>>,
 }
 
 #[derive(Debug)]
@@ -52,6 +58,7 @@ impl Health {
             last_failure: None,
             waiting_for_config: None,
             source: None,
+            conflicts: BTreeMap::new(),
         })))
     }
 
@@ -76,6 +83,17 @@ impl Health {
 
     pub fn sync_failed(&self, reason: String) {
         self.with(|s| s.last_failure = Some(reason));
+    }
+
+    /// The foreign nat rules overriding the config in `family` now.
+    pub fn conflicts(&self, family: Family, lines: Vec<String>) {
+        self.with(|s| {
+            if lines.is_empty() {
+                s.conflicts.remove(&family);
+            } else {
+                s.conflicts.insert(family, lines);
+            }
+        });
     }
 
     /// No valid config has been loaded yet.
@@ -149,7 +167,12 @@ impl Health {
     /// text says so, and the source metrics alert on it.
     pub fn readiness(&self) -> (bool, String) {
         self.with(|s| {
-            let source = source_text(s);
+            let mut source = source_text(s);
+            for (family, lines) in &s.conflicts {
+                for line in lines {
+                    source.push_str(&format!("\nconflicting nat rule ({family}): {line}"));
+                }
+            }
             if let Some(reason) = &s.last_failure {
                 (false, format!("last sync failed: {reason}{source}"))
             } else if let Some(reason) = &s.waiting_for_config {
@@ -182,6 +205,23 @@ mod tests {
         h.sync_failed("lock held".into());
         assert!(!h.readiness().0);
         assert!(h.liveness().0);
+    }
+
+    #[test]
+    fn conflicts_are_a_line_each_and_never_unready() {
+        let h = Health::new();
+        h.sync_succeeded();
+        h.conflicts(Family::Ipv4, vec!["rule X masquerades 10.0.0.0/8".into()]);
+        assert_eq!(
+            h.readiness(),
+            (
+                true,
+                "ok: rules in sync\nconflicting nat rule (ipv4): rule X masquerades 10.0.0.0/8"
+                    .to_owned()
+            )
+        );
+        h.conflicts(Family::Ipv4, Vec::new());
+        assert_eq!(h.readiness(), (true, "ok: rules in sync".to_owned()));
     }
 
     #[test]

@@ -111,6 +111,7 @@ struct SyncMetrics {
     duration: HistogramFamily,
     last_success: TimestampFamily<FamilyLabels>,
     drift_repairs: MetricFamily<FamilyLabels, Counter>,
+    conflicts: MetricFamily<FamilyLabels, Gauge>,
 }
 
 impl SyncMetrics {
@@ -121,6 +122,7 @@ impl SyncMetrics {
             duration: HistogramFamily::new_with_constructor(sync_histogram),
             last_success: MetricFamily::default(),
             drift_repairs: MetricFamily::default(),
+            conflicts: MetricFamily::default(),
         };
         registry.register(
             "ip_masq_agent_syncs",
@@ -148,6 +150,12 @@ impl SyncMetrics {
             "ip_masq_agent_drift_repairs",
             "Times the rules were found changed by someone else and restored, by address family",
             this.drift_repairs.clone(),
+        );
+        registry.register(
+            "ip_masq_agent_conflicting_rules",
+            "Other programs' nat rules overriding the config's decision (masquerading an exempt destination, \
+             ending the traversal before our chain, a stale upstream chain), by address family",
+            this.conflicts.clone(),
         );
         this
     }
@@ -384,6 +392,10 @@ impl Metrics {
                 .sync
                 .drift_repairs
                 .get_or_create(&FamilyLabels { family });
+            let _ = metrics
+                .sync
+                .conflicts
+                .get_or_create(&FamilyLabels { family });
         }
         for result in ["valid", "invalid"] {
             for &trigger in series.triggers {
@@ -466,6 +478,16 @@ impl Metrics {
                 family: family.as_str(),
             })
             .inc();
+    }
+
+    /// How many foreign nat rules override the config in `family` now.
+    pub fn conflicting_rules(&self, family: Family, count: usize) {
+        self.sync
+            .conflicts
+            .get_or_create(&FamilyLabels {
+                family: family.as_str(),
+            })
+            .set(i64::try_from(count).unwrap_or(i64::MAX));
     }
 
     /// Record a config read; `trigger` is a stable label.
@@ -609,6 +631,7 @@ mod tests {
             "ip_masq_agent_sync_errors_total{family=\"ipv4\",kind=\"lock_held\"} 0",
             "ip_masq_agent_sync_errors_total{family=\"ipv4\",kind=\"rejected\"} 0",
             "ip_masq_agent_drift_repairs_total{family=\"ipv4\"} 0",
+            "ip_masq_agent_conflicting_rules{family=\"ipv4\"} 0",
             "ip_masq_agent_config_loads_total{result=\"invalid\",trigger=\"file_event\"} 0",
             "ip_masq_agent_non_masquerade_cidrs{family=\"ipv4\"} 2",
         ] {

@@ -49,6 +49,40 @@ struct ReadBack {
     actual: Vec<String>,
 }
 
+/// `iptables -w 5 -t nat -S CHAIN` of one variant and family, for the
+/// readers of other programs' rules (conflict detection): one chain by
+/// name; None when the chain, the table or the tool is not there. A legacy
+/// table is only read when the kernel already has it.
+pub async fn list_nat(
+    variant: Variant,
+    family: Family,
+    chain: &str,
+) -> Result<Option<String>, BackendError> {
+    if variant == Variant::Legacy && !legacy_table_present(family, "nat").await {
+        return Ok(None);
+    }
+    let program = variant.binary(family, Tool::Main);
+    match exec::run(&program, &["-w", LOCK_WAIT, "-t", "nat", "-S", chain], None).await {
+        Ok(out) => Ok(Some(out.stdout)),
+        Err(err) if is_missing_chain(&err) || err.kind == ErrorKind::NotFound => Ok(None),
+        Err(err) => Err(err),
+    }
+}
+
+/// One `iptables-restore -w 5 --noflush` transaction of one variant and
+/// family (the stale-chain removal's write).
+pub async fn restore_nat(
+    variant: Variant,
+    family: Family,
+    payload: &str,
+) -> Result<(), BackendError> {
+    let program = variant.binary(family, Tool::Restore);
+    debug!(family = %family, command = %program, payload, "iptables-restore");
+    exec::run(&program, &["-w", LOCK_WAIT, "--noflush"], Some(payload))
+        .await
+        .map(drop)
+}
+
 /// The iptables implementation of [`Backend`].
 #[derive(Debug)]
 pub struct Iptables {
@@ -58,6 +92,11 @@ pub struct Iptables {
 }
 
 impl Iptables {
+    /// The variant this backend drives.
+    pub fn variant(&self) -> Variant {
+        self.variant
+    }
+
     pub fn new(variant: Variant) -> Self {
         Iptables {
             variant,

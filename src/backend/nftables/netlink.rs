@@ -662,6 +662,59 @@ fn our_set_shape(info: &SetInfo, proto: Proto) -> bool {
         && info.data_type.is_none()
 }
 
+/// A base chain hooked at nat postrouting, as the kernel lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NatHook {
+    /// nft's family word: `ip`, `ip6` or `inet`.
+    pub family: &'static str,
+    pub table: String,
+    pub chain: String,
+    pub priority: i32,
+}
+
+/// `NFPROTO_INET`: tables whose chains see both families.
+const NFPROTO_INET: u8 = 1;
+
+/// Every base chain of type nat at the postrouting hook that packets of
+/// `family` cross: the family's own tables' and inet tables'. The chain
+/// dump carries names and hooks only, never rules, so conflict detection
+/// learns which tables to read without loading anyone's rules.
+pub fn nat_postrouting_chains(family: Family) -> Result<Vec<NatHook>, NlError> {
+    let proto = Proto::of(family);
+    let mut conn = Conn::open()?;
+    let mut found = Vec::new();
+    for (nfproto, name) in [(proto.nfproto(), proto.name()), (NFPROTO_INET, "inet")] {
+        let op = format!("list chains {name}");
+        conn.dump(
+            &op,
+            msg::GETCHAIN,
+            nfproto,
+            |_| {},
+            |m| {
+                let a = m.attrs();
+                let hook = chain_hook(&a);
+                if hook.kind == Some("nat")
+                    && hook.hook == Some("postrouting")
+                    && let (Some(table), Some(chain), Some(priority)) = (
+                        a.get_str(attr::CHAIN_TABLE),
+                        a.get_str(attr::CHAIN_NAME),
+                        hook.priority,
+                    )
+                {
+                    found.push(NatHook {
+                        family: name,
+                        table: table.to_owned(),
+                        chain: chain.to_owned(),
+                        priority: i32::try_from(priority).unwrap_or(i32::MAX),
+                    });
+                }
+                Ok(())
+            },
+        )?;
+    }
+    Ok(found)
+}
+
 /// The ruleset generation now.
 pub fn genid() -> Result<u32, NlError> {
     Conn::open()?.genid()

@@ -5,7 +5,8 @@
 //! the real tool and logs its arguments and how many bytes it printed. A
 //! full-table read (an `iptables-save`, or any answer the size of
 //! kube-proxy's rules) fails the test, and so does a run that recorded no
-//! read at all.
+//! read at all. Conflict detection, which runs in every sync, is held to
+//! the same bound: it reads POSTROUTING and the chains it jumps to.
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -194,6 +195,8 @@ both_modes! {
         let first = run_recorded(&ns, &rec, &["--config", config, "--iptables-mode=auto", "sync"]);
         assert!(ran(&first, "-t mangle -S KUBE-IPTABLES-HINT"), "{first:#?}");
         assert!(ran(&first, "-t nat -S IP-MASQ-AGENT"), "{first:#?}");
+        // Conflict detection follows POSTROUTING's jumps, one chain each.
+        assert!(ran(&first, "-t nat -S KUBE-POSTROUTING"), "{first:#?}");
         assert!(ran(&first, "-restore"), "the first sync wrote nothing: {first:#?}");
         let ours = format!("{}-restore", mode.tool(V4, ""));
         assert!(ran(&first, &ours), "auto did not pick {mode}: {first:#?}");
@@ -240,6 +243,11 @@ fn nftables_leftover_lookup_stays_small_on_a_busy_node() {
             "{tool} not asked for our chain by name: {calls:#?}"
         );
     }
+    // Conflict detection read the iptables path by chain name too.
+    assert!(
+        ran(&calls, "iptables-nft -w 5 -t nat -S KUBE-POSTROUTING"),
+        "{calls:#?}"
+    );
     let tables = ns.run(&["nft", "list", "tables"]);
     assert!(tables.contains("table ip ip-masq-agent"), "{tables}");
     let listing = oneshot(&ns, &["--config", config, "--backend=nftables", "cleanup"]);
