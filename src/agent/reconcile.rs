@@ -41,6 +41,11 @@ pub struct Reconciler<B: Backend> {
     /// looked yet), and the last failure to look, each once per change.
     conflicts: HashMap<Family, Vec<String>>,
     conflict_error: HashMap<Family, String>,
+    /// What the last completed conflict check judged: the path's
+    /// generation and the rules and config it was judged against. An
+    /// unchanged generation with the same rules and config has the same
+    /// answer, so a busy node's resyncs skip the path's reads.
+    conflicts_checked: HashMap<Family, (u32, Ruleset, Config)>,
     /// Failed syncs in a row.
     failures: u32,
     /// A one-shot command reports an unchanged node at info level; the
@@ -58,6 +63,7 @@ impl<B: Backend> Reconciler<B> {
             foreign_jumps: HashMap::new(),
             conflicts: HashMap::new(),
             conflict_error: HashMap::new(),
+            conflicts_checked: HashMap::new(),
             failures: 0,
             once: false,
         }
@@ -84,13 +90,7 @@ impl<B: Backend> Reconciler<B> {
             let elapsed = started.elapsed();
             // Other programs' rules are judged against what now holds.
             let found = match &result {
-                Ok(_) => {
-                    let checking = Instant::now();
-                    let found = self.backend.conflicts(&desired, config).await;
-                    let elapsed_ms = checking.elapsed().as_micros() as f64 / 1000.0;
-                    debug!(family = %family, elapsed_ms, "nat postrouting path checked for conflicting rules");
-                    Some(found)
-                }
+                Ok(_) => self.check_conflicts(&desired, config).await,
                 Err(_) => None,
             };
             if let Err(err) = self.record(trigger, desired, result, elapsed) {
@@ -104,6 +104,41 @@ impl<B: Backend> Reconciler<B> {
         self.failures = 0;
         self.telemetry.health.sync_succeeded();
         SyncResult::Ok
+    }
+
+    /// Look for conflicting foreign rules, unless the path's generation,
+    /// the rules and the config are what the last check judged (None then:
+    /// nothing to record).
+    async fn check_conflicts(
+        &mut self,
+        desired: &Ruleset,
+        config: &Config,
+    ) -> Option<Result<Vec<Conflict>, BackendError>> {
+        let family = desired.family;
+        let generation = self.backend.path_generation(family).await;
+        if let (Some(now), Some((then, rules, judged))) =
+            (generation, self.conflicts_checked.get(&family))
+            && now == *then
+            && rules == desired
+            && judged == config
+        {
+            debug!(family = %family, generation = now, "nat postrouting path unchanged since the last conflict check");
+            return None;
+        }
+        let checking = Instant::now();
+        let found = self.backend.conflicts(desired, config).await;
+        let elapsed_ms = checking.elapsed().as_micros() as f64 / 1000.0;
+        debug!(family = %family, elapsed_ms, "nat postrouting path checked for conflicting rules");
+        match (generation, &found) {
+            (Some(now), Ok(_)) => {
+                self.conflicts_checked
+                    .insert(family, (now, desired.clone(), config.clone()));
+            }
+            _ => {
+                self.conflicts_checked.remove(&family);
+            }
+        }
+        Some(found)
     }
 
     /// Conflicting foreign rules: a WARN for each one that appeared, an

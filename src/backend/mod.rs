@@ -155,4 +155,12 @@ pub trait Backend {
         let _ = (desired, config);
         Ok(Vec::new())
     }
+
+    /// A cheap token that changes whenever `family`'s nat postrouting path
+    /// may have: an unchanged token means [`Backend::conflicts`] would read
+    /// the same path. None: no such token, the path must be read.
+    async fn path_generation(&self, family: Family) -> Option<u32> {
+        let _ = family;
+        None
+    }
 }

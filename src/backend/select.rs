@@ -187,6 +187,10 @@ impl Backend for AnyBackend {
     ) -> Result<Vec<Conflict>, BackendError> {
         conflict::find(desired.family, &self.our_place(&desired.chain), config).await
     }
+
+    async fn path_generation(&self, family: Family) -> Option<u32> {
+        conflict::path_generation(family).await
+    }
 }
 
 impl AnyBackend {

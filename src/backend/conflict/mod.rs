@@ -37,7 +37,7 @@ pub mod walk;
 #[cfg(test)]
 mod tests;
 
-pub use read::read_path;
+pub use read::{path_generation, read_path};
 pub use rules::{Hooked, Match, Origin, Rule, Target};
 pub use walk::{
     Addrs, Conflict, ConflictKind, Decider, Effect, Expectation, OurPlace, Packet, Step, Trace,

@@ -234,3 +234,15 @@ pub async fn read_path(family: Family, place: &OurPlace) -> Result<Vec<Hooked>, 
     }
     Ok(path)
 }
+
+/// A cheap fingerprint of `family`'s nat postrouting path: the nftables
+/// ruleset generation, which every nftables commit moves (iptables-nft's
+/// too). None when the path has a part without one, a legacy nat table
+/// (the legacy kernel interface keeps no generation), or nf_tables cannot
+/// be asked: then only reading the path tells.
+pub async fn path_generation(family: Family) -> Option<u32> {
+    if iptables::legacy_nat_present(family).await {
+        return None;
+    }
+    netlink::blocking(netlink::genid).await.ok()
+}

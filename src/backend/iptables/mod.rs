@@ -69,6 +69,12 @@ pub async fn list_nat(
     }
 }
 
+/// Whether the legacy nat table of `family` exists in this namespace (read
+/// from procfs: asking the legacy tool would create it).
+pub async fn legacy_nat_present(family: Family) -> bool {
+    legacy_table_present(family, "nat").await
+}
+
 /// One `iptables-restore -w 5 --noflush` transaction of one variant and
 /// family (the stale-chain removal's write).
 pub async fn restore_nat(

@@ -498,3 +498,34 @@ fn docker_nftables_masquerades_before_our_table() {
         before
     );
 }
+
+both_modes! {
+    /// A conflict that appears while the agent runs is reported at the next
+    /// resync and its end too. Between changes an iptables-nft node's path
+    /// is not read again (the nftables generation says it is unchanged); a
+    /// legacy nat table has no generation, so there it is read every time.
+    fn a_rule_added_while_running_is_reported_and_its_removal_too(mode) {
+        let ns = Netns::new();
+        let volume = ConfigVolume::with("nonMasqueradeCIDRs: [10.0.0.0/8]\npodCIDRs: [10.22.0.0/16]\nresyncInterval: 1s\n");
+        let mut agent = Agent::start(&ns, mode, &volume, &[]);
+        agent.wait_for_lines("rules unchanged", 2);
+        let skipped = "nat postrouting path unchanged since the last conflict check";
+        match mode {
+            Mode::Nft => assert!(agent.count_lines(skipped) >= 1, "{}", agent.log()),
+            Mode::Legacy => assert_eq!(agent.count_lines(skipped), 0, "{}", agent.log()),
+        }
+        assert!(warnings(&agent).is_empty(), "{}", agent.log());
+        let rule = "-t nat -I POSTROUTING 1 -s 10.22.0.0/16 -d 10.0.0.0/8 -j MASQUERADE";
+        ipt(&ns, mode, V4, rule);
+        agent.wait_for_log("conflicting nat rule:");
+        let m = label(mode);
+        let expected = format!(
+            "iptables-{m} nat chain POSTROUTING rule `-A POSTROUTING -s 10.22.0.0/16 -d 10.0.0.0/8 -j MASQUERADE` \
+             masquerades pod traffic to 10.0.0.0/8, 10.22.0.0/16 that the config exempts"
+        );
+        assert_reported(&ns, &agent, "ipv4", std::slice::from_ref(&expected));
+        ipt(&ns, mode, V4, &rule.replace("-I POSTROUTING 1", "-D POSTROUTING"));
+        agent.wait_for_log("conflicting nat rule gone:");
+        assert_eq!(gauge(&ns, "ipv4"), Some(0.0));
+    }
+}
