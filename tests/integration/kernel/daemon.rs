@@ -61,7 +61,10 @@ both_modes! {
         ipt(&ns, mode, V4, "-t nat -F IP-MASQ-AGENT");
         wait_nat(&mut agent, &ns, mode, DEFAULT_RULES, "the flushed chain to be refilled");
 
-        ipt(&ns, mode, V4, r#"-t nat -D POSTROUTING -m comment --comment "ip-masq-agent: ensure nat POSTROUTING directs all non-LOCAL destination traffic to our custom IP-MASQ-AGENT chain" -m addrtype ! --dst-type LOCAL -j IP-MASQ-AGENT"#);
+        ipt(&ns, mode, V4, concat!(
+            r#"-t nat -D POSTROUTING -m comment --comment "ip-masq-agent: ensure nat POSTROUTING directs all "#,
+            r#"non-LOCAL destination traffic to our custom IP-MASQ-AGENT chain" -m addrtype ! --dst-type LOCAL -j IP-MASQ-AGENT"#,
+        ));
         wait_nat(&mut agent, &ns, mode, DEFAULT_RULES, "the deleted jump to be re-added");
 
         ipt(&ns, mode, V4, "-t nat -I IP-MASQ-AGENT 1 -d 203.0.113.0/24 -j RETURN");

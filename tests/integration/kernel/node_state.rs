@@ -90,19 +90,13 @@ both_modes! {
         let ns = Netns::new();
         let nat = |line: &str| ipt(&ns, mode, V4, &format!("-t nat {line}"));
         nat("-N IP-MASQ-AGENT");
-        nat(r#"-A POSTROUTING -m comment --comment '"ip-masq-agent: ensure nat POSTROUTING directs all non-LOCAL destination traffic to our custom IP-MASQ-AGENT chain"' -m addrtype ! --dst-type LOCAL -j IP-MASQ-AGENT"#);
+        nat(concat!(
+            r#"-A POSTROUTING -m comment --comment '"ip-masq-agent: ensure nat POSTROUTING directs all non-LOCAL "#,
+            r#"destination traffic to our custom IP-MASQ-AGENT chain"' -m addrtype ! --dst-type LOCAL -j IP-MASQ-AGENT"#,
+        ));
         nat(r#"-A IP-MASQ-AGENT -m comment --comment '"ip-masq-agent: outbound traffic is subject to MASQUERADE (must be last in chain)"' -j MASQUERADE"#);
         // The precondition, as iptables-save shows it on such a node.
-        assert_nat(&ns, mode, V4, r#"*nat
-:PREROUTING ACCEPT [0:0]
-:INPUT ACCEPT [0:0]
-:OUTPUT ACCEPT [0:0]
-:POSTROUTING ACCEPT [0:0]
-:IP-MASQ-AGENT - [0:0]
--A POSTROUTING -m comment --comment "\"ip-masq-agent: ensure nat POSTROUTING directs all non-LOCAL destination traffic to our custom IP-MASQ-AGENT chain\"" -m addrtype ! --dst-type LOCAL -j IP-MASQ-AGENT
--A IP-MASQ-AGENT -m comment --comment "\"ip-masq-agent: outbound traffic is subject to MASQUERADE (must be last in chain)\"" -j MASQUERADE
-COMMIT
-"#);
+        assert_nat(&ns, mode, V4, include_str!("../testdata/quoted-jump.save"));
         let volume = ConfigVolume::empty();
         sync_ok(&ns, mode, &volume, &[]);
         assert_nat(&ns, mode, V4, DEFAULT_RULES);
