@@ -9,6 +9,7 @@
 //! names its own commands. [`select`] picks one; [`fake`] stands in for
 //! both in the unit tests of the layers above.
 
+pub mod drift;
 pub mod exec;
 #[cfg(test)]
 pub mod fake;
@@ -113,8 +114,20 @@ impl fmt::Display for BackendError {
 
 impl std::error::Error for BackendError {}
 
-/// What `cleanup` removed, one line per object, for the operator.
-pub type CleanupReport = Vec<String>;
+/// What `cleanup` did, one line per object, for the operator.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CleanupReport {
+    pub removed: Vec<String>,
+    /// Objects of ours left in place, each with why and what to do (a rule
+    /// we do not own still enters our chain): the node is not clean.
+    pub kept: Vec<String>,
+}
+
+impl CleanupReport {
+    pub fn is_empty(&self) -> bool {
+        self.removed.is_empty() && self.kept.is_empty()
+    }
+}
 
 /// The kernel seam. One value serves both families.
 #[allow(async_fn_in_trait)] // used generically inside this crate only

@@ -8,15 +8,12 @@
 //! read at all.
 
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-
-use tempfile::TempDir;
 
 use crate::support::Family::{V4, V6};
 use crate::support::agent::oneshot;
 use crate::support::busy_node::{SERVICES, Size, restore_text};
 use crate::support::process::{COMMAND_TIMEOUT, describe, run_bounded};
+use crate::support::shim::{Shims, real_path};
 use crate::support::*;
 
 /// The tools the agent may run, each shimmed when installed.
@@ -54,46 +51,39 @@ struct Call {
     argv: String,
 }
 
-/// A directory of shims, to be put first on the agent's PATH.
+/// The recording shims, to be put first on the agent's PATH.
 struct Recorder {
-    dir: TempDir,
+    shims: Shims,
 }
 
 impl Recorder {
     fn new() -> Recorder {
-        let dir = tempfile::Builder::new()
-            .prefix("imqa-shims-")
-            .tempdir()
-            .expect("temp dir for the shims");
-        let log = dir.path().join("calls.log");
+        let shims = Shims::new();
+        let log = shims.dir().join("calls.log");
         for tool in TOOLS {
-            let Some(real) = real_path(tool) else {
+            if real_path(tool).is_none() {
                 continue;
-            };
+            }
             // The real tool's stdout goes to a file first, so its size is
             // known; stdin, stderr and the exit status pass through.
-            let script = format!(
-                "#!/bin/bash\nout=$(mktemp) || exit 97\n\"{}\" \"$@\" >\"$out\"\nrc=$?\n\
-printf '%s\\t%s\\n' \"$(stat -c %s \"$out\")\" \"{tool} $*\" >>\"{}\"\ncat \"$out\"\nrm -f \"$out\"\nexit \"$rc\"\n",
-                real.display(),
+            let body = format!(
+                "out=$(mktemp) || exit 97\n\"$REAL\" \"$@\" >\"$out\"\nrc=$?\n\
+printf '%s\\t%s\\n' \"$(stat -c %s \"$out\")\" \"{tool} $*\" >>\"{}\"\ncat \"$out\"\nrm -f \"$out\"\nexit \"$rc\"",
                 log.display()
             );
-            let path = dir.path().join(tool);
-            fs::write(&path, script).expect("write a shim");
-            fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).expect("chmod a shim");
+            shims.install(tool, &body);
         }
-        Recorder { dir }
+        Recorder { shims }
     }
 
     /// `PATH` with the shims first.
     fn path(&self) -> String {
-        let rest = std::env::var("PATH").unwrap_or_else(|_| "/usr/sbin:/usr/bin:/sbin:/bin".into());
-        format!("{}:{rest}", self.dir.path().display())
+        self.shims.path()
     }
 
     /// Every call so far, and forgets them.
     fn take(&self) -> Vec<Call> {
-        let log = self.dir.path().join("calls.log");
+        let log = self.shims.dir().join("calls.log");
         let text = fs::read_to_string(&log).unwrap_or_default();
         let _ = fs::remove_file(&log);
         text.lines()
@@ -106,13 +96,6 @@ printf '%s\\t%s\\n' \"$(stat -c %s \"$out\")\" \"{tool} $*\" >>\"{}\"\ncat \"$ou
             })
             .collect()
     }
-}
-
-fn real_path(tool: &str) -> Option<PathBuf> {
-    ["/usr/sbin", "/sbin", "/usr/bin", "/bin"]
-        .iter()
-        .map(|dir| Path::new(dir).join(tool))
-        .find(|p| p.exists())
 }
 
 /// Loads the busy node into `mode`'s tables (IPv4; IPv6 gets kubelet's hint
