@@ -53,10 +53,12 @@ pub enum ErrorKind {
     Io,
     /// The live state reads back differently from what we just wrote.
     Verify,
+    /// The tool printed more than the agent reads from any tool.
+    TooLarge,
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 8] = [
+    pub const ALL: [ErrorKind; 9] = [
         ErrorKind::NotFound,
         ErrorKind::LockHeld,
         ErrorKind::Permission,
@@ -65,6 +67,7 @@ impl ErrorKind {
         ErrorKind::Timeout,
         ErrorKind::Io,
         ErrorKind::Verify,
+        ErrorKind::TooLarge,
     ];
 
     /// A short stable label (logs, metrics).
@@ -78,6 +81,7 @@ impl ErrorKind {
             ErrorKind::Timeout => "timeout",
             ErrorKind::Io => "io",
             ErrorKind::Verify => "verify",
+            ErrorKind::TooLarge => "too_large",
         }
     }
 }

@@ -47,6 +47,7 @@ mod busy_node;
 mod cleanup;
 mod daemon;
 mod hostile_files;
+mod hostile_tools;
 mod leftovers;
 mod merged;
 mod nft;
