@@ -25,7 +25,7 @@ use super::{BackendError, ErrorKind};
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The most a tool may print on stdout. Our largest read, a chain or table
-/// holding 50 000 CIDRs, prints about 7 MB; a hostile or runaway tool
+/// holding 50 000 CIDRs, prints about 6 MB; a hostile or runaway tool
 /// (400 MB of `iptables-save`) is stopped here instead of filling memory.
 pub const STDOUT_LIMIT: usize = 32 << 20;
 

@@ -251,7 +251,8 @@ impl Memory {
         // Read the table over netlink and compare; write only the elements
         // when only they differ.
         for _ in 0..SNAPSHOT_ATTEMPTS {
-            let snap = blocking(move || netlink::snapshot(family)).await?;
+            let names = chain_names(target.plan);
+            let snap = blocking(move || netlink::snapshot(family, &names)).await?;
             if !snap.observed.table {
                 return self.create(target).await;
             }
@@ -303,7 +304,8 @@ impl Memory {
         let (plan, family) = (target.plan, target.family());
         self.rules = None;
         apply(family, &gated_script(plan)).await?;
-        let gated = blocking(move || netlink::snapshot(family)).await?;
+        let names = chain_names(target.plan);
+        let gated = blocking(move || netlink::snapshot(family, &names)).await?;
         let first_rule = gated
             .observed
             .chains
@@ -330,7 +332,8 @@ impl Memory {
         };
         blocking(move || netlink::write_set(family, &write)).await?;
         self.record(target);
-        let after = blocking(move || netlink::snapshot(family)).await?;
+        let names = chain_names(target.plan);
+        let after = blocking(move || netlink::snapshot(family, &names)).await?;
         verify(plan, &after.observed, &target.wanted)?;
         // One commit since the gated read, ours: `after` is our write.
         if after.consistent && after.genid == gated.genid.wrapping_add(1) {
@@ -384,7 +387,8 @@ impl Memory {
         // Rules written: read back, to verify and to learn how this nft
         // prints them and how the kernel holds them.
         if changes.create_table || changes.rewrite_rules {
-            let after = blocking(move || netlink::snapshot(family)).await?;
+            let names = chain_names(target.plan);
+            let after = blocking(move || netlink::snapshot(family, &names)).await?;
             verify(plan, &after.observed, &target.wanted)?;
             // Exactly one commit since `before`, ours: the read shows our
             // write and nothing else.
@@ -433,6 +437,11 @@ impl Memory {
         }
         Ok(wrote(changes.differences))
     }
+}
+
+/// The plan's chains by name, as a snapshot looks them up.
+fn chain_names(plan: &Plan) -> Vec<String> {
+    plan.chains.iter().map(|c| c.name.clone()).collect()
 }
 
 /// The rules `observed` holds in each of the plan's chains.

@@ -8,7 +8,7 @@
 //! Expected tables are literals of what `nft list table` prints (tabs shown
 //! as four spaces), never assembled from the agent's own constants.
 
-mod netlink;
+pub(super) mod netlink;
 
 use std::time::Instant;
 
