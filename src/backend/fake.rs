@@ -86,9 +86,12 @@ impl Backend for Fake {
         family: Family,
         _: &ChainName,
     ) -> Result<CleanupReport, BackendError> {
-        Ok(match self.kernel.remove(&family) {
-            Some(_) => vec![format!("{family}: removed")],
-            None => Vec::new(),
+        Ok(CleanupReport {
+            removed: match self.kernel.remove(&family) {
+                Some(_) => vec![format!("{family}: removed")],
+                None => Vec::new(),
+            },
+            kept: Vec::new(),
         })
     }
 

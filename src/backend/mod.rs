@@ -10,6 +10,7 @@
 //! both in the unit tests of the layers above.
 
 pub mod conflict;
+pub mod drift;
 pub mod exec;
 #[cfg(test)]
 pub mod fake;
@@ -54,10 +55,12 @@ pub enum ErrorKind {
     Io,
     /// The live state reads back differently from what we just wrote.
     Verify,
+    /// The tool printed more than the agent reads from any tool.
+    TooLarge,
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 8] = [
+    pub const ALL: [ErrorKind; 9] = [
         ErrorKind::NotFound,
         ErrorKind::LockHeld,
         ErrorKind::Permission,
@@ -66,6 +69,7 @@ impl ErrorKind {
         ErrorKind::Timeout,
         ErrorKind::Io,
         ErrorKind::Verify,
+        ErrorKind::TooLarge,
     ];
 
     /// A short stable label (logs, metrics).
@@ -79,6 +83,7 @@ impl ErrorKind {
             ErrorKind::Timeout => "timeout",
             ErrorKind::Io => "io",
             ErrorKind::Verify => "verify",
+            ErrorKind::TooLarge => "too_large",
         }
     }
 }
@@ -115,8 +120,20 @@ impl fmt::Display for BackendError {
 
 impl std::error::Error for BackendError {}
 
-/// What `cleanup` removed, one line per object, for the operator.
-pub type CleanupReport = Vec<String>;
+/// What `cleanup` did, one line per object, for the operator.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CleanupReport {
+    pub removed: Vec<String>,
+    /// Objects of ours left in place, each with why and what to do (a rule
+    /// we do not own still enters our chain): the node is not clean.
+    pub kept: Vec<String>,
+}
+
+impl CleanupReport {
+    pub fn is_empty(&self) -> bool {
+        self.removed.is_empty() && self.kept.is_empty()
+    }
+}
 
 /// The kernel seam. One value serves both families.
 #[allow(async_fn_in_trait)] // used generically inside this crate only

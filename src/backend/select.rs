@@ -234,6 +234,8 @@ async fn choose_iptables(mode: IptablesMode) -> Iptables {
 #[derive(Debug, Default)]
 pub struct Removal {
     pub removed: Vec<String>,
+    /// Objects of ours left in place, with why.
+    pub kept: Vec<String>,
     pub failures: Vec<String>,
 }
 
@@ -244,7 +246,10 @@ impl Removal {
         what: impl FnOnce() -> String,
     ) {
         match result {
-            Ok(report) => self.removed.extend(report),
+            Ok(report) => {
+                self.removed.extend(report.removed);
+                self.kept.extend(report.kept);
+            }
             // The tool is not installed: nothing of ours can be there.
             Err(err) if err.kind == ErrorKind::NotFound => {}
             Err(err) => self.failures.push(format!("{}: {err}", what())),
@@ -293,6 +298,9 @@ pub async fn remove_other(chosen: BackendKind, chain: &ChainName) {
     let removal = remove_state(chosen.other(), chain).await;
     for line in removal.removed {
         info!(backend = %chosen, "removed the other backend's state: {line}");
+    }
+    for line in removal.kept {
+        warn!(backend = %chosen, "the other backend's state stays: {line}");
     }
     for failure in removal.failures {
         warn!("cannot remove the other backend's state ({failure})");

@@ -241,9 +241,15 @@ pub async fn cleanup_stale(options: &Options) -> Result<ExitCode> {
         for family in [Family::Ipv4, Family::Ipv6] {
             match conflict::stale::remove(variant, family, chain).await {
                 Ok(report) => {
-                    for line in report {
+                    for line in report.removed {
                         any = true;
                         print(&format!("{line}\n"))?;
+                    }
+                    // Not clean: the operator must look at what kept it.
+                    for line in report.kept {
+                        any = true;
+                        failed = true;
+                        eprintln!("{line}");
                     }
                 }
                 Err(err) if err.kind == crate::backend::ErrorKind::NotFound => {}

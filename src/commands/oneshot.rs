@@ -407,6 +407,13 @@ pub async fn cleanup(options: &Options) -> Result<ExitCode> {
             removed_any = true;
             print(&format!("{line}\n"))?;
         }
+        // Something of ours is still there and may still act on traffic:
+        // the node is not clean, so the exit status must say so.
+        for line in removal.kept {
+            removed_any = true;
+            error!("cleanup incomplete: {line}");
+            failed = true;
+        }
         for failure in removal.failures {
             error!("cleanup failed: {failure}");
             failed = true;

@@ -131,7 +131,7 @@ impl SyncMetrics {
         );
         registry.register(
             "ip_masq_agent_sync_errors",
-            "Failed rule syncs by address family and kind of failure (lock_held, rejected, not_found, timeout, permission, io, verify)",
+            "Failed rule syncs by address family and kind of failure (lock_held, rejected, not_found, timeout, permission, io, verify, too_large)",
             this.errors.clone(),
         );
         registry.register_with_unit(

@@ -14,6 +14,7 @@ pub mod http;
 pub mod iptables;
 pub mod netns;
 pub mod process;
+pub mod shim;
 pub mod text;
 pub mod volume;
 pub mod wait;

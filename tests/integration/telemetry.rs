@@ -200,7 +200,7 @@ both_modes! {
             .into_iter()
             .filter(|s| s.name == "ip_masq_agent_sync_errors_total" || s.labels.get("result").is_some_and(|r| r == "failed"))
             .collect();
-        assert_eq!(failures.len(), 9, "failed syncs and one series per error kind: {failures:?}");
+        assert_eq!(failures.len(), 10, "failed syncs and one series per error kind: {failures:?}");
         assert!(failures.iter().all(|s| s.value == 0.0), "no sync failed, yet: {failures:?}");
         assert_sample(m, "ip_masq_agent_sync_errors_total", &[("family", "ipv4"), ("kind", "lock_held")], 0.0);
         assert_sample(m, "ip_masq_agent_config_loads_total", &[("result", "invalid"), ("trigger", "file_event")], 0.0);

@@ -54,7 +54,7 @@ pub fn removal(
     name: &str,
 ) -> (Option<String>, CleanupReport) {
     let mut payload = String::from("*nat\n");
-    let mut report = Vec::new();
+    let mut report = CleanupReport::default();
     for s in stale {
         let others: Vec<&Rule> = postrouting
             .iter()
@@ -68,7 +68,7 @@ pub fn removal(
             })
         });
         if foreign_rules {
-            report.push(format!(
+            report.kept.push(format!(
                 "{name}: kept stale chain {} and its jump: it holds rules without an ip-masq-agent comment",
                 s.chain
             ));
@@ -77,15 +77,19 @@ pub fn removal(
         for jump in &s.jumps {
             let spec = jump.text.trim_start_matches("-A POSTROUTING ");
             let _ = writeln!(payload, "-D POSTROUTING {spec}");
-            report.push(format!("{name}: removed stale jump to {}", s.chain));
+            report
+                .removed
+                .push(format!("{name}: removed stale jump to {}", s.chain));
         }
         match (&s.rules, others.is_empty()) {
             (None, _) => {}
             (Some(_), true) => {
                 let _ = writeln!(payload, "-F {0}\n-X {0}", s.chain);
-                report.push(format!("{name}: removed stale chain {}", s.chain));
+                report
+                    .removed
+                    .push(format!("{name}: removed stale chain {}", s.chain));
             }
-            (Some(_), false) => report.push(format!(
+            (Some(_), false) => report.kept.push(format!(
                 "{name}: kept stale chain {}: still entered by rules we do not own: {}",
                 s.chain,
                 others
@@ -111,7 +115,7 @@ pub async fn remove(
 ) -> Result<CleanupReport, BackendError> {
     let name = format!("{} {family}", variant.label());
     let Some(listing) = iptables::list_nat(variant, family, "POSTROUTING").await? else {
-        return Ok(Vec::new());
+        return Ok(CleanupReport::default());
     };
     let postrouting = parse_listing(&listing, "POSTROUTING");
     let mut stale = Vec::new();

@@ -12,21 +12,25 @@
 //! Expected state is predicted in the form iptables prints (which reorders
 //! matches and rounds probabilities); if a given iptables prints differently, the
 //! read-back after our own write becomes the reference, so a node is never
-//! rewritten just because of formatting.
+//! rewritten just because of formatting, but only when it is our rules in
+//! another form (`drift::same_form`): a rule another writer slipped in
+//! right after our write stays drift.
 //!
 //! This file does the I/O (probe, reconcile, cleanup); `rules` is the pure
 //! text and diff, `variant` picks the binaries.
 
+mod form;
 mod rules;
 mod variant;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use tracing::{debug, warn};
 
-use super::exec;
 use super::{Backend, BackendError, CleanupReport, ErrorKind, Outcome};
+use super::{drift, exec};
 use crate::plan::{ChainName, Family, Ruleset};
+use form::same_form;
 #[cfg(test)]
 use rules::diff;
 use rules::{
@@ -95,6 +99,8 @@ pub struct Iptables {
     variant: Variant,
     version: Option<Version>,
     read_back: HashMap<Family, ReadBack>,
+    /// Families whose other variant was searched for our objects.
+    swept: HashSet<Family>,
 }
 
 impl Iptables {
@@ -108,6 +114,7 @@ impl Iptables {
             variant,
             version: None,
             read_back: HashMap::new(),
+            swept: HashSet::new(),
         }
     }
 
@@ -183,6 +190,73 @@ impl Iptables {
         }
     }
 
+    /// What the read-back after our chain write teaches. It is compared
+    /// with what we wanted, never taken as is: a rule another writer slipped
+    /// in right after our write would otherwise become the reference and
+    /// survive every resync as "unchanged".
+    fn learn(
+        &mut self,
+        family: Family,
+        chain: &ChainName,
+        predicted: Vec<String>,
+        actual: Vec<String>,
+    ) {
+        if actual == predicted {
+            self.read_back.remove(&family);
+        } else if same_form(&predicted, &actual) {
+            warn!(
+                family = %family,
+                "iptables prints our rules differently than predicted; using its own form as the reference"
+            );
+            self.read_back
+                .insert(family, ReadBack { predicted, actual });
+        } else {
+            // Not ours: drift, repaired at the next resync.
+            warn!(
+                family = %family,
+                "right after our write, {}; repaired at the next resync",
+                drift::describe(chain.as_str(), &actual, &predicted, String::clone)
+            );
+            self.read_back.remove(&family);
+        }
+    }
+
+    /// Our chain and jump in the variant we do not use (a node that
+    /// switched between iptables-nft and iptables-legacy) would keep
+    /// masquerading with the old exemptions, unseen: removed once per
+    /// family, before our first write, looked up by name.
+    async fn sweep_other_variant(&mut self, family: Family, chain: &ChainName) {
+        let other = match self.variant {
+            Variant::Nft => Variant::Legacy,
+            Variant::Legacy => Variant::Nft,
+            // Plain is one of the two, and which one is not known.
+            Variant::Plain => return,
+        };
+        if self.swept.contains(&family) {
+            return;
+        }
+        match Iptables::new(other).cleanup(family, chain).await {
+            Ok(report) => {
+                for line in &report.removed {
+                    warn!(family = %family, "iptables ({}) is not in use here; {line}", other.label());
+                }
+                for line in &report.kept {
+                    warn!(family = %family, "iptables ({}) is not in use here, but {line}", other.label());
+                }
+                self.swept.insert(family);
+            }
+            Err(err) if err.kind == ErrorKind::NotFound => {
+                self.swept.insert(family);
+            }
+            // Tried again at the next reconcile.
+            Err(err) => warn!(
+                family = %family,
+                "cannot look for our chain in iptables ({}), which is not in use here: {err}",
+                other.label()
+            ),
+        }
+    }
+
     async fn restore(&self, family: Family, payload: &str) -> Result<(), BackendError> {
         let program = self.variant.binary(family, Tool::Restore);
         let args = self.restore_args();
@@ -221,6 +295,7 @@ impl Backend for Iptables {
         self.probe_version().await?;
         let family = desired.family;
         let chain = &desired.chain;
+        self.sweep_other_variant(family, chain).await;
         let random_fully = self.random_fully(desired);
         let predicted = predicted_chain_rules(desired, random_fully);
         let expected = match self.read_back.get(&family) {
@@ -251,19 +326,7 @@ impl Backend for Iptables {
             ));
         }
         if changes.rewrite_chain {
-            if after.chain_rules != predicted {
-                warn!(
-                    family = %family,
-                    "iptables prints our rules differently than predicted; using its own form as the reference"
-                );
-            }
-            self.read_back.insert(
-                family,
-                ReadBack {
-                    predicted,
-                    actual: after.chain_rules,
-                },
-            );
+            self.learn(family, chain, predicted, after.chain_rules);
         }
         Ok(Outcome {
             wrote: true,
@@ -279,17 +342,17 @@ impl Backend for Iptables {
     ) -> Result<CleanupReport, BackendError> {
         let name = format!("{} {}", self.variant.label(), family);
         if self.variant == Variant::Legacy && !legacy_table_present(family, "nat").await {
-            return Ok(Vec::new());
+            return Ok(CleanupReport::default());
         }
         // Looked up by name: on a node without our chain this is one
         // short command, however many rules other programs keep.
         let observed = match self.list(family, chain.as_str()).await {
-            Ok(None) => return Ok(Vec::new()),
+            Ok(None) => return Ok(CleanupReport::default()),
             Ok(Some(listing)) => {
                 let postrouting = self.list(family, "POSTROUTING").await?;
                 parse_listing(chain, Some(&listing), &postrouting.unwrap_or_default())
             }
-            Err(err) if err.kind == ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(err) if err.kind == ErrorKind::NotFound => return Ok(CleanupReport::default()),
             Err(err) => return Err(err),
         };
         let (payload, report) = removal(&observed, chain, &name);

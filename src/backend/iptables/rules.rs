@@ -19,6 +19,7 @@ use std::fmt::Write as _;
 
 use ipnet::IpNet;
 
+use crate::backend::CleanupReport;
 use crate::plan::{ChainName, PORT_PROTOCOLS, PortRange, Protocol, Ruleset, SourceReturns};
 
 const RETURN_COMMENT: &str = "ip-masq-agent: local traffic is not subject to MASQUERADE";
@@ -289,10 +290,11 @@ pub fn diff_placed(
         changes.differences.push(format!("chain {chain} missing"));
     } else if observed.chain_rules != expected_rules {
         changes.rewrite_chain = true;
-        changes.differences.push(format!(
-            "chain {chain} holds {} rule(s) that differ from the {} wanted",
-            observed.chain_rules.len(),
-            expected_rules.len()
+        changes.differences.push(crate::backend::drift::describe(
+            chain.as_str(),
+            &observed.chain_rules,
+            expected_rules,
+            String::clone,
         ));
     }
     let ours = jump_save_line(chain);
@@ -416,13 +418,14 @@ pub fn port_shares(ranges: &[PortRange]) -> Vec<PortShare> {
 
 /// What `cleanup` does to a node holding `observed`: the restore payload
 /// (None when nothing is ours) and one line per object for the operator.
-/// Our jumps go; the chain goes only when nothing else enters it.
+/// Our jumps go; the chain goes only when nothing else enters it, and is
+/// otherwise reported as kept, with the rules that enter it.
 pub fn removal(
     observed: &Observed,
     chain: &ChainName,
     name: &str,
-) -> (Option<String>, Vec<String>) {
-    let mut report = Vec::new();
+) -> (Option<String>, CleanupReport) {
+    let mut report = CleanupReport::default();
     let ours = jump_save_line(chain);
     let legacy = legacy_jump_save_line(chain);
     let mut payload = String::from("*nat\n");
@@ -434,7 +437,9 @@ pub fn removal(
                 "-D POSTROUTING {}",
                 jump.trim_start_matches("-A POSTROUTING ")
             );
-            report.push(format!("{name}: removed jump to {chain}"));
+            report
+                .removed
+                .push(format!("{name}: removed jump to {chain}"));
         } else {
             foreign.push(jump.clone());
         }
@@ -442,11 +447,19 @@ pub fn removal(
     if observed.chain_exists {
         if foreign.is_empty() {
             let _ = writeln!(payload, "-F {chain}\n-X {chain}");
-            report.push(format!("{name}: removed chain {chain}"));
+            report
+                .removed
+                .push(format!("{name}: removed chain {chain}"));
         } else {
-            report.push(format!(
-                "{name}: kept chain {chain}: still entered by rules we do not own: {}",
-                foreign.join(" | ")
+            let rules: Vec<String> = foreign
+                .iter()
+                .map(|r| r.trim_start_matches("-A POSTROUTING ").to_owned())
+                .collect();
+            report.kept.push(format!(
+                "{name}: kept chain {chain}: still entered by {} rule(s) we do not own, in nat POSTROUTING: {}; \
+delete them (iptables -t nat -D POSTROUTING RULE) and run cleanup again",
+                foreign.len(),
+                crate::backend::drift::named(&rules, rules.len())
             ));
         }
     }

@@ -151,8 +151,10 @@ fn removal_keeps_a_chain_others_enter() {
     let payload = payload.unwrap();
     assert_eq!(payload.matches("-D POSTROUTING ").count(), 3, "{payload}");
     assert!(!payload.contains("-X "), "{payload}");
+    assert_eq!(report.removed.len(), 3, "{report:?}");
+    assert_eq!(report.kept.len(), 1, "{report:?}");
     assert!(
-        report.last().unwrap().contains("kept chain IP-MASQ-AGENT"),
+        report.kept[0].contains("kept chain IP-MASQ-AGENT: still entered by "),
         "{report:?}"
     );
     let alone = Observed {
@@ -167,10 +169,11 @@ fn removal_keeps_a_chain_others_enter() {
             .unwrap()
             .ends_with("-F IP-MASQ-AGENT\n-X IP-MASQ-AGENT\nCOMMIT\n")
     );
-    assert_eq!(report.len(), 2);
+    assert_eq!(report.removed.len(), 2);
+    assert!(report.kept.is_empty());
     assert_eq!(
         removal(&Observed::default(), &c, "nft ipv4"),
-        (None, Vec::new())
+        (None, CleanupReport::default())
     );
 }
 

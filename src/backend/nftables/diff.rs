@@ -22,6 +22,8 @@ use super::table::{
     POD_SET, Plan, SET, SHARE_PREFIX, TABLE, addr_type, base_chain_spec, elements_text, nft_family,
     priority_text, script,
 };
+use crate::backend::drift;
+use crate::logging::Escaped;
 
 /// What to do with the set.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -73,8 +75,12 @@ pub struct Changes {
     pub recreate_base: bool,
     /// Chains of ours to add before their rules.
     pub missing_chains: Vec<String>,
-    /// `share-N` chains no longer used.
+    /// Chains of our table not in the plan (`share-N` no longer used, or
+    /// someone else's), removed.
     pub stale_chains: Vec<String>,
+    /// Chains of our table not in the plan whose names are not safe to
+    /// pass to nft: reported, never written into a script.
+    pub unremovable_chains: Vec<String>,
     pub differences: Vec<String>,
 }
 
@@ -129,7 +135,7 @@ fn count(n: usize, what: &str) -> String {
 /// Compare what is live with the plan. `expected` is each chain's rules in
 /// the form this nft prints; `last_written` is the set content we last left
 /// (None before our first look), which tells drift from a config change.
-pub fn diff<R: PartialEq>(
+pub fn diff<R: PartialEq + RuleText>(
     plan: &Plan,
     observed: &Observed<R>,
     expected: &BTreeMap<String, Vec<R>>,
@@ -205,23 +211,73 @@ pub fn diff<R: PartialEq>(
                 }
                 if found.rules != want {
                     changes.rewrite_rules = true;
-                    changes
-                        .differences
-                        .push(format!("chain {} rules differ", chain.name));
+                    changes.differences.push(drift::describe(
+                        &chain.name,
+                        &found.rules,
+                        want,
+                        RuleText::rule_text,
+                    ));
                 }
             }
         }
     }
+    // Every other chain in our table goes: the table is ours, so a chain we
+    // did not plan is either a `share-N` no longer used or someone else's,
+    // which would otherwise live on unseen (a jump to it can only come from
+    // inside the table, from rules we rewrite).
     for name in observed.chains.keys() {
-        if name.starts_with(SHARE_PREFIX) && !plan.chains.iter().any(|c| c.name == *name) {
-            changes.rewrite_rules = true;
-            changes.stale_chains.push(name.clone());
+        if plan.chains.iter().any(|c| c.name == *name) {
+            continue;
+        }
+        let shown = Escaped(name);
+        if !is_plain_name(name) {
+            // Never put a name from the kernel into a script unless it is
+            // one nft reads as a name and nothing else.
+            changes.unremovable_chains.push(format!(
+                "chain {shown} in table {family} {TABLE} is not ours, and its name is not one the agent passes to nft: \
+remove it with nft delete chain {family} {TABLE} handle N"
+            ));
+            continue;
+        }
+        changes.rewrite_rules = true;
+        changes.stale_chains.push(name.clone());
+        if name.starts_with(SHARE_PREFIX) {
             changes
                 .differences
-                .push(format!("chain {name} no longer used"));
+                .push(format!("chain {shown} no longer used"));
+        } else {
+            changes
+                .differences
+                .push(format!("chain {shown} in our table is not ours: removed"));
         }
     }
     changes
+}
+
+/// A chain name nft reads as one plain identifier (as every chain we write).
+fn is_plain_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    name.len() <= 64
+        && chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'))
+}
+
+/// A rule as a drift message shows it: the JSON `nft -j` printed, or a
+/// netlink read's expression text.
+pub trait RuleText {
+    fn rule_text(&self) -> String;
+}
+
+impl RuleText for serde_json::Value {
+    fn rule_text(&self) -> String {
+        self.to_string()
+    }
+}
+
+impl RuleText for String {
+    fn rule_text(&self) -> String {
+        self.clone()
+    }
 }
 
 fn diff_pod_set(plan: &Plan, found: Option<&ObservedSet>, changes: &mut Changes) {

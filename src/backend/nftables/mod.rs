@@ -40,7 +40,9 @@
 //! table` decides: its JSON is compared with a second prediction, and if
 //! this nft prints our rules differently, the read-back after our own write
 //! becomes the reference (as the iptables backend does), so a node is never
-//! rewritten just because of formatting. This file holds the strategies
+//! rewritten just because of formatting; only a read-back that the
+//! generation id proves holds our commit alone, so a rule another writer
+//! slipped in right after ours stays drift. This file holds the strategies
 //! and what each family's table taught them ([`Memory`]).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -49,8 +51,8 @@ use ipnet::IpNet;
 use serde_json::Value;
 use tracing::{debug, warn};
 
-use super::exec;
 use super::{Backend, BackendError, CleanupReport, ErrorKind, Outcome};
+use super::{drift, exec};
 use crate::plan::{ChainName, Family, Ruleset};
 use diff::{delta_text, diff, transaction};
 use netlink::{Snapshot, blocking};
@@ -119,6 +121,8 @@ struct Memory {
     /// How this kernel holds our rules (netlink's form), learned from a read
     /// that showed exactly our write or that `nft -j` confirmed.
     held: Option<Reference<String>>,
+    /// Chains of our table we cannot remove, as last reported.
+    unremovable: Vec<String>,
 }
 
 /// One reconcile's plan, with what is derived from it once.
@@ -143,6 +147,16 @@ fn wrote(differences: Vec<String>) -> Outcome {
 }
 
 impl Memory {
+    /// Warns once per change about chains of our table we leave alone.
+    fn report(&mut self, family: Family, changes: &diff::Changes) {
+        if self.unremovable != changes.unremovable_chains {
+            for what in &changes.unremovable_chains {
+                warn!(family = %family, "{what}");
+            }
+            self.unremovable = changes.unremovable_chains.clone();
+        }
+    }
+
     /// The kernel now holds `target`: its elements under its rules.
     fn record(&mut self, target: &Target<'_>) {
         self.elements = Some(target.wanted.clone());
@@ -237,7 +251,8 @@ impl Memory {
         // Read the table over netlink and compare; write only the elements
         // when only they differ.
         for _ in 0..SNAPSHOT_ATTEMPTS {
-            let snap = blocking(move || netlink::snapshot(family)).await?;
+            let names = chain_names(target.plan);
+            let snap = blocking(move || netlink::snapshot(family, &names)).await?;
             if !snap.observed.table {
                 return self.create(target).await;
             }
@@ -251,6 +266,7 @@ impl Memory {
                 &expected,
                 self.elements.as_ref(),
             );
+            self.report(family, &changes);
             if changes.is_empty() {
                 self.record(target);
                 return Ok(Outcome::default());
@@ -288,7 +304,8 @@ impl Memory {
         let (plan, family) = (target.plan, target.family());
         self.rules = None;
         apply(family, &gated_script(plan)).await?;
-        let gated = blocking(move || netlink::snapshot(family)).await?;
+        let names = chain_names(target.plan);
+        let gated = blocking(move || netlink::snapshot(family, &names)).await?;
         let first_rule = gated
             .observed
             .chains
@@ -315,7 +332,8 @@ impl Memory {
         };
         blocking(move || netlink::write_set(family, &write)).await?;
         self.record(target);
-        let after = blocking(move || netlink::snapshot(family)).await?;
+        let names = chain_names(target.plan);
+        let after = blocking(move || netlink::snapshot(family, &names)).await?;
         verify(plan, &after.observed, &target.wanted)?;
         // One commit since the gated read, ours: `after` is our write.
         if after.consistent && after.genid == gated.genid.wrapping_add(1) {
@@ -348,6 +366,7 @@ impl Memory {
             &self.expected_json(target),
             self.elements.as_ref(),
         );
+        self.report(family, &changes);
         if changes.is_empty() {
             self.learn_if_unchanged(target, snap).await;
             self.record(target);
@@ -368,25 +387,61 @@ impl Memory {
         // Rules written: read back, to verify and to learn how this nft
         // prints them and how the kernel holds them.
         if changes.create_table || changes.rewrite_rules {
-            let after = blocking(move || netlink::snapshot(family)).await?;
+            let names = chain_names(target.plan);
+            let after = blocking(move || netlink::snapshot(family, &names)).await?;
             verify(plan, &after.observed, &target.wanted)?;
-            if after.consistent && before.map(|g| g.wrapping_add(1)) == Some(after.genid) {
+            // Exactly one commit since `before`, ours: the read shows our
+            // write and nothing else.
+            let ours_only =
+                after.consistent && before.map(|g| g.wrapping_add(1)) == Some(after.genid);
+            if ours_only {
                 self.learn(target, &after);
             }
             let printed = per_plan_chain(plan, &observe(family).await?);
-            if printed != target.predicted {
+            let still_ours = ours_only && blocking(netlink::genid).await.ok() == Some(after.genid);
+            if printed == target.predicted {
+                self.printed = None;
+            } else if still_ours {
                 warn!(
                     family = %family,
                     "nft prints our rules differently than predicted; using its own form as the reference"
                 );
+                self.printed = Some(Reference {
+                    predicted: target.predicted.clone(),
+                    actual: printed,
+                });
+            } else {
+                // Someone else committed right after our write: what we read
+                // is not only ours, so it never becomes the reference (a
+                // rule slipped in now would survive every resync).
+                let text = plan
+                    .chains
+                    .iter()
+                    .map(|c| {
+                        let found = printed.get(&c.name).map(Vec::as_slice).unwrap_or(&[]);
+                        let wanted = target
+                            .predicted
+                            .get(&c.name)
+                            .map(Vec::as_slice)
+                            .unwrap_or(&[]);
+                        (found, wanted, &c.name)
+                    })
+                    .filter(|(found, wanted, _)| found != wanted)
+                    .map(|(found, wanted, name)| {
+                        drift::describe(name, found, wanted, Value::to_string)
+                    })
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                warn!(family = %family, "right after our write, {text}; repaired at the next resync");
             }
-            self.printed = Some(Reference {
-                predicted: target.predicted.clone(),
-                actual: printed,
-            });
         }
         Ok(wrote(changes.differences))
     }
+}
+
+/// The plan's chains by name, as a snapshot looks them up.
+fn chain_names(plan: &Plan) -> Vec<String> {
+    plan.chains.iter().map(|c| c.name.clone()).collect()
 }
 
 /// The rules `observed` holds in each of the plan's chains.
@@ -549,13 +604,14 @@ impl Backend for Nftables {
         // request, not nft loading its cache of the whole ruleset. Should
         // netlink fail, nft decides as before.
         if let Ok(false) = blocking(move || netlink::table_exists(family)).await {
-            return Ok(Vec::new());
+            return Ok(CleanupReport::default());
         }
         match exec::run("nft", &["delete", "table", fam, TABLE], None).await {
-            Ok(_) => Ok(vec![format!(
-                "nftables {family}: removed table {fam} {TABLE}"
-            )]),
-            Err(err) if is_absent(&err) => Ok(Vec::new()),
+            Ok(_) => Ok(CleanupReport {
+                removed: vec![format!("nftables {family}: removed table {fam} {TABLE}")],
+                kept: Vec::new(),
+            }),
+            Err(err) if is_absent(&err) => Ok(CleanupReport::default()),
             Err(err) => Err(err),
         }
     }

@@ -115,6 +115,8 @@ pub mod msg {
 /// Attribute numbers of `nf_tables.h`, per object.
 pub mod attr {
     pub const TABLE_NAME: u16 = 1;
+    /// How many chains, sets, objects and flowtables the table holds.
+    pub const TABLE_USE: u16 = 3;
 
     pub const CHAIN_TABLE: u16 = 1;
     pub const CHAIN_NAME: u16 = 3;

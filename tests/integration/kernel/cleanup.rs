@@ -5,6 +5,7 @@
 use super::{EMPTY_NAT, assert_nat};
 use crate::support::Family::{V4, V6};
 use crate::support::agent::subcommand;
+use crate::support::iptables::copy_nat;
 use crate::support::process::describe;
 use crate::support::*;
 
@@ -42,8 +43,11 @@ both_modes! {
             nat("-A KUBE-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN");
         }
         let volume = ConfigVolume::with("nonMasqueradeCIDRs:\n  - 10.0.0.0/8\n  - fd00::/8\n");
-        for m in [Mode::Nft, Mode::Legacy] {
-            sync_ok(&ns, m, &volume, &["--enable-ipv6"]);
+        // A sync removes ours from the variant it does not use: legacy
+        // gets a copy of what the agent wrote with nft.
+        sync_ok(&ns, Mode::Nft, &volume, &["--enable-ipv6"]);
+        for family in [V4, V6] {
+            copy_nat(&ns, Mode::Nft, Mode::Legacy, family);
         }
         for (m, family) in BACKENDS {
             let text = save(&ns, m, family);

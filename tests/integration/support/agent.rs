@@ -38,6 +38,16 @@ pub fn oneshot(ns: &Netns, args: &[&str]) -> Output {
     run_bounded(agent_command(ns).args(args), COMMAND_TIMEOUT)
 }
 
+/// As [`oneshot`], with extra environment variables for the agent (through
+/// `env`, so `ip netns exec` itself still finds its tools).
+pub fn oneshot_with_env(ns: &Netns, env: &[(&str, &str)], args: &[&str]) -> Output {
+    let mut cmd = ns.command("env");
+    cmd.args(env.iter().map(|(k, v)| format!("{k}={v}")))
+        .arg(agent_bin())
+        .args(args);
+    run_bounded(&mut cmd, COMMAND_TIMEOUT)
+}
+
 /// `ip-masq-agent --config VOLUME --iptables-mode=MODE FLAGS... SUBCOMMAND`
 /// inside `ns`. Flags go first, as Go's flag package requires upstream.
 pub fn subcommand(

@@ -7,7 +7,7 @@
 use std::fmt;
 
 use super::netns::Netns;
-use super::process::describe;
+use super::process::{COMMAND_TIMEOUT, describe, run_bounded};
 
 /// An iptables backend; every rule test runs once per variant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,6 +117,17 @@ pub fn save_with_counters(ns: &Netns, mode: Mode, family: Family) -> String {
         .filter(|l| !l.starts_with('#'))
         .map(|l| format!("{l}\n"))
         .collect()
+}
+
+/// Loads `from`'s nat table of `family` into `to` (whole, replacing it):
+/// a node where both variants hold our chain, which a sync by the agent no
+/// longer leaves behind (it removes ours from the variant it does not use).
+pub fn copy_nat(ns: &Netns, from: Mode, to: Mode, family: Family) {
+    let file = tempfile::NamedTempFile::new().expect("temp file for the copy");
+    std::fs::write(file.path(), save(ns, from, family)).expect("write the copy");
+    let tool = to.tool(family, "-restore");
+    let out = run_bounded(ns.command(&tool).arg(file.path()), COMMAND_TIMEOUT);
+    assert!(out.status.success(), "{}", describe(&tool, &out));
 }
 
 fn raw_save(ns: &Netns, mode: Mode, family: Family, counters: bool) -> String {

@@ -135,7 +135,12 @@ fn rule_drift_flushes_and_refills_the_chain_never_recreates_it() {
     }
     let changes = diff(&plan, &observed, &plan.predicted(), None);
     assert_eq!(changes.set, SetChange::None);
-    assert_eq!(changes.differences, vec!["chain postrouting rules differ"]);
+    assert_eq!(
+        changes.differences,
+        vec![
+            r#"chain postrouting: 1 missing [[{"match":{"left":{"payload":{"field":"daddr","protocol":"ip"}},"op":"==","right":"@no-masquerade"}},{"return":null}]]"#
+        ]
+    );
     assert_eq!(
         transaction(&plan, &changes),
         "flush chain ip ip-masq-agent postrouting
@@ -249,4 +254,47 @@ fn the_pod_source_set_is_diffed_and_rewritten_whole_by_nft() {
     let plain_plan = plan_nft(&plain);
     let changes = diff(&plain_plan, &live(&plain), &plain_plan.predicted(), None);
     assert!(changes.is_empty(), "{changes:?}");
+}
+
+#[test]
+fn a_foreign_chain_in_our_table_is_removed_and_named() {
+    let rs = defaults();
+    let plan = plan_nft(&rs);
+    let mut observed = live(&rs);
+    observed.chains.insert("sneaky".into(), Default::default());
+    let changes = diff(&plan, &observed, &plan.predicted(), None);
+    assert_eq!(
+        changes.differences,
+        vec!["chain sneaky in our table is not ours: removed"]
+    );
+    let script = transaction(&plan, &changes);
+    assert!(
+        script.starts_with(
+            "flush chain ip ip-masq-agent postrouting\nflush chain ip ip-masq-agent sneaky\n"
+        ),
+        "{script}"
+    );
+    assert!(
+        script.ends_with("delete chain ip ip-masq-agent sneaky\n"),
+        "{script}"
+    );
+}
+
+#[test]
+fn a_chain_name_nft_could_misread_never_reaches_a_script() {
+    let rs = defaults();
+    let plan = plan_nft(&rs);
+    let mut observed = live(&rs);
+    observed
+        .chains
+        .insert("x; flush ruleset\n".into(), Default::default());
+    let changes = diff(&plan, &observed, &plan.predicted(), None);
+    assert!(changes.is_empty(), "{changes:?}");
+    assert_eq!(
+        changes.unremovable_chains,
+        vec![
+            "chain x; flush ruleset\\n in table ip ip-masq-agent is not ours, and its name is not one the agent passes to nft: \
+remove it with nft delete chain ip ip-masq-agent handle N"
+        ]
+    );
 }

@@ -26,7 +26,7 @@ use crate::support::*;
 /// Runs `f` on a new thread inside `ns`'s network namespace. The thread
 /// checks that its namespace is `ns`'s before `f` runs, so nothing here can
 /// touch the machine's own namespace.
-fn in_ns<T: Send + 'static>(ns: &Netns, f: impl FnOnce() -> T + Send + 'static) -> T {
+pub(crate) fn in_ns<T: Send + 'static>(ns: &Netns, f: impl FnOnce() -> T + Send + 'static) -> T {
     let path = format!("/run/netns/{}", ns.name());
     let thread = std::thread::spawn(move || {
         let file = fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
@@ -171,8 +171,13 @@ fn strings(list: &[IpNet]) -> Vec<String> {
     list.iter().map(ToString::to_string).collect()
 }
 
+/// A snapshot looking up our base chain by name, as the backend's plan
+/// without `--to-ports` intervals does.
 fn snapshot(ns: &Netns, family: PlanFamily) -> Snapshot {
-    in_ns(ns, move || netlink::snapshot(family)).expect("netlink snapshot")
+    in_ns(ns, move || {
+        netlink::snapshot(family, &["postrouting".to_owned()])
+    })
+    .expect("netlink snapshot")
 }
 
 fn write(ns: &Netns, family: PlanFamily, w: Write) -> Result<(), NlError> {
