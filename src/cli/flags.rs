@@ -259,7 +259,7 @@ mod tests {
     #[test]
     fn names_are_unique_and_each_table_is_sorted() {
         let names: Vec<&str> = entries().iter().map(|e| e.spec().name).collect();
-        assert_eq!(names.len(), 33);
+        assert_eq!(names.len(), 35);
         assert!(names.windows(2).all(|w| w[0] < w[1]), "{names:?}");
         let agent: Vec<&str> = AGENT_FLAGS.iter().map(|d| d.spec.name).collect();
         let klog: Vec<&str> = KLOG_FLAGS.iter().map(|d| d.spec.name).collect();

@@ -394,9 +394,9 @@ nftables_backend! {
         let again = sync_nftables(&ns, &volume, &["--authoritative", "-v=2"]);
         assert!(again.contains("rules unchanged") && !again.contains("nft -j"), "{again}");
         for (change, reported) in [
-            ("flush chain ip ip-masq-agent postrouting", "chain postrouting rules differ"),
-            ("insert rule ip ip-masq-agent postrouting masquerade", "chain postrouting rules differ"),
-            ("add rule ip ip-masq-agent postrouting ip daddr 10.0.0.0/8 snat to 10.9.9.9", "chain postrouting rules differ"),
+            ("flush chain ip ip-masq-agent postrouting", "chain postrouting: 5 missing"),
+            ("insert rule ip ip-masq-agent postrouting masquerade", "chain postrouting: 1 unexpected"),
+            ("add rule ip ip-masq-agent postrouting ip daddr 10.0.0.0/8 snat to 10.9.9.9", "chain postrouting: 1 unexpected"),
             ("delete element ip ip-masq-agent no-masquerade { 10.0.0.0/8 }", "set no-masquerade"),
         ] {
             ns.run(&["nft", change]);
