@@ -305,7 +305,7 @@ impl<B: Backend> Agent<B> {
             }
             (_, Some(current)) => Some(format!(
                 "keeping the last valid config {}",
-                current.fingerprint()
+                self.fingerprint(current)
             )),
             _ => None,
         };
@@ -374,12 +374,18 @@ impl<B: Backend> Agent<B> {
         }
     }
 
+    /// The fingerprint of `config` as this node enforces it (flags included).
+    fn fingerprint(&self, config: &Config) -> String {
+        let settings = self.reconciler.settings();
+        crate::plan::fingerprint(config, settings, self.load_options.all_reserved_ranges)
+    }
+
     /// Make `config` the enforced one. Returns whether it changed.
     fn enforce(&mut self, trigger: Trigger, whole: bool, config: Config) -> bool {
         if self.loaded.config.as_ref() == Some(&config) {
             return false;
         }
-        let fingerprint = config.fingerprint();
+        let fingerprint = self.fingerprint(&config);
         let origin = match (whole, self.loaded.parts.first()) {
             (true, Some((_, part))) => match (&part.content, self.sources.get(0)) {
                 (Some(content), Some(source)) => source.origin(content),

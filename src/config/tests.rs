@@ -82,12 +82,12 @@ fn to_json_and_fingerprint() {
         config.to_json(),
         r#"{"nonMasqueradeCIDRs":["fc00::/7","10.0.0.0/8"],"cidrLimit":5,"masqLinkLocal":false,"masqLinkLocalIPv6":true,"resyncInterval":"1h2m3.5s"}"#
     );
-    let fp = Config::defaults(false).fingerprint();
+    let fp = Config::defaults(false).fingerprint_with_flags("");
     assert_eq!(fp.len(), 16);
     assert!(fp.bytes().all(|b| b.is_ascii_hexdigit()));
-    assert_eq!(fp, Config::defaults(false).fingerprint());
-    assert_ne!(fp, Config::defaults(true).fingerprint());
-    assert_ne!(fp, config.fingerprint());
+    assert_eq!(fp, Config::defaults(false).fingerprint_with_flags(""));
+    assert_ne!(fp, Config::defaults(true).fingerprint_with_flags(""));
+    assert_ne!(fp, config.fingerprint_with_flags(""));
 }
 
 #[test]
@@ -709,7 +709,10 @@ fn masquerade_and_pod_lists_in_a_file() {
     // The JSON form reads back as the same config, and differs in fingerprint.
     assert_eq!(ok_with(&config.to_json(), &V6), config);
     let without = ok("nonMasqueradeCIDRs: [10.0.0.0/8, 10.9.5.128/25]\n");
-    assert_ne!(config.fingerprint(), without.fingerprint());
+    assert_ne!(
+        config.fingerprint_with_flags(""),
+        without.fingerprint_with_flags("")
+    );
     // Key names fold like upstream's; JSON files take them too.
     let folded = ok(r#"{"MasqueradeCIDRs": ["10.9.0.0/16"], "PODCIDRS": []}"#);
     assert_eq!(show(&folded.masquerade_cidrs), ["10.9.0.0/16"]);

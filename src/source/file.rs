@@ -15,6 +15,7 @@
 //! [`FileSource`] owns all of it: the path, the watch, the poll, and the
 //! file's identity at the last read.
 
+use std::collections::{HashMap, HashSet};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -23,7 +24,7 @@ use std::time::{Duration, SystemTime};
 
 use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
-use tokio::time::{Interval, MissedTickBehavior};
+use tokio::time::{Instant, Interval, MissedTickBehavior};
 use tracing::{info, warn};
 
 use super::{Content, Part, Read};
@@ -38,6 +39,16 @@ pub const FILE_POLL: Duration = Duration::from_secs(1);
 /// kubelet update is several renames and unlinks within microseconds).
 pub const COALESCE: Duration = Duration::from_millis(5);
 
+/// A file that was emptied in place (same inode, had content) is not
+/// believed until it stays empty this long: an editor or `>` redirection
+/// truncates first and writes after, and the moment between must not apply
+/// the defaults. Kubelet's swaps replace the file, so they never wait.
+pub const TRUNCATION_SETTLE: Duration = Duration::from_millis(250);
+
+/// The data key read from a ConfigMap manifest given as a file, unless the
+/// caller names another (`--configmap-key`): the key the manifests use.
+pub const DEFAULT_MANIFEST_KEY: &str = "config";
+
 /// A `--config` path: one file, watched through its directory, or a
 /// directory (a ConfigMap volume with several keys, a projected volume),
 /// watched itself; polled as a fallback either way.
@@ -51,6 +62,14 @@ pub struct FileSource {
     /// An event arrived and its burst is still being waited out; kept here
     /// so that a caller dropping `changed()` mid-wait loses nothing.
     pending: bool,
+    /// The ConfigMap data key used when a file is a ConfigMap manifest.
+    manifest_key: String,
+    /// Per file, what the last read found: (dev, inode, non-empty).
+    seen: HashMap<PathBuf, (u64, u64, bool)>,
+    /// Files emptied in place, and when their emptiness may be believed.
+    settling: HashMap<PathBuf, Instant>,
+    /// Files read as ConfigMap manifests, said once while they stay so.
+    manifests: HashSet<PathBuf>,
 }
 
 impl FileSource {
@@ -69,7 +88,17 @@ impl FileSource {
             poll: None,
             stamp: None,
             pending: false,
+            manifest_key: DEFAULT_MANIFEST_KEY.to_owned(),
+            seen: HashMap::new(),
+            settling: HashMap::new(),
+            manifests: HashSet::new(),
         }
+    }
+
+    /// Read a file that is a ConfigMap manifest by this data key.
+    pub fn manifest_key(mut self, key: &str) -> Self {
+        key.clone_into(&mut self.manifest_key);
+        self
     }
 
     pub fn path(&self) -> &Path {
@@ -89,9 +118,10 @@ impl FileSource {
     pub fn read(&mut self) -> Vec<Part> {
         self.stamp = Some(stamp(&self.path));
         if !self.path.is_dir() {
+            let path = self.path.clone();
             return vec![Part {
-                name: self.path.display().to_string(),
-                read: read_file(&self.path),
+                name: path.display().to_string(),
+                read: self.read_file(&path),
             }];
         }
         match fragment_files(&self.path) {
@@ -99,7 +129,7 @@ impl FileSource {
                 .into_iter()
                 .map(|file| Part {
                     name: file.display().to_string(),
-                    read: read_file(&file),
+                    read: self.read_file(&file),
                 })
                 .collect(),
             Err(err) => vec![Part {
@@ -122,6 +152,8 @@ impl FileSource {
             poll
         });
         loop {
+            // A file emptied in place is looked at again once it settled.
+            let settle = self.settling.values().min().copied();
             if self.pending {
                 tokio::time::sleep(COALESCE).await;
                 while self.events.try_recv().is_ok() {}
@@ -130,6 +162,7 @@ impl FileSource {
             }
             tokio::select! {
                 Some(()) = self.events.recv() => self.pending = true,
+                () = sleep_until(settle) => return,
                 _ = poll.tick() => {
                     // Re-watch a directory that appeared or was replaced,
                     // and poll the file itself as the fallback.
@@ -147,11 +180,79 @@ impl FileSource {
     }
 }
 
-fn read_file(path: &Path) -> Read {
-    match config::read(path) {
-        Ok(Some(bytes)) => Read::Ready(Content::Bytes(bytes)),
-        Ok(None) => Read::Ready(Content::Absent),
-        Err(err) => Read::Failed(err.to_string()),
+impl FileSource {
+    /// One file's config: its bytes, or a ConfigMap manifest's data key (said
+    /// once), or `NotYet` while a file emptied in place settles.
+    fn read_file(&mut self, path: &Path) -> Read {
+        let bytes = match config::read(path) {
+            Ok(Some(bytes)) => bytes,
+            Ok(None) => {
+                self.seen.remove(path);
+                self.settling.remove(path);
+                return Read::Ready(Content::Absent);
+            }
+            Err(err) => return Read::Failed(err.to_string()),
+        };
+        if self.unsettled(path, bytes.is_empty()) {
+            return Read::NotYet;
+        }
+        match config::configmap_data(&bytes, &self.manifest_key) {
+            Ok(None) => {
+                self.manifests.remove(path);
+                Read::Ready(Content::Bytes(bytes))
+            }
+            Ok(Some(data)) => {
+                if self.manifests.insert(path.to_owned()) {
+                    info!(
+                        file = %path.display(),
+                        key = %self.manifest_key,
+                        "config file is a ConfigMap manifest; using its data.{}",
+                        self.manifest_key
+                    );
+                }
+                Read::Ready(Content::Bytes(data))
+            }
+            Err(err) => Read::Failed(format!(
+                "{} is a ConfigMap manifest, but {err}; pass --configmap-key naming the key that holds the config, \
+                 or point --config at the file the ConfigMap is mounted as",
+                path.display()
+            )),
+        }
+    }
+
+    /// Whether `path`, read now (`empty` or not), was emptied in place and is
+    /// still within [`TRUNCATION_SETTLE`] of that: same inode as a read that
+    /// had content, so a writer truncated it and may be about to write.
+    fn unsettled(&mut self, path: &Path, empty: bool) -> bool {
+        let identity = std::fs::metadata(path)
+            .ok()
+            .map(|meta| (meta.dev(), meta.ino()));
+        let emptied = empty
+            && identity.is_some_and(|(dev, ino)| self.seen.get(path) == Some(&(dev, ino, true)));
+        if emptied {
+            let now = Instant::now();
+            let until = *self
+                .settling
+                .entry(path.to_owned())
+                .or_insert(now + TRUNCATION_SETTLE);
+            if now < until {
+                return true;
+            }
+        }
+        self.settling.remove(path);
+        match identity {
+            Some((dev, ino)) => self.seen.insert(path.to_owned(), (dev, ino, !empty)),
+            None => self.seen.remove(path),
+        };
+        false
+    }
+}
+
+/// Sleep until `deadline`, or forever without one.
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
     }
 }
 
