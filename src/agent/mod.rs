@@ -280,7 +280,11 @@ impl<B: Backend> Agent<B> {
                 true
             }
             Err(err) => {
-                let text = err.to_string();
+                // Upstream's text first, then what it probably meant.
+                let text = match err.hint() {
+                    Some(hint) => format!("{err}; hint: {hint}"),
+                    None => err.to_string(),
+                };
                 if let Some(source) = self.sources.get(index) {
                     source.report_invalid(content, &text);
                 }
