@@ -555,6 +555,86 @@ mod tests {
         assert!(next(&mut rx).await);
     }
 
+    fn only(parts: Vec<Part>) -> Read {
+        let [part] = <[Part; 1]>::try_from(parts).unwrap();
+        part.read
+    }
+
+    #[tokio::test]
+    async fn a_file_emptied_in_place_settles_before_it_counts() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config");
+        std::fs::write(&path, "cidrLimit: 5\n").unwrap();
+        let mut source = FileSource::new(path.clone());
+        assert_eq!(
+            only(source.read()),
+            Read::Ready(Content::Bytes(b"cidrLimit: 5\n".to_vec()))
+        );
+        // Truncated in place: not believed yet, and `changed` looks again
+        // once the settle time is over.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
+        assert_eq!(only(source.read()), Read::NotYet);
+        let started = Instant::now();
+        tokio::time::timeout(Duration::from_secs(5), source.changed())
+            .await
+            .unwrap();
+        assert!(started.elapsed() < Duration::from_secs(1));
+        // Still empty after the settle time: the empty file it is.
+        tokio::time::sleep_until(started + TRUNCATION_SETTLE).await;
+        assert_eq!(only(source.read()), Read::Ready(Content::Bytes(Vec::new())));
+        assert_eq!(only(source.read()), Read::Ready(Content::Bytes(Vec::new())));
+        // Written within the settle time: the new content at once.
+        std::fs::write(&path, "cidrLimit: 6\n").unwrap();
+        assert!(matches!(only(source.read()), Read::Ready(Content::Bytes(b)) if !b.is_empty()));
+        std::fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
+        assert_eq!(only(source.read()), Read::NotYet);
+        std::fs::write(&path, "cidrLimit: 7\n").unwrap();
+        assert_eq!(
+            only(source.read()),
+            Read::Ready(Content::Bytes(b"cidrLimit: 7\n".to_vec()))
+        );
+        // An empty file put in place by a rename (a new inode) is not a
+        // truncation: believed at once.
+        let new = dir.path().join("new");
+        std::fs::write(&new, "").unwrap();
+        std::fs::rename(&new, &path).unwrap();
+        assert_eq!(only(source.read()), Read::Ready(Content::Bytes(Vec::new())));
+    }
+
+    #[test]
+    fn a_manifest_is_read_by_its_data_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config");
+        std::fs::write(
+            &path,
+            "kind: ConfigMap\ndata:\n  other: |\n    cidrLimit: 5\n",
+        )
+        .unwrap();
+        let mut source = FileSource::new(path.clone()).manifest_key("other");
+        assert_eq!(
+            only(source.read()),
+            Read::Ready(Content::Bytes(b"cidrLimit: 5\n".to_vec()))
+        );
+        let mut source = FileSource::new(path.clone());
+        let Read::Failed(err) = only(source.read()) else {
+            panic!("a manifest without the key was accepted");
+        };
+        assert!(
+            err.contains(
+                r#"ConfigMap data key "config" is missing (data has: other); pass --configmap-key"#
+            ),
+            "{err}"
+        );
+    }
+
     #[test]
     fn stamp_sees_a_symlink_swap() {
         let dir = tempfile::tempdir().unwrap();
