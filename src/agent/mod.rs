@@ -280,11 +280,19 @@ impl<B: Backend> Agent<B> {
                 true
             }
             Err(err) => {
-                // Upstream's text first, then what it probably meant.
-                let text = match err.hint() {
-                    Some(hint) => format!("{err}; hint: {hint}"),
-                    None => err.to_string(),
-                };
+                // Upstream's text first, where in the file (a manifest's data
+                // counts its own lines), then what it probably meant.
+                let mut text = err.to_string();
+                if let Some(place) = self
+                    .sources
+                    .get(index)
+                    .and_then(|s| s.locate(&part.name, &err))
+                {
+                    text.push_str(&format!(" ({place})"));
+                }
+                if let Some(hint) = err.hint() {
+                    text.push_str(&format!("; hint: {hint}"));
+                }
                 if let Some(source) = self.sources.get(index) {
                     source.report_invalid(content, &text);
                 }

@@ -29,15 +29,37 @@ use crate::telemetry::Telemetry;
 struct ReadOnce {
     parts: Vec<Part>,
     whole: bool,
+    /// The file sources read, which know where a manifest's data is.
+    files: Vec<FileSource>,
+}
+
+impl ReadOnce {
+    /// A part that was read but not accepted, as `check` says it: the part,
+    /// the error and where in the file it is (a ConfigMap manifest's data
+    /// counts its own lines), and a hint line when there is one.
+    fn invalid(&self, name: &str, err: &config::ConfigError) -> anyhow::Error {
+        let place = self
+            .files
+            .iter()
+            .find_map(|file| file.locate(name, err))
+            .map(|p| format!(" ({p})"))
+            .unwrap_or_default();
+        match err.hint() {
+            Some(hint) => anyhow::anyhow!("{name}: invalid config: {err}{place}\nhint: {hint}"),
+            None => anyhow::anyhow!("{name}: invalid config: {err}{place}"),
+        }
+    }
 }
 
 async fn read_sources(options: &Options) -> Result<ReadOnce> {
     let mut parts = Vec::new();
+    let mut files = Vec::new();
     let mut whole = options.config.len() + options.api_sources.len() == 1;
     for path in &options.config {
         let mut file = FileSource::new(path.clone()).manifest_key(options.configmap_key.as_str());
         whole &= file.is_whole();
         parts.extend(file.read());
+        files.push(file);
     }
     for source in &options.api_sources {
         let client = api::client(source)
@@ -58,7 +80,11 @@ async fn read_sources(options: &Options) -> Result<ReadOnce> {
             }),
         });
     }
-    Ok(ReadOnce { parts, whole })
+    Ok(ReadOnce {
+        parts,
+        whole,
+        files,
+    })
 }
 
 /// A loaded config, and with several parts where each CIDR came from.
@@ -70,7 +96,9 @@ pub(super) struct Effective {
 
 /// Load and validate every configured source, merged.
 pub(super) async fn load_source(options: &Options) -> Result<Effective> {
-    let ReadOnce { parts, whole } = read_sources(options).await?;
+    let mut sources = read_sources(options).await?;
+    let parts = std::mem::take(&mut sources.parts);
+    let whole = sources.whole;
     let opts = load_options(options);
     let effective = if whole {
         let Some(Part { name, read }) = parts.into_iter().next() else {
@@ -78,7 +106,7 @@ pub(super) async fn load_source(options: &Options) -> Result<Effective> {
         };
         let loaded = match read {
             Read::Ready(Content::Bytes(bytes)) => {
-                config::parse(&bytes, &opts).map_err(|err| invalid(&name, &err))?
+                config::parse(&bytes, &opts).map_err(|err| sources.invalid(&name, &err))?
             }
             Read::Ready(Content::Absent) | Read::NotYet => {
                 info!(source = %name, "no config; using the defaults");
@@ -99,7 +127,7 @@ pub(super) async fn load_source(options: &Options) -> Result<Effective> {
             match read {
                 Read::Ready(Content::Bytes(bytes)) => {
                     let fragment = config::parse_fragment(&bytes, &opts)
-                        .map_err(|err| invalid(&name, &err))?;
+                        .map_err(|err| sources.invalid(&name, &err))?;
                     warnings.extend(fragment.warnings.iter().map(|w| format!("{name}: {w}")));
                     fragments.push((name, fragment));
                 }
@@ -120,15 +148,6 @@ pub(super) async fn load_source(options: &Options) -> Result<Effective> {
         warn!("{}", Escaped(warning));
     }
     Ok(effective)
-}
-
-/// A config that was read but not accepted, as `check` says it: the part,
-/// the error, and a hint line when there is one.
-fn invalid(name: &str, err: &config::ConfigError) -> anyhow::Error {
-    match err.hint() {
-        Some(hint) => anyhow::anyhow!("{name}: invalid config: {err}\nhint: {hint}"),
-        None => anyhow::anyhow!("{name}: invalid config: {err}"),
-    }
 }
 
 /// CAP_NET_ADMIN's bit in the capability sets (linux/capability.h).
@@ -331,7 +350,8 @@ pub async fn check(options: &Options, file: Option<&Path>) -> Result<ExitCode> {
                 let key = options.configmap_key.as_str();
                 let place = manifest
                     .and_then(|file| config::manifest_line(&file, key, &bytes, &err))
-                    .map(|line| format!(" (that is line {line} of {name})"))
+                    .zip(err.line())
+                    .map(|(line, at)| format!(" (data.{key} line {at} is line {line} of {name})"))
                     .unwrap_or_default();
                 eprintln!("{name}: invalid{what}: {err}{place}");
                 if let Some(hint) = err.hint() {

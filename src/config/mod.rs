@@ -327,6 +327,16 @@ pub fn configmap_warnings(bytes: &[u8]) -> Vec<String> {
 /// (whose positions count from the start of that text): the line of the
 /// manifest file it points at, when the text is a literal block (`key: |`).
 pub fn manifest_line(file: &[u8], key: &str, data: &[u8], error: &ConfigError) -> Option<usize> {
-    let start = configmap::data_start_line(file, key, data)?;
+    file_line(manifest_data_line(file, key, data)?, error)
+}
+
+/// The manifest file's line where the text of `data.<key>` (`data`) starts,
+/// when it is a literal block whose lines are the file's.
+pub fn manifest_data_line(file: &[u8], key: &str, data: &[u8]) -> Option<usize> {
+    configmap::data_start_line(file, key, data)
+}
+
+/// The file line of `error`'s position, for a text starting at file line `start`.
+pub fn file_line(start: usize, error: &ConfigError) -> Option<usize> {
     Some(start + error.line()? - 1)
 }

@@ -15,7 +15,7 @@
 //! [`FileSource`] owns all of it: the path, the watch, the poll, and the
 //! file's identity at the last read.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -68,8 +68,9 @@ pub struct FileSource {
     seen: HashMap<PathBuf, (u64, u64, bool)>,
     /// Files emptied in place, and when their emptiness may be believed.
     settling: HashMap<PathBuf, Instant>,
-    /// Files read as ConfigMap manifests, said once while they stay so.
-    manifests: HashSet<PathBuf>,
+    /// Files read as ConfigMap manifests (said once while they stay so),
+    /// with the file line where their data starts, when known.
+    manifests: HashMap<PathBuf, Option<usize>>,
 }
 
 impl FileSource {
@@ -91,7 +92,7 @@ impl FileSource {
             manifest_key: DEFAULT_MANIFEST_KEY.to_owned(),
             seen: HashMap::new(),
             settling: HashMap::new(),
-            manifests: HashSet::new(),
+            manifests: HashMap::new(),
         }
     }
 
@@ -202,7 +203,8 @@ impl FileSource {
                 Read::Ready(Content::Bytes(bytes))
             }
             Ok(Some(data)) => {
-                if self.manifests.insert(path.to_owned()) {
+                let start = config::manifest_data_line(&bytes, &self.manifest_key, &data);
+                if self.manifests.insert(path.to_owned(), start).is_none() {
                     info!(
                         file = %path.display(),
                         key = %self.manifest_key,
@@ -218,6 +220,22 @@ impl FileSource {
                 path.display()
             )),
         }
+    }
+
+    /// Where in the file an error in part `name` is, when that part is a
+    /// ConfigMap manifest: its positions count from the start of the data.
+    pub fn locate(&self, name: &str, error: &config::ConfigError) -> Option<String> {
+        let (path, start) = self
+            .manifests
+            .iter()
+            .find(|(path, _)| path.display().to_string() == name)?;
+        let line = config::file_line((*start)?, error)?;
+        Some(format!(
+            "data.{} line {} is line {line} of {}",
+            self.manifest_key,
+            error.line()?,
+            path.display()
+        ))
     }
 
     /// Whether `path`, read now (`empty` or not), was emptied in place and is

@@ -616,9 +616,10 @@ fn errors_say_it_once_and_hint() {
         "the position inside data.config: {stderr}"
     );
     assert!(
-        stderr
-            .trim_end()
-            .ends_with(&format!("(that is line 10 of {})", s(&manifest))),
+        stderr.trim_end().ends_with(&format!(
+            "(data.config line 3 is line 10 of {})",
+            s(&manifest)
+        )),
         "{stderr}"
     );
 }
