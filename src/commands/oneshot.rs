@@ -412,7 +412,8 @@ async fn check_merged(options: &Options) -> Result<ExitCode> {
                 print(&format!("{name}: absent; contributes nothing\n"))?;
             }
             Read::Failed(err) => {
-                eprintln!("{name}: {err}");
+                // The error names the file already.
+                eprintln!("{err}");
                 failed = true;
             }
         }

@@ -29,6 +29,7 @@ use tracing::{info, warn};
 
 use super::{Content, Part, Read};
 use crate::config;
+use crate::logging::Escaped;
 
 /// How often the config file's identity is checked besides the watch, so an
 /// edit (or a fix after an invalid file) is picked up within this delay even
@@ -206,7 +207,7 @@ impl FileSource {
                 let start = config::manifest_data_line(&bytes, &self.manifest_key, &data);
                 if self.manifests.insert(path.to_owned(), start).is_none() {
                     info!(
-                        file = %path.display(),
+                        file = %Escaped(&path.display().to_string()),
                         key = %self.manifest_key,
                         "config file is a ConfigMap manifest; using its data.{}",
                         self.manifest_key
