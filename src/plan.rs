@@ -208,11 +208,18 @@ pub fn aggregate_for_set(nets: &[IpNet]) -> Vec<IpNet> {
 /// The chain upstream's agent writes when `--masq-chain` is not given.
 const DEFAULT_CHAIN: &str = "IP-MASQ-AGENT";
 
+/// The backend upstream's agent has (`--backend`'s default).
+pub const DEFAULT_BACKEND: &str = "iptables";
+
 /// The rule-changing flags that differ from their defaults, in a fixed
-/// order and spelling: `--masq-chain`, `--enable-ipv6`, `--random-fully`,
-/// `--to-ports`, `--nomasq-all-reserved-ranges`. Empty with the defaults.
-pub fn rule_flags(settings: &Settings, all_reserved_ranges: bool) -> String {
+/// order and spelling: `--backend` (given as its value), `--masq-chain`,
+/// `--enable-ipv6`, `--random-fully`, `--to-ports`,
+/// `--nomasq-all-reserved-ranges`. Empty with the defaults.
+pub fn rule_flags(settings: &Settings, all_reserved_ranges: bool, backend: &str) -> String {
     let mut flags = Vec::new();
+    if backend != DEFAULT_BACKEND {
+        flags.push(format!("--backend={backend}"));
+    }
     if settings.chain.as_str() != DEFAULT_CHAIN {
         flags.push(format!("--masq-chain={}", settings.chain));
     }
@@ -236,8 +243,13 @@ pub fn rule_flags(settings: &Settings, all_reserved_ranges: bool) -> String {
 /// metric, `check`'s): the config and the flags that change the rules
 /// written from it, so two nodes writing different rules never look alike.
 /// With default flags it is the config's alone, as before flags counted.
-pub fn fingerprint(config: &Config, settings: &Settings, all_reserved_ranges: bool) -> String {
-    config.fingerprint_with_flags(&rule_flags(settings, all_reserved_ranges))
+pub fn fingerprint(
+    config: &Config,
+    settings: &Settings,
+    all_reserved_ranges: bool,
+    backend: &str,
+) -> String {
+    config.fingerprint_with_flags(&rule_flags(settings, all_reserved_ranges, backend))
 }
 
 #[cfg(test)]
@@ -271,7 +283,7 @@ mod fingerprint_tests {
     #[test]
     fn every_rule_changing_flag_changes_the_fingerprint() {
         let config = Config::defaults(false);
-        let plain = fingerprint(&config, &settings(&[]), false);
+        let plain = fingerprint(&config, &settings(&[]), false, DEFAULT_BACKEND);
         assert_eq!(
             plain,
             config.fingerprint_with_flags(""),
@@ -279,16 +291,26 @@ mod fingerprint_tests {
         );
         let mut seen = vec![plain];
         for flags in [&["chain"][..], &["ipv6"], &["random"], &["ports"]] {
-            seen.push(fingerprint(&config, &settings(flags), false));
+            seen.push(fingerprint(
+                &config,
+                &settings(flags),
+                false,
+                DEFAULT_BACKEND,
+            ));
         }
-        seen.push(fingerprint(&config, &settings(&[]), true));
+        seen.push(fingerprint(&config, &settings(&[]), true, DEFAULT_BACKEND));
+        seen.push(fingerprint(&config, &settings(&[]), false, "nftables"));
         let mut unique = seen.clone();
         unique.sort();
         unique.dedup();
         assert_eq!(unique.len(), seen.len(), "{seen:?}");
         assert_eq!(
-            rule_flags(&settings(&["chain", "ipv6", "random", "ports"]), true),
-            "--masq-chain=IP-MASQ --enable-ipv6=true --random-fully=false --to-ports=1024-29999 --nomasq-all-reserved-ranges=true"
+            rule_flags(
+                &settings(&["chain", "ipv6", "random", "ports"]),
+                true,
+                "nftables"
+            ),
+            "--backend=nftables --masq-chain=IP-MASQ --enable-ipv6=true --random-fully=false --to-ports=1024-29999 --nomasq-all-reserved-ranges=true"
         );
     }
 }

@@ -152,6 +152,8 @@ impl LoadMemory {
 /// The agent: the config sources, what loading learned, and the reconciler.
 pub struct Agent<B: Backend> {
     load_options: LoadOptions,
+    /// `--backend`'s value, which the fingerprint counts.
+    backend_flag: &'static str,
     /// The resync period before any config was loaded.
     default_period: Duration,
     sources: Sources,
@@ -168,6 +170,7 @@ impl<B: Backend> Agent<B> {
         telemetry: Telemetry,
     ) -> Self {
         Agent {
+            backend_flag: crate::plan::DEFAULT_BACKEND,
             default_period: Config::defaults(load_options.all_reserved_ranges).resync_interval,
             load_options,
             sources,
@@ -386,10 +389,17 @@ impl<B: Backend> Agent<B> {
         }
     }
 
+    /// Name the `--backend` in use, for the fingerprint.
+    pub fn backend_flag(mut self, backend: &'static str) -> Self {
+        self.backend_flag = backend;
+        self
+    }
+
     /// The fingerprint of `config` as this node enforces it (flags included).
     fn fingerprint(&self, config: &Config) -> String {
         let settings = self.reconciler.settings();
-        crate::plan::fingerprint(config, settings, self.load_options.all_reserved_ranges)
+        let all_reserved = self.load_options.all_reserved_ranges;
+        crate::plan::fingerprint(config, settings, all_reserved, self.backend_flag)
     }
 
     /// Make `config` the enforced one. Returns whether it changed.

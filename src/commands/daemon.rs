@@ -64,7 +64,8 @@ pub async fn run(options: &Options) -> Result<ExitCode> {
         Sources::new(sources),
         backend,
         telemetry,
-    );
+    )
+    .backend_flag(options.backend.as_str());
     agent.run().await.context("installing signal handlers")?;
     Ok(ExitCode::SUCCESS)
 }

@@ -454,7 +454,12 @@ async fn report(
     out.push_str(&format!(
         "effective config: {}\nfingerprint: {} (the ip_masq_agent_config metric of a node enforcing it)\n\n",
         config.to_json(),
-        plan::fingerprint(config, &settings(options), options.nomasq_all_reserved_ranges)
+        plan::fingerprint(
+            config,
+            &settings(options),
+            options.nomasq_all_reserved_ranges,
+            options.backend.as_str()
+        )
     ));
     out.push_str(&rendered(options, config).await);
     print(&out)

@@ -486,6 +486,7 @@ fn fingerprint_counts_the_rule_changing_flags() {
         &["--random-fully=false"],
         &["--enable-ipv6"],
         &["--nomasq-all-reserved-ranges"],
+        &["--backend=nftables"],
     ] {
         let got = fingerprint(flags);
         assert!(
@@ -615,6 +616,16 @@ fn errors_say_it_once_and_hint() {
         stderr.contains("line 3"),
         "the position inside data.config: {stderr}"
     );
+    assert!(
+        stderr.trim_end().ends_with(&format!(
+            "(data.config line 3 is line 10 of {})",
+            s(&manifest)
+        )),
+        "{stderr}"
+    );
+    // render names the file's line the same way.
+    let out = cli(&["--config", s(&manifest), "render"]);
+    let (_, stderr) = expect_exit(&out, 1, "render of a manifest with broken YAML");
     assert!(
         stderr.trim_end().ends_with(&format!(
             "(data.config line 3 is line 10 of {})",

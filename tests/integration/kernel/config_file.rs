@@ -145,6 +145,17 @@ fn truncate_then_write_never_applies_the_defaults() {
         5,
         "one config per rewrite, nothing between:\n{log}"
     );
+    // Durations are logged rounded, without float noise (18.058144000000002).
+    for word in log
+        .split_whitespace()
+        .filter_map(|w| w.strip_prefix("elapsed_ms="))
+    {
+        let decimals = word.split_once('.').map_or(0, |(_, d)| d.len());
+        assert!(
+            decimals <= 3 && word.parse::<f64>().is_ok(),
+            "elapsed_ms={word}"
+        );
+    }
 
     // Emptied for good: the defaults (upstream's reading of an empty file),
     // after the settle time.
@@ -210,30 +221,89 @@ fn sync_and_the_daemon_read_a_manifest_by_its_data_key() {
         "--to-ports 1024-29999",
         "the daemon's rules with --to-ports",
     );
-    let mut args = flags.to_vec();
-    let file = volume.path();
-    args.extend(["check", file.to_str().expect("UTF-8 path")]);
-    let out = oneshot(&ns, &args);
-    let (stdout, _) = texts(&out);
-    let want = stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("fingerprint: "))
-        .and_then(|l| l.split(' ').next())
-        .unwrap_or_else(|| panic!("{}", describe("check", &out)))
-        .to_owned();
-    let metric = format!("ip_masq_agent_config{{fingerprint=\"{want}\"}} 1");
-    wait_until(
-        APPLY_DEADLINE,
-        &format!("the metric {metric}"),
-        || get(&ns, "http://127.0.0.1:9557/metrics", &[]).body,
-        |body| body.contains(&metric),
-    );
+    assert_metric_is_checks_fingerprint(&ns, &volume, &flags);
     let log = agent.log();
     assert_eq!(
         log.matches("config file is a ConfigMap manifest").count(),
         1,
         "{log}"
     );
+
+    // A misaligned CIDR in the manifest: upstream's text, then the hint, on
+    // the one log line.
+    let mut volume = volume;
+    volume.update(&MANIFEST.replace("10.9.0.0/16", "10.9.0.1/16"));
+    agent.wait_for_log(
+        r#"CIDR "10.9.0.1/16" is not aligned to a CIDR block, ip: "10.9.0.1" network: "10.9.0.0/16"; hint: did you mean 10.9.0.0/16?"#,
+    );
+    // Broken YAML in the manifest's data: its position in the file too.
+    volume.update(&MANIFEST.replace(
+        "      - 10.9.0.0/16\n",
+        "      - [10.9.0.0/16\n    cidrLimit: 3\n",
+    ));
+    agent.wait_for_log(&format!(
+        "illegal placement of ':' indicator at byte 46 line 3 column 10 (data.config line 3 is line 10 of {})",
+        volume.path().display()
+    ));
+}
+
+/// The fingerprint counts `--backend` too: a daemon on the nftables backend
+/// exports the fingerprint `check --backend=nftables` prints, not the
+/// iptables one.
+#[test]
+fn the_nftables_daemon_exports_checks_fingerprint() {
+    if !require_root_and_tools() || !require_tools(&["curl"]) {
+        return;
+    }
+    let ns = Netns::new();
+    let volume = ConfigVolume::with(MANIFEST);
+    let flags = ["--backend=nftables"];
+    let mut agent = Agent::start_with_flags(&ns, &volume, &flags);
+    wait_until(
+        APPLY_DEADLINE,
+        "the nftables table",
+        || {
+            agent.assert_running();
+            texts(&ns.exec(&["nft", "list", "table", "ip", "ip-masq-agent"])).0
+        },
+        |text| text.contains("10.9.0.0/16"),
+    );
+    let nft = assert_metric_is_checks_fingerprint(&ns, &volume, &flags);
+    let iptables = checks_fingerprint(&ns, &volume, &[]);
+    assert_ne!(nft, iptables, "the backend must change the fingerprint");
+}
+
+/// The fingerprint `check FILE` prints with `flags`.
+fn checks_fingerprint(ns: &Netns, volume: &ConfigVolume, flags: &[&str]) -> String {
+    let mut args = flags.to_vec();
+    let file = volume.path();
+    args.extend(["check", file.to_str().expect("UTF-8 path")]);
+    let out = oneshot(ns, &args);
+    let (stdout, _) = texts(&out);
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("fingerprint: "))
+        .and_then(|l| l.split(' ').next())
+        .unwrap_or_else(|| panic!("{}", describe("check", &out)))
+        .to_owned()
+}
+
+/// Waits until the daemon in `ns` exports the fingerprint `check` prints
+/// for the same file and flags; returns it.
+fn assert_metric_is_checks_fingerprint(
+    ns: &Netns,
+    volume: &ConfigVolume,
+    flags: &[&str],
+) -> String {
+    let want = checks_fingerprint(ns, volume, flags);
+    let metric = format!("ip_masq_agent_config{{fingerprint=\"{want}\"}} 1");
+    wait_until(
+        APPLY_DEADLINE,
+        &format!("the metric {metric}"),
+        || get(ns, "http://127.0.0.1:9557/metrics", &[]).body,
+        |body| body.contains(&metric),
+    );
+    want
 }
 
 /// `sync` without CAP_NET_ADMIN (root with every capability dropped) says
