@@ -821,3 +821,51 @@ fn unknown_keys_are_accepted_but_named_with_a_suggestion() {
         [r#"unknown key "masqLinkLocall" ignored (did you mean "masqLinkLocal"?)"#]
     );
 }
+
+#[test]
+fn rejected_cidrs_get_a_hint_after_upstreams_text() {
+    let opts = LoadOptions {
+        all_reserved_ranges: false,
+        enable_ipv6: true,
+    };
+    let hint = |text: &str| parse(text.as_bytes(), &opts).unwrap_err().hint();
+    assert_eq!(
+        hint("nonMasqueradeCIDRs: [10.0.0.1/8]\n").as_deref(),
+        Some(
+            "did you mean 10.0.0.0/8? (10.0.0.1/8 is not a network address; 10.0.0.1/32 is the one address)"
+        )
+    );
+    assert_eq!(
+        hint("nonMasqueradeCIDRs: [\"fd00::1/8\"]\n").as_deref(),
+        Some(
+            "did you mean fd00::/8? (fd00::1/8 is not a network address; fd00::1/128 is the one address)"
+        )
+    );
+    assert_eq!(
+        hint("nonMasqueradeCIDRs: [fd00::1]\n").as_deref(),
+        Some("did you mean fd00::1/128? a CIDR needs a prefix length")
+    );
+    assert_eq!(
+        hint("masqueradeCIDRs: [10.9.0.1]\n").as_deref(),
+        Some("did you mean 10.9.0.1/32? a CIDR needs a prefix length"),
+        "the lists of ours too"
+    );
+    assert_eq!(hint("nonMasqueradeCIDRs: [abcdefg]\n"), None);
+    assert_eq!(hint("cidrLimit: x\n"), None);
+}
+
+#[test]
+fn error_positions_are_found_for_the_file_line() {
+    let opts = LoadOptions::default();
+    let yaml = parse(b"a: 1\nb: [\n", &opts).unwrap_err();
+    assert!(yaml.line().is_some(), "{yaml}");
+    let json = parse(b"{\n\"cidrLimit\": }", &opts).unwrap_err();
+    assert_eq!(json.line(), Some(2), "{json}");
+    let manifest = "kind: ConfigMap\ndata:\n  config: |\n    a: 1\n    b: [\n";
+    let data = configmap_data(manifest.as_bytes(), "config")
+        .unwrap()
+        .unwrap();
+    let err = parse(&data, &opts).unwrap_err();
+    let line = manifest_line(manifest.as_bytes(), "config", &data, &err).unwrap();
+    assert_eq!(line, 3 + err.line().unwrap(), "{err}");
+}

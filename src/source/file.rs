@@ -127,13 +127,19 @@ impl FileSource {
             }];
         }
         match fragment_files(&self.path) {
-            Ok(files) => files
-                .into_iter()
-                .map(|file| Part {
-                    name: file.display().to_string(),
-                    read: self.read_file(&file),
-                })
-                .collect(),
+            Ok(files) => {
+                // What is remembered per file is only for files still there.
+                self.seen.retain(|path, _| files.contains(path));
+                self.settling.retain(|path, _| files.contains(path));
+                self.manifests.retain(|path, _| files.contains(path));
+                files
+                    .into_iter()
+                    .map(|file| Part {
+                        name: file.display().to_string(),
+                        read: self.read_file(&file),
+                    })
+                    .collect()
+            }
             Err(err) => vec![Part {
                 name: self.path.display().to_string(),
                 read: Read::Failed(format!(
