@@ -82,7 +82,9 @@ pub(crate) fn data_start_line(file: &[u8], key: &str, data: &[u8]) -> Option<usi
         if !rest.trim_start().starts_with('|') {
             continue;
         }
-        let block = lines.get(i + 1..i + 1 + data_lines.len())?;
+        let Some(block) = lines.get(i + 1..i + 1 + data_lines.len()) else {
+            continue;
+        };
         let matches = block.len() == data_lines.len()
             && block
                 .iter()
