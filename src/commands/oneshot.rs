@@ -34,16 +34,21 @@ struct ReadOnce {
 }
 
 impl ReadOnce {
+    /// ` (data.config line 3 is line 10 of FILE)` for an error in a
+    /// ConfigMap manifest's data, else nothing.
+    fn place(&self, name: &str, err: &config::ConfigError) -> String {
+        self.files
+            .iter()
+            .find_map(|file| file.locate(name, err))
+            .map(|p| format!(" ({p})"))
+            .unwrap_or_default()
+    }
+
     /// A part that was read but not accepted, as `check` says it: the part,
     /// the error and where in the file it is (a ConfigMap manifest's data
     /// counts its own lines), and a hint line when there is one.
     fn invalid(&self, name: &str, err: &config::ConfigError) -> anyhow::Error {
-        let place = self
-            .files
-            .iter()
-            .find_map(|file| file.locate(name, err))
-            .map(|p| format!(" ({p})"))
-            .unwrap_or_default();
+        let place = self.place(name, err);
         match err.hint() {
             Some(hint) => anyhow::anyhow!("{name}: invalid config: {err}{place}\nhint: {hint}"),
             None => anyhow::anyhow!("{name}: invalid config: {err}{place}"),
@@ -387,7 +392,8 @@ fn verdict(options: &Options, warnings: &[String]) -> ExitCode {
 /// `check` of several parts: each one's verdict, then the merged config
 /// and where each of its CIDRs came from.
 async fn check_merged(options: &Options) -> Result<ExitCode> {
-    let ReadOnce { parts, .. } = read_sources(options).await?;
+    let mut sources = read_sources(options).await?;
+    let parts = std::mem::take(&mut sources.parts);
     let opts = load_options(options);
     let mut fragments = Vec::new();
     let mut warnings = Vec::new();
@@ -401,7 +407,8 @@ async fn check_merged(options: &Options) -> Result<ExitCode> {
                     fragments.push((name, fragment));
                 }
                 Err(err) => {
-                    eprintln!("{name}: invalid config fragment: {err}");
+                    let place = sources.place(&name, &err);
+                    eprintln!("{name}: invalid config fragment: {err}{place}");
                     if let Some(hint) = err.hint() {
                         eprintln!("hint: {hint}");
                     }

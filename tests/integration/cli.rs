@@ -605,7 +605,7 @@ fn errors_say_it_once_and_hint() {
         "      - 10.9.0.0/16\n",
         "      - [10.9.0.0/16\n    cidrLimit: 3\n",
     );
-    let (_d3, manifest) = file(&broken);
+    let (d3, manifest) = file(&broken);
     let out = cli(&["check", s(&manifest)]);
     let (_, stderr) = expect_exit(&out, 1, "check of a manifest with broken YAML");
     assert!(
@@ -623,14 +623,25 @@ fn errors_say_it_once_and_hint() {
         )),
         "{stderr}"
     );
-    // render names the file's line the same way.
-    let out = cli(&["--config", s(&manifest), "render"]);
-    let (_, stderr) = expect_exit(&out, 1, "render of a manifest with broken YAML");
-    assert!(
-        stderr.trim_end().ends_with(&format!(
-            "(data.config line 3 is line 10 of {})",
-            s(&manifest)
-        )),
-        "{stderr}"
-    );
+    // render, and check of a directory, name the file's line the same way.
+    for (args, what) in [
+        (
+            ["--config", s(&manifest), "render"],
+            "render of a manifest with broken YAML",
+        ),
+        (
+            ["--config", s(d3.path()), "check"],
+            "check of a directory holding it",
+        ),
+    ] {
+        let out = cli(&args);
+        let (_, stderr) = expect_exit(&out, 1, what);
+        assert!(
+            stderr.trim_end().ends_with(&format!(
+                "(data.config line 3 is line 10 of {})",
+                s(&manifest)
+            )),
+            "{what}: {stderr}"
+        );
+    }
 }
