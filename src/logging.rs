@@ -72,7 +72,7 @@ pub fn init(format: LogFormat, verbosity: u8) {
     // Colour codes only help a human at a terminal, never a log pipeline.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let layer = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
+        .with_writer(|| OneLine(std::io::stderr()))
         .with_target(false)
         .with_ansi(ansi);
     let registry = tracing_subscriber::registry();
@@ -90,6 +90,43 @@ pub fn init(format: LogFormat, verbosity: u8) {
             )
             .try_init(),
     };
+}
+
+/// Stderr for log events, one line each: the formatter hands over a whole
+/// event per write, and a newline inside it (an iptables error quoted with
+/// its stderr, a multi-line library message) would split it for every
+/// line-based log shipper, so it is escaped as `\n`; only the last stays.
+struct OneLine<W>(W);
+
+impl<W: std::io::Write> std::io::Write for OneLine<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.write_all(&one_line(buf))?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
+
+/// `event` with every line break but a final one written as `\n` / `\r`.
+fn one_line(event: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    let body = event.strip_suffix(b"\n").unwrap_or(event);
+    if !body.iter().any(|&b| b == b'\n' || b == b'\r') {
+        return std::borrow::Cow::Borrowed(event);
+    }
+    let mut out = Vec::with_capacity(event.len() + 8);
+    for &b in body {
+        match b {
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            b => out.push(b),
+        }
+    }
+    if body.len() < event.len() {
+        out.push(b'\n');
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 /// A value from outside (a file, the API) as it may appear in a log line:
@@ -141,6 +178,23 @@ mod tests {
         assert!(!f.would_enable("notify::inotify", &tracing::Level::INFO));
         assert!(f.would_enable("notify::inotify", &tracing::Level::WARN));
         assert!(!filter(0).would_enable("ip_masq_agent::agent", &tracing::Level::DEBUG));
+    }
+
+    #[test]
+    fn a_log_event_is_one_line() {
+        let event =
+            b"WARN cannot remove (nft: exited 1: Operation not permitted\nnetlink: Error)\n";
+        assert_eq!(
+            one_line(event).as_ref(),
+            b"WARN cannot remove (nft: exited 1: Operation not permitted\\nnetlink: Error)\n"
+        );
+        assert!(matches!(
+            one_line(b"INFO fine\n"),
+            std::borrow::Cow::Borrowed(_)
+        ));
+        let mut out = OneLine(Vec::new());
+        std::io::Write::write_all(&mut out, b"a\r\nb\n").unwrap();
+        assert_eq!(out.0, b"a\\r\\nb\n");
     }
 
     #[test]

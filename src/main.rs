@@ -19,8 +19,9 @@ fn main() -> ExitCode {
     }
     let invocation = match cli::parse(args) {
         Ok(invocation) => invocation,
+        // Asked for: stdout, so `--help | less` works.
         Err(cli::CliError::Help(usage)) => {
-            eprint!("{usage}");
+            print!("{usage}");
             return ExitCode::SUCCESS;
         }
         Err(err) => {

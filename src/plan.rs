@@ -215,6 +215,130 @@ pub fn aggregate_for_set(nets: &[IpNet]) -> Vec<IpNet> {
     IpNet::aggregate(&nets.to_vec())
 }
 
+/// The chain upstream's agent writes when `--masq-chain` is not given.
+const DEFAULT_CHAIN: &str = "IP-MASQ-AGENT";
+
+/// The backend upstream's agent has (`--backend`'s default).
+pub const DEFAULT_BACKEND: &str = "iptables";
+
+/// The rule-changing flags that differ from their defaults, in a fixed
+/// order and spelling: `--backend` (given as its value), `--masq-chain`,
+/// `--enable-ipv6`, `--random-fully`, `--to-ports`,
+/// `--nomasq-all-reserved-ranges`. Empty with the defaults.
+pub fn rule_flags(settings: &Settings, all_reserved_ranges: bool, backend: &str) -> String {
+    let mut flags = Vec::new();
+    if backend != DEFAULT_BACKEND {
+        flags.push(format!("--backend={backend}"));
+    }
+    if settings.chain.as_str() != DEFAULT_CHAIN {
+        flags.push(format!("--masq-chain={}", settings.chain));
+    }
+    if settings.enable_ipv6 {
+        flags.push("--enable-ipv6=true".to_owned());
+    }
+    if !settings.random_fully {
+        flags.push("--random-fully=false".to_owned());
+    }
+    if !settings.to_ports.is_empty() {
+        let ports: Vec<String> = settings.to_ports.iter().map(ToString::to_string).collect();
+        flags.push(format!("--to-ports={}", ports.join(",")));
+    }
+    if all_reserved_ranges {
+        flags.push("--nomasq-all-reserved-ranges=true".to_owned());
+    }
+    if settings.authoritative {
+        flags.push("--authoritative=true".to_owned());
+    }
+    flags.join(" ")
+}
+
+/// The fingerprint of what a node enforces (the `ip_masq_agent_config`
+/// metric, `check`'s): the config and the flags that change the rules
+/// written from it, so two nodes writing different rules never look alike.
+/// With default flags it is the config's alone, as before flags counted.
+pub fn fingerprint(
+    config: &Config,
+    settings: &Settings,
+    all_reserved_ranges: bool,
+    backend: &str,
+) -> String {
+    config.fingerprint_with_flags(&rule_flags(settings, all_reserved_ranges, backend))
+}
+
+#[cfg(test)]
+mod fingerprint_tests {
+    use super::*;
+
+    fn settings(flags: &[&str]) -> Settings {
+        let mut settings = Settings {
+            chain: DEFAULT_CHAIN.parse().unwrap(),
+            enable_ipv6: false,
+            random_fully: true,
+            to_ports: Vec::new(),
+            authoritative: false,
+        };
+        for flag in flags {
+            match *flag {
+                "chain" => settings.chain = "IP-MASQ".parse().unwrap(),
+                "ipv6" => settings.enable_ipv6 = true,
+                "random" => settings.random_fully = false,
+                "ports" => {
+                    settings.to_ports = vec![PortRange {
+                        first: 1024,
+                        last: 29999,
+                    }]
+                }
+                "authoritative" => settings.authoritative = true,
+                _ => unreachable!(),
+            }
+        }
+        settings
+    }
+
+    #[test]
+    fn every_rule_changing_flag_changes_the_fingerprint() {
+        let config = Config::defaults(false);
+        let plain = fingerprint(&config, &settings(&[]), false, DEFAULT_BACKEND);
+        assert_eq!(
+            plain,
+            config.fingerprint_with_flags(""),
+            "default flags add nothing"
+        );
+        let mut seen = vec![plain];
+        for flags in [
+            &["chain"][..],
+            &["ipv6"],
+            &["random"],
+            &["ports"],
+            &["authoritative"],
+        ] {
+            seen.push(fingerprint(
+                &config,
+                &settings(flags),
+                false,
+                DEFAULT_BACKEND,
+            ));
+        }
+        seen.push(fingerprint(&config, &settings(&[]), true, DEFAULT_BACKEND));
+        seen.push(fingerprint(&config, &settings(&[]), false, "nftables"));
+        let mut unique = seen.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), seen.len(), "{seen:?}");
+        assert_eq!(
+            rule_flags(
+                &settings(&["chain", "ipv6", "random", "ports", "authoritative"]),
+                true,
+                "nftables"
+            ),
+            concat!(
+                "--backend=nftables --masq-chain=IP-MASQ --enable-ipv6=true --random-fully=false ",
+                "--to-ports=1024-29999 --nomasq-all-reserved-ranges=true --authoritative=true"
+            )
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

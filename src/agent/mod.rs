@@ -152,6 +152,8 @@ impl LoadMemory {
 /// The agent: the config sources, what loading learned, and the reconciler.
 pub struct Agent<B: Backend> {
     load_options: LoadOptions,
+    /// `--backend`'s value, which the fingerprint counts.
+    backend_flag: &'static str,
     /// The resync period before any config was loaded.
     default_period: Duration,
     sources: Sources,
@@ -168,6 +170,7 @@ impl<B: Backend> Agent<B> {
         telemetry: Telemetry,
     ) -> Self {
         Agent {
+            backend_flag: crate::plan::DEFAULT_BACKEND,
             default_period: Config::defaults(load_options.all_reserved_ranges).resync_interval,
             load_options,
             sources,
@@ -280,7 +283,19 @@ impl<B: Backend> Agent<B> {
                 true
             }
             Err(err) => {
-                let text = err.to_string();
+                // Upstream's text first, where in the file (a manifest's data
+                // counts its own lines), then what it probably meant.
+                let mut text = err.to_string();
+                if let Some(place) = self
+                    .sources
+                    .get(index)
+                    .and_then(|s| s.locate(&part.name, &err))
+                {
+                    text.push_str(&format!(" ({place})"));
+                }
+                if let Some(hint) = err.hint() {
+                    text.push_str(&format!("; hint: {hint}"));
+                }
                 if let Some(source) = self.sources.get(index) {
                     source.report_invalid(&part.name, content, &text);
                 }
@@ -305,7 +320,7 @@ impl<B: Backend> Agent<B> {
             }
             (_, Some(current)) => Some(format!(
                 "keeping the last valid config {}",
-                current.fingerprint()
+                self.fingerprint(current)
             )),
             _ => None,
         };
@@ -374,12 +389,25 @@ impl<B: Backend> Agent<B> {
         }
     }
 
+    /// Name the `--backend` in use, for the fingerprint.
+    pub fn backend_flag(mut self, backend: &'static str) -> Self {
+        self.backend_flag = backend;
+        self
+    }
+
+    /// The fingerprint of `config` as this node enforces it (flags included).
+    fn fingerprint(&self, config: &Config) -> String {
+        let settings = self.reconciler.settings();
+        let all_reserved = self.load_options.all_reserved_ranges;
+        crate::plan::fingerprint(config, settings, all_reserved, self.backend_flag)
+    }
+
     /// Make `config` the enforced one. Returns whether it changed.
     fn enforce(&mut self, trigger: Trigger, whole: bool, config: Config) -> bool {
         if self.loaded.config.as_ref() == Some(&config) {
             return false;
         }
-        let fingerprint = config.fingerprint();
+        let fingerprint = self.fingerprint(&config);
         let origin = match (whole, self.loaded.parts.first()) {
             (true, Some((_, part))) => match (&part.content, self.sources.get(0)) {
                 (Some(content), Some(source)) => source.origin(content),

@@ -69,6 +69,11 @@ impl<B: Backend> Reconciler<B> {
         }
     }
 
+    /// The rule-shaping settings this reconciler writes with.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
     /// For a one-shot command: an unchanged node is worth an info line.
     pub fn once(mut self) -> Self {
         self.once = true;

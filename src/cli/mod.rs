@@ -146,7 +146,8 @@ pub struct Invocation {
 /// Why the command line was not accepted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CliError {
-    /// `-h`, `-help` or `--help`: print this usage text to stderr, exit 0.
+    /// `-h`, `-help`, `--help` or the `help` command: the usage text was
+    /// asked for, so it goes to stdout (pipeable into a pager), exit 0.
     Help(String),
     /// Not a command line Go's `flag` (or our subcommand grammar) accepts:
     /// print the message, then the usage text, exit 2.
@@ -194,7 +195,9 @@ impl From<FlagError> for CliError {
 }
 
 /// Subcommand names, in the order usage lists them.
-const COMMANDS: [&str; 6] = ["check", "render", "explain", "sync", "cleanup", "version"];
+const COMMANDS: [&str; 7] = [
+    "check", "render", "explain", "sync", "cleanup", "version", "help",
+];
 
 /// Pick the command from its name and the positional arguments after the
 /// command's own flags.
@@ -312,6 +315,26 @@ fn flag_hint(arg: &str) -> &'static str {
     }
 }
 
+/// `check FILE --strict`: flags may also follow the command's one
+/// argument (Go's parser would stop at FILE); after `--` everything is an
+/// argument.
+fn interleaved(low: &mut LowArgs, mut args: &[String]) -> Result<Vec<String>, CliError> {
+    let mut positionals = Vec::new();
+    loop {
+        let rest = low.parse_flags(args)?;
+        let consumed = args.len() - rest.len();
+        if consumed > 0 && args[consumed - 1] == "--" {
+            positionals.extend(rest.iter().cloned());
+            return Ok(positionals);
+        }
+        let Some((first, more)) = rest.split_first() else {
+            return Ok(positionals);
+        };
+        positionals.push(first.clone());
+        args = more;
+    }
+}
+
 /// Parse the command line, without the program name.
 ///
 /// Flags come first; the first non-flag argument names the subcommand
@@ -327,13 +350,19 @@ where
     let rest = low.parse_flags(&args)?;
     let mut command = match rest.split_first() {
         None => Command::Run,
+        // Asked for, as `-h` is: usage on stdout, exit 0.
+        Some((word, _)) if word == "help" => return Err(CliError::Help(usage())),
         Some((word, after)) => {
             // Name the unknown command before complaining about its flags.
             if !COMMANDS.contains(&word.as_str()) {
                 return Err(unknown_command(word));
             }
-            let positionals = low.parse_flags(after)?;
-            select_command(word, positionals, &low)?
+            let positionals = if word == "check" {
+                interleaved(&mut low, after)?
+            } else {
+                low.parse_flags(after)?.to_vec()
+            };
+            select_command(word, &positionals, &low)?
         }
     };
     // Explain's flags mean nothing elsewhere; silently ignoring one would

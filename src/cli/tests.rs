@@ -161,7 +161,7 @@ fn bool_does_not_take_the_next_argument() {
     assert_eq!(
         fail(&["--enable-ipv6", "false"]),
         (
-            "unknown command \"false\"; commands are: check, render, explain, sync, cleanup, version".into(),
+            "unknown command \"false\"; commands are: check, render, explain, sync, cleanup, version, help".into(),
             2
         )
     );
@@ -209,8 +209,18 @@ fn parsing_stops_at_the_first_non_flag() {
             file: Some(PathBuf::from("-"))
         }
     );
+    // `check` also takes flags after its FILE, as the README shows...
+    let inv = ok(&["check", "a.yaml", "--enable-ipv6", "--strict"]);
+    assert!(inv.options.enable_ipv6 && inv.options.strict);
     assert_eq!(
-        fail(&["check", "a.yaml", "--enable-ipv6"]),
+        inv.command,
+        Command::Check {
+            file: Some(PathBuf::from("a.yaml"))
+        }
+    );
+    // ...but after `--` everything is an argument.
+    assert_eq!(
+        fail(&["check", "--", "a.yaml", "--enable-ipv6"]),
         (
             "command \"check\" takes at most one FILE, got another argument \"--enable-ipv6\" \
              (flags go before the command's arguments)"
@@ -218,10 +228,11 @@ fn parsing_stops_at_the_first_non_flag() {
             2
         )
     );
+    assert_eq!(fail(&["check", "a.yaml", "--nope"]).1, 2);
     assert_eq!(
         fail(&["-"]),
         (
-            "unknown command \"-\"; commands are: check, render, explain, sync, cleanup, version"
+            "unknown command \"-\"; commands are: check, render, explain, sync, cleanup, version, help"
                 .into(),
             2
         )
@@ -278,7 +289,7 @@ fn subcommands() {
     assert_eq!(
         fail(&["run"]),
         (
-            "unknown command \"run\"; commands are: check, render, explain, sync, cleanup, version"
+            "unknown command \"run\"; commands are: check, render, explain, sync, cleanup, version, help"
                 .into(),
             2
         )
@@ -286,7 +297,7 @@ fn subcommands() {
     // The unknown command is named before its flags are looked at.
     assert_eq!(
         fail(&["bogus", "--nope"]).0,
-        "unknown command \"bogus\"; commands are: check, render, explain, sync, cleanup, version"
+        "unknown command \"bogus\"; commands are: check, render, explain, sync, cleanup, version, help"
     );
 }
 
@@ -476,6 +487,9 @@ fn help_exits_zero_with_usage() {
         &["-help=false"],
         &["--enable-ipv6", "-h", "--nope"],
         &["check", "--help"],
+        &["check", "FILE", "--help"],
+        &["help"],
+        &["--enable-ipv6", "help"],
     ] {
         let err = parse(args.iter().copied()).unwrap_err();
         assert_eq!(err.exit_code(), 0, "{args:?}");

@@ -50,15 +50,17 @@ pub fn usage() -> String {
 
 const COMMANDS_USAGE: &str = "
 Commands (without one, the agent runs and keeps the rules in place):
-  check [FILE]  validate a config file (default: every configured source, merged) and exit
+  check [FILE]  validate a config file (default: every configured source, merged; -: stdin) and exit
   render        print the rules the config would produce and exit
   explain [--from SOURCE] [--output=text|json] ADDRESS...
                 print whether the config masquerades traffic to each ADDRESS, and why
   sync          apply the rules once and exit
   cleanup       remove this agent's chain and jump rules and exit
   version       print the version and exit
+  help          print this text (also -h, --help)
 Flags may come before and after the command:
   ip-masq-agent [flags] [command [flags] [FILE | ADDRESS...]]
+  (check also takes flags after FILE: ip-masq-agent check FILE --strict)
 ";
 
 /// Go's `flag.UnquoteUsage`: the first back-quoted word in the help names
@@ -103,7 +105,8 @@ mod tests {
             "  -to-ports ranges\n    \tSource port ranges for masqueraded tcp, udp and sctp, comma-separated (e.g. 1024-29999,32768-65535); empty leaves the choice to the kernel\n",
             "  -v level\n    \tLog verbosity level; higher logs more detail\n",
             "  -vmodule value\n    \tklog flag, accepted for compatibility; no effect\n",
-            "  check [FILE]  validate a config file (default: every configured source, merged) and exit\n",
+            "  check [FILE]  validate a config file (default: every configured source, merged; -: stdin) and exit\n",
+            "  help          print this text (also -h, --help)\n",
         ] {
             assert!(text.contains(expected), "{expected:?} not in:\n{text}");
         }

@@ -45,7 +45,10 @@ pub async fn run(options: &Options) -> Result<ExitCode> {
     let mut sources: Vec<Source> = options
         .config
         .iter()
-        .map(|path| Source::File(FileSource::new(path.clone())))
+        .map(|path| {
+            let file = FileSource::new(path.clone()).manifest_key(options.configmap_key.as_str());
+            Source::File(file)
+        })
         .collect();
     for api in &options.api_sources {
         sources.push(Source::ConfigMap(
@@ -69,7 +72,8 @@ pub async fn run(options: &Options) -> Result<ExitCode> {
         Sources::new(sources),
         backend,
         telemetry,
-    );
+    )
+    .backend_flag(options.backend.as_str());
     agent.run().await.context("installing signal handlers")?;
     Ok(ExitCode::SUCCESS)
 }

@@ -29,15 +29,42 @@ use crate::telemetry::Telemetry;
 struct ReadOnce {
     parts: Vec<Part>,
     whole: bool,
+    /// The file sources read, which know where a manifest's data is.
+    files: Vec<FileSource>,
+}
+
+impl ReadOnce {
+    /// ` (data.config line 3 is line 10 of FILE)` for an error in a
+    /// ConfigMap manifest's data, else nothing.
+    fn place(&self, name: &str, err: &config::ConfigError) -> String {
+        self.files
+            .iter()
+            .find_map(|file| file.locate(name, err))
+            .map(|p| format!(" ({p})"))
+            .unwrap_or_default()
+    }
+
+    /// A part that was read but not accepted, as `check` says it: the part,
+    /// the error and where in the file it is (a ConfigMap manifest's data
+    /// counts its own lines), and a hint line when there is one.
+    fn invalid(&self, name: &str, err: &config::ConfigError) -> anyhow::Error {
+        let place = self.place(name, err);
+        match err.hint() {
+            Some(hint) => anyhow::anyhow!("{name}: invalid config: {err}{place}\nhint: {hint}"),
+            None => anyhow::anyhow!("{name}: invalid config: {err}{place}"),
+        }
+    }
 }
 
 async fn read_sources(options: &Options) -> Result<ReadOnce> {
     let mut parts = Vec::new();
+    let mut files = Vec::new();
     let mut whole = single_source(options);
     for path in &options.config {
-        let mut file = FileSource::new(path.clone());
+        let mut file = FileSource::new(path.clone()).manifest_key(options.configmap_key.as_str());
         whole &= file.is_whole();
         parts.extend(file.read());
+        files.push(file);
     }
     for source in &options.api_sources {
         let client = api::client(source)
@@ -73,7 +100,11 @@ async fn read_sources(options: &Options) -> Result<ReadOnce> {
             }
         }
     }
-    Ok(ReadOnce { parts, whole })
+    Ok(ReadOnce {
+        parts,
+        whole,
+        files,
+    })
 }
 
 /// A loaded config, and with several parts where each CIDR came from.
@@ -85,7 +116,9 @@ pub(super) struct Effective {
 
 /// Load and validate every configured source, merged.
 pub(super) async fn load_source(options: &Options) -> Result<Effective> {
-    let ReadOnce { parts, whole } = read_sources(options).await?;
+    let mut sources = read_sources(options).await?;
+    let parts = std::mem::take(&mut sources.parts);
+    let whole = sources.whole;
     let opts = load_options(options);
     let effective = if whole {
         let Some(Part { name, read }) = parts.into_iter().next() else {
@@ -93,13 +126,14 @@ pub(super) async fn load_source(options: &Options) -> Result<Effective> {
         };
         let loaded = match read {
             Read::Ready(Content::Bytes(bytes)) => {
-                config::parse(&bytes, &opts).with_context(|| format!("loading {name}"))?
+                config::parse(&bytes, &opts).map_err(|err| sources.invalid(&name, &err))?
             }
             Read::Ready(Content::Absent) | Read::NotYet => {
                 info!(source = %name, "no config; using the defaults");
                 Loaded::absent(&opts)
             }
-            Read::Failed(err) => anyhow::bail!("reading {name}: {err}"),
+            // The error names the file already.
+            Read::Failed(err) => anyhow::bail!("{err}"),
         };
         Effective {
             config: loaded.config,
@@ -113,12 +147,12 @@ pub(super) async fn load_source(options: &Options) -> Result<Effective> {
             match read {
                 Read::Ready(Content::Bytes(bytes)) => {
                     let fragment = config::parse_fragment(&bytes, &opts)
-                        .with_context(|| format!("loading {name}"))?;
+                        .map_err(|err| sources.invalid(&name, &err))?;
                     warnings.extend(fragment.warnings.iter().map(|w| format!("{name}: {w}")));
                     fragments.push((name, fragment));
                 }
                 Read::Ready(Content::Absent) | Read::NotYet => {}
-                Read::Failed(err) => anyhow::bail!("reading {name}: {err}"),
+                Read::Failed(err) => anyhow::bail!("{err}"),
             }
         }
         let named: Vec<(String, &Fragment)> =
@@ -136,8 +170,38 @@ pub(super) async fn load_source(options: &Options) -> Result<Effective> {
     Ok(effective)
 }
 
+/// CAP_NET_ADMIN's bit in the capability sets (linux/capability.h).
+const CAP_NET_ADMIN: u32 = 12;
+
+/// Whether this process may change the kernel's rules: CAP_NET_ADMIN in
+/// its effective set (`/proc/self/status`, `CapEff`). Unknown (no /proc) is
+/// taken as yes, and the kernel answers instead.
+fn may_administer_network() -> bool {
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        return true;
+    };
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .is_none_or(|caps| caps & (1 << CAP_NET_ADMIN) != 0)
+}
+
+/// `sync` and `cleanup` without CAP_NET_ADMIN: say so first, and only that,
+/// rather than let each iptables and nft call fail in its own words.
+fn require_net_admin(command: &str) -> Result<()> {
+    if may_administer_network() {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "{command} changes the kernel's nat rules and needs CAP_NET_ADMIN: run it as root \
+         (or with the NET_ADMIN capability); render and check need no privileges"
+    )
+}
+
 /// One pass of the daemon's reconciler over every family.
 pub async fn sync(options: &Options) -> Result<ExitCode> {
+    require_net_admin("sync")?;
     let loaded = load_source(options).await?;
     let backend = AnyBackend::select(options.backend, options.iptables_mode).await;
     select::remove_other(options.backend, &options.masq_chain).await;
@@ -200,7 +264,13 @@ struct Checked {
     absent: (String, bool),
     /// About the manifest rather than the config in it.
     warnings: Vec<String>,
+    /// For a ConfigMap manifest: the file's bytes, so an error in its data
+    /// can also be placed by the file's line.
+    manifest: Option<Vec<u8>>,
 }
+
+/// `check -`: the config comes from stdin.
+const STDIN: &str = "-";
 
 /// The one whole config `check` looks at: FILE, else the one source.
 async fn checked(options: &Options, file: Option<&Path>) -> Result<Checked> {
@@ -225,10 +295,19 @@ async fn checked(options: &Options, file: Option<&Path>) -> Result<Checked> {
                     Read::Ready(Content::Bytes(bytes)) => Some(bytes),
                     _ => None,
                 },
+                manifest: None,
             });
         }
     };
-    let name = path.display().to_string();
+    let (name, read) = if file.is_some_and(|f| f.as_os_str() == STDIN) {
+        let stdin = std::io::stdin().lock();
+        (
+            "stdin".to_owned(),
+            config::read_stream(stdin, "stdin").map(Some),
+        )
+    } else {
+        (path.display().to_string(), config::read(path))
+    };
     let absent = match file {
         Some(_) => (format!("{name}: no such file"), true),
         None => (
@@ -236,30 +315,34 @@ async fn checked(options: &Options, file: Option<&Path>) -> Result<Checked> {
             false,
         ),
     };
-    let Some(bytes) = config::read(path).with_context(|| format!("reading {name}"))? else {
+    // The error names the file already.
+    let Some(bytes) = read? else {
         return Ok(Checked {
             name,
             what: String::new(),
             bytes: None,
             absent,
             warnings: Vec::new(),
+            manifest: None,
         });
     };
     // A ConfigMap manifest is checked by its data key, as a node sees it.
     let key = options.configmap_key.as_str();
     let warnings = config::configmap_warnings(&bytes);
-    let (bytes, what) = match config::configmap_data(&bytes, key)
-        .with_context(|| format!("reading ConfigMap {name}"))?
-    {
-        Some(data) => (data, format!(" ConfigMap data.{key}")),
-        None => (bytes, " config file".to_owned()),
+    let (data, what, manifest) = match config::configmap_data(&bytes, key) {
+        Ok(Some(data)) => (data, format!(" ConfigMap data.{key}"), Some(bytes)),
+        Ok(None) => (bytes, " config file".to_owned(), None),
+        Err(err) => anyhow::bail!(
+            "{name}: a ConfigMap manifest, but {err}; pass --configmap-key naming the key that holds the config"
+        ),
     };
     Ok(Checked {
         name,
         what,
-        bytes: Some(bytes),
+        bytes: Some(data),
         absent,
         warnings,
+        manifest,
     })
 }
 
@@ -276,6 +359,7 @@ pub async fn check(options: &Options, file: Option<&Path>) -> Result<ExitCode> {
         bytes,
         absent: (absent, absent_fails),
         warnings: mut manifest_warnings,
+        manifest,
     } = checked(options, file).await?;
     let loaded = match bytes {
         Some(bytes) => match config::parse(&bytes, &load_options(options)) {
@@ -284,7 +368,16 @@ pub async fn check(options: &Options, file: Option<&Path>) -> Result<ExitCode> {
                 loaded
             }
             Err(err) => {
-                eprintln!("{name}: invalid{what}: {err}");
+                let key = options.configmap_key.as_str();
+                let place = manifest
+                    .and_then(|file| config::manifest_line(&file, key, &bytes, &err))
+                    .zip(err.line())
+                    .map(|(line, at)| format!(" (data.{key} line {at} is line {line} of {name})"))
+                    .unwrap_or_default();
+                eprintln!("{name}: invalid{what}: {err}{place}");
+                if let Some(hint) = err.hint() {
+                    eprintln!("hint: {hint}");
+                }
                 return Ok(ExitCode::FAILURE);
             }
         },
@@ -315,7 +408,8 @@ fn verdict(options: &Options, warnings: &[String]) -> ExitCode {
 /// `check` of several parts: each one's verdict, then the merged config
 /// and where each of its CIDRs came from.
 async fn check_merged(options: &Options) -> Result<ExitCode> {
-    let ReadOnce { parts, .. } = read_sources(options).await?;
+    let mut sources = read_sources(options).await?;
+    let parts = std::mem::take(&mut sources.parts);
     let opts = load_options(options);
     let mut fragments = Vec::new();
     let mut warnings = Vec::new();
@@ -329,7 +423,11 @@ async fn check_merged(options: &Options) -> Result<ExitCode> {
                     fragments.push((name, fragment));
                 }
                 Err(err) => {
-                    eprintln!("{name}: invalid config fragment: {err}");
+                    let place = sources.place(&name, &err);
+                    eprintln!("{name}: invalid config fragment: {err}{place}");
+                    if let Some(hint) = err.hint() {
+                        eprintln!("hint: {hint}");
+                    }
                     failed = true;
                 }
             },
@@ -337,7 +435,8 @@ async fn check_merged(options: &Options) -> Result<ExitCode> {
                 print(&format!("{name}: absent; contributes nothing\n"))?;
             }
             Read::Failed(err) => {
-                eprintln!("{name}: {err}");
+                // The error names the file already.
+                eprintln!("{err}");
                 failed = true;
             }
         }
@@ -378,7 +477,12 @@ async fn report(
     out.push_str(&format!(
         "effective config: {}\nfingerprint: {} (the ip_masq_agent_config metric of a node enforcing it)\n\n",
         config.to_json(),
-        config.fingerprint()
+        plan::fingerprint(
+            config,
+            &settings(options),
+            options.nomasq_all_reserved_ranges,
+            options.backend.as_str()
+        )
     ));
     out.push_str(&rendered(options, config).await);
     print(&out)
@@ -398,6 +502,7 @@ fn origins_text(origins: &Origins) -> String {
 
 /// Remove our objects from both backends, every variant and family.
 pub async fn cleanup(options: &Options) -> Result<ExitCode> {
+    require_net_admin("cleanup")?;
     let chain = &options.masq_chain;
     let mut failed = false;
     let mut removed_any = false;

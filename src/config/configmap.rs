@@ -57,6 +57,50 @@ pub(crate) fn warnings(bytes: &[u8]) -> Vec<String> {
     }
 }
 
+/// See [`super::manifest_line`]. Only a literal block (`key: |`) keeps its
+/// lines one to one; its lines must match the file's, after the block's
+/// indentation, for exactly one `key:` line, or there is no answer.
+pub(crate) fn data_start_line(file: &[u8], key: &str, data: &[u8]) -> Option<usize> {
+    let file = std::str::from_utf8(file).ok()?;
+    let data = std::str::from_utf8(data).ok()?;
+    let lines: Vec<&str> = file.lines().collect();
+    let data_lines: Vec<&str> = data.lines().collect();
+    let heads = [
+        format!("{key}:"),
+        format!("\"{key}\":"),
+        format!("'{key}':"),
+    ];
+    let mut found = None;
+    for (i, line) in lines.iter().enumerate() {
+        let body = line.trim_start();
+        let Some(rest) = heads
+            .iter()
+            .find_map(|head| body.strip_prefix(head.as_str()))
+        else {
+            continue;
+        };
+        if !rest.trim_start().starts_with('|') {
+            continue;
+        }
+        let Some(block) = lines.get(i + 1..i + 1 + data_lines.len()) else {
+            continue;
+        };
+        let matches = block.len() == data_lines.len()
+            && block
+                .iter()
+                .zip(&data_lines)
+                .all(|(file_line, data_line)| file_line.trim_end().ends_with(data_line.trim_end()));
+        if matches {
+            if found.is_some() {
+                return None;
+            }
+            // Line 1 of the data is the file line after `key: |` (1-based i + 2).
+            found = Some(i + 2);
+        }
+    }
+    found
+}
+
 fn lookup(doc: &Value, key: &str) -> Result<Vec<u8>, ConfigError> {
     let data = doc.get("data");
     match data.and_then(|d| d.get(key)) {
@@ -154,6 +198,19 @@ data:
         assert_eq!(data(b"", "config").unwrap(), None);
         assert_eq!(data(b"kind: configmap\n", "config").unwrap(), None);
         assert_eq!(data(b"a: [\n", "config").unwrap(), None);
+    }
+
+    #[test]
+    fn the_data_block_is_found_in_the_file() {
+        let data = data(MANIFEST.as_bytes(), "config").unwrap().unwrap();
+        assert_eq!(
+            data_start_line(MANIFEST.as_bytes(), "config", &data),
+            Some(8)
+        );
+        // A quoted string does not keep lines: no answer.
+        let json = r#"{"kind": "ConfigMap", "data": {"config": "a: 1\nb: [\n"}}"#;
+        let data = super::data(json.as_bytes(), "config").unwrap().unwrap();
+        assert_eq!(data_start_line(json.as_bytes(), "config", &data), None);
     }
 
     #[test]

@@ -16,11 +16,12 @@ use super::gostr::quote;
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum ConfigError {
-    #[error("cannot read config file {}: {source}", path.display())]
+    /// The OS error is part of the message and deliberately not a
+    /// `source()`, so a `{:#}` chain does not print it twice.
+    #[error("cannot read config file {}: {error}", path.display())]
     Read {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("config file {} is {kind}, not a regular file; refusing to read it", path.display())]
     NotAFile { path: PathBuf, kind: &'static str },
@@ -122,6 +123,44 @@ impl From<Exhausted> for ConfigError {
 }
 
 impl ConfigError {
+    /// What a rejected CIDR was probably meant to be, said after upstream's
+    /// text (which stays as it is): the network, or the one address.
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            ConfigError::InList { error, .. } => error.hint(),
+            ConfigError::MisalignedCidr { cidr, ip, network } => {
+                let host = if ip.contains(':') { 128 } else { 32 };
+                Some(format!(
+                    "did you mean {network}? ({cidr} is not a network address; {ip}/{host} is the one address)"
+                ))
+            }
+            ConfigError::UnparsableCidr { cidr } => match cidr.trim().parse::<std::net::IpAddr>() {
+                Ok(ip) => Some(format!(
+                    "did you mean {ip}/{}? a CIDR needs a prefix length",
+                    if ip.is_ipv4() { 32 } else { 128 }
+                )),
+                Err(_) => None,
+            },
+            _ => None,
+        }
+    }
+
+    /// The 1-based line of the config text this error points at, if any.
+    pub fn line(&self) -> Option<usize> {
+        match self {
+            ConfigError::Json { line, .. } => Some(*line),
+            ConfigError::Yaml { message } => {
+                let at = message.find("line ")? + "line ".len();
+                let digits: String = message[at..]
+                    .chars()
+                    .take_while(char::is_ascii_digit)
+                    .collect();
+                digits.parse().ok()
+            }
+            _ => None,
+        }
+    }
+
     /// A stable, low-cardinality label for metrics and structured logs.
     pub fn metric_label(&self) -> &'static str {
         match self {

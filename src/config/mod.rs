@@ -167,15 +167,20 @@ impl Config {
         )
     }
 
-    /// A short, stable identifier of this config (FNV-1a 64 of
-    /// [`Config::to_json`], 16 hex digits) for logs and metrics.
-    pub fn fingerprint(&self) -> String {
-        let hash = self
-            .to_json()
-            .bytes()
-            .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-                (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-            });
+    /// A short, stable identifier of this config and of `rule_flags` (the
+    /// rule-changing flags that differ from their defaults, in a fixed
+    /// form; see `plan::fingerprint`) for logs and metrics: FNV-1a 64 of
+    /// [`Config::to_json`], then a space and the flags when there are any,
+    /// as 16 hex digits. Without such flags it is the config's alone.
+    pub fn fingerprint_with_flags(&self, rule_flags: &str) -> String {
+        let mut text = self.to_json();
+        if !rule_flags.is_empty() {
+            text.push(' ');
+            text.push_str(rule_flags);
+        }
+        let hash = text.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+        });
         format!("{hash:016x}")
     }
 }
@@ -221,9 +226,9 @@ pub fn parse(bytes: &[u8], opts: &LoadOptions) -> Result<Loaded, ConfigError> {
 /// included). A file over [`MAX_CONFIG_BYTES`] is refused after reading at
 /// most one byte more than that.
 pub fn read(path: &Path) -> Result<Option<Vec<u8>>, ConfigError> {
-    let read_error = |source| ConfigError::Read {
+    let read_error = |error| ConfigError::Read {
         path: path.to_owned(),
-        source,
+        error,
     };
     // Non-blocking, so a FIFO (or a device) put where the config belongs
     // cannot stall the agent in open(); anything but a regular file is
@@ -255,6 +260,26 @@ pub fn read(path: &Path) -> Result<Option<Vec<u8>>, ConfigError> {
         });
     }
     Ok(Some(bytes))
+}
+
+/// Read a config from a stream (`check -` reads stdin), refused past
+/// [`MAX_CONFIG_BYTES`] as a file is, after reading at most one byte more.
+pub fn read_stream(reader: impl std::io::Read, name: &str) -> Result<Vec<u8>, ConfigError> {
+    let mut bytes = Vec::new();
+    reader
+        .take(MAX_CONFIG_BYTES as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|error| ConfigError::Read {
+            path: name.into(),
+            error,
+        })?;
+    if bytes.len() > MAX_CONFIG_BYTES {
+        return Err(ConfigError::FileTooLarge {
+            path: name.into(),
+            max: MAX_CONFIG_BYTES,
+        });
+    }
+    Ok(bytes)
 }
 
 fn describe_file_type(kind: std::fs::FileType) -> &'static str {
@@ -296,4 +321,22 @@ pub fn configmap_data(bytes: &[u8], key: &str) -> Result<Option<Vec<u8>>, Config
 /// applying it would change nothing on the nodes.
 pub fn configmap_warnings(bytes: &[u8]) -> Vec<String> {
     configmap::warnings(bytes)
+}
+
+/// For an error in the config held by a ConfigMap manifest's `data.<key>`
+/// (whose positions count from the start of that text): the line of the
+/// manifest file it points at, when the text is a literal block (`key: |`).
+pub fn manifest_line(file: &[u8], key: &str, data: &[u8], error: &ConfigError) -> Option<usize> {
+    file_line(manifest_data_line(file, key, data)?, error)
+}
+
+/// The manifest file's line where the text of `data.<key>` (`data`) starts,
+/// when it is a literal block whose lines are the file's.
+pub fn manifest_data_line(file: &[u8], key: &str, data: &[u8]) -> Option<usize> {
+    configmap::data_start_line(file, key, data)
+}
+
+/// The file line of `error`'s position, for a text starting at file line `start`.
+pub fn file_line(start: usize, error: &ConfigError) -> Option<usize> {
+    Some(start + error.line()? - 1)
 }

@@ -82,12 +82,12 @@ fn to_json_and_fingerprint() {
         config.to_json(),
         r#"{"nonMasqueradeCIDRs":["fc00::/7","10.0.0.0/8"],"cidrLimit":5,"masqLinkLocal":false,"masqLinkLocalIPv6":true,"resyncInterval":"1h2m3.5s"}"#
     );
-    let fp = Config::defaults(false).fingerprint();
+    let fp = Config::defaults(false).fingerprint_with_flags("");
     assert_eq!(fp.len(), 16);
     assert!(fp.bytes().all(|b| b.is_ascii_hexdigit()));
-    assert_eq!(fp, Config::defaults(false).fingerprint());
-    assert_ne!(fp, Config::defaults(true).fingerprint());
-    assert_ne!(fp, config.fingerprint());
+    assert_eq!(fp, Config::defaults(false).fingerprint_with_flags(""));
+    assert_ne!(fp, Config::defaults(true).fingerprint_with_flags(""));
+    assert_ne!(fp, config.fingerprint_with_flags(""));
 }
 
 #[test]
@@ -709,7 +709,10 @@ fn masquerade_and_pod_lists_in_a_file() {
     // The JSON form reads back as the same config, and differs in fingerprint.
     assert_eq!(ok_with(&config.to_json(), &V6), config);
     let without = ok("nonMasqueradeCIDRs: [10.0.0.0/8, 10.9.5.128/25]\n");
-    assert_ne!(config.fingerprint(), without.fingerprint());
+    assert_ne!(
+        config.fingerprint_with_flags(""),
+        without.fingerprint_with_flags("")
+    );
     // Key names fold like upstream's; JSON files take them too.
     let folded = ok(r#"{"MasqueradeCIDRs": ["10.9.0.0/16"], "PODCIDRS": []}"#);
     assert_eq!(show(&folded.masquerade_cidrs), ["10.9.0.0/16"]);
@@ -817,4 +820,52 @@ fn unknown_keys_are_accepted_but_named_with_a_suggestion() {
         fragment.warnings,
         [r#"unknown key "masqLinkLocall" ignored (did you mean "masqLinkLocal"?)"#]
     );
+}
+
+#[test]
+fn rejected_cidrs_get_a_hint_after_upstreams_text() {
+    let opts = LoadOptions {
+        all_reserved_ranges: false,
+        enable_ipv6: true,
+    };
+    let hint = |text: &str| parse(text.as_bytes(), &opts).unwrap_err().hint();
+    assert_eq!(
+        hint("nonMasqueradeCIDRs: [10.0.0.1/8]\n").as_deref(),
+        Some(
+            "did you mean 10.0.0.0/8? (10.0.0.1/8 is not a network address; 10.0.0.1/32 is the one address)"
+        )
+    );
+    assert_eq!(
+        hint("nonMasqueradeCIDRs: [\"fd00::1/8\"]\n").as_deref(),
+        Some(
+            "did you mean fd00::/8? (fd00::1/8 is not a network address; fd00::1/128 is the one address)"
+        )
+    );
+    assert_eq!(
+        hint("nonMasqueradeCIDRs: [fd00::1]\n").as_deref(),
+        Some("did you mean fd00::1/128? a CIDR needs a prefix length")
+    );
+    assert_eq!(
+        hint("masqueradeCIDRs: [10.9.0.1]\n").as_deref(),
+        Some("did you mean 10.9.0.1/32? a CIDR needs a prefix length"),
+        "the lists of ours too"
+    );
+    assert_eq!(hint("nonMasqueradeCIDRs: [abcdefg]\n"), None);
+    assert_eq!(hint("cidrLimit: x\n"), None);
+}
+
+#[test]
+fn error_positions_are_found_for_the_file_line() {
+    let opts = LoadOptions::default();
+    let yaml = parse(b"a: 1\nb: [\n", &opts).unwrap_err();
+    assert!(yaml.line().is_some(), "{yaml}");
+    let json = parse(b"{\n\"cidrLimit\": }", &opts).unwrap_err();
+    assert_eq!(json.line(), Some(2), "{json}");
+    let manifest = "kind: ConfigMap\ndata:\n  config: |\n    a: 1\n    b: [\n";
+    let data = configmap_data(manifest.as_bytes(), "config")
+        .unwrap()
+        .unwrap();
+    let err = parse(&data, &opts).unwrap_err();
+    let line = manifest_line(manifest.as_bytes(), "config", &data, &err).unwrap();
+    assert_eq!(line, 3 + err.line().unwrap(), "{err}");
 }

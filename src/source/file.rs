@@ -15,6 +15,7 @@
 //! [`FileSource`] owns all of it: the path, the watch, the poll, and the
 //! file's identity at the last read.
 
+use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -23,11 +24,12 @@ use std::time::{Duration, SystemTime};
 
 use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
-use tokio::time::{Interval, MissedTickBehavior};
+use tokio::time::{Instant, Interval, MissedTickBehavior};
 use tracing::{info, warn};
 
 use super::{Content, Part, Read};
 use crate::config;
+use crate::logging::Escaped;
 
 /// How often the config file's identity is checked besides the watch, so an
 /// edit (or a fix after an invalid file) is picked up within this delay even
@@ -37,6 +39,16 @@ pub const FILE_POLL: Duration = Duration::from_secs(1);
 /// After a directory event, wait this long for the rest of the burst (a
 /// kubelet update is several renames and unlinks within microseconds).
 pub const COALESCE: Duration = Duration::from_millis(5);
+
+/// A file that was emptied in place (same inode, had content) is not
+/// believed until it stays empty this long: an editor or `>` redirection
+/// truncates first and writes after, and the moment between must not apply
+/// the defaults. Kubelet's swaps replace the file, so they never wait.
+pub const TRUNCATION_SETTLE: Duration = Duration::from_millis(250);
+
+/// The data key read from a ConfigMap manifest given as a file, unless the
+/// caller names another (`--configmap-key`): the key the manifests use.
+pub const DEFAULT_MANIFEST_KEY: &str = "config";
 
 /// A `--config` path: one file, watched through its directory, or a
 /// directory (a ConfigMap volume with several keys, a projected volume),
@@ -51,6 +63,15 @@ pub struct FileSource {
     /// An event arrived and its burst is still being waited out; kept here
     /// so that a caller dropping `changed()` mid-wait loses nothing.
     pending: bool,
+    /// The ConfigMap data key used when a file is a ConfigMap manifest.
+    manifest_key: String,
+    /// Per file, what the last read found: (dev, inode, non-empty).
+    seen: HashMap<PathBuf, (u64, u64, bool)>,
+    /// Files emptied in place, and when their emptiness may be believed.
+    settling: HashMap<PathBuf, Instant>,
+    /// Files read as ConfigMap manifests (said once while they stay so),
+    /// with the file line where their data starts, when known.
+    manifests: HashMap<PathBuf, Option<usize>>,
 }
 
 impl FileSource {
@@ -69,7 +90,17 @@ impl FileSource {
             poll: None,
             stamp: None,
             pending: false,
+            manifest_key: DEFAULT_MANIFEST_KEY.to_owned(),
+            seen: HashMap::new(),
+            settling: HashMap::new(),
+            manifests: HashMap::new(),
         }
+    }
+
+    /// Read a file that is a ConfigMap manifest by this data key.
+    pub fn manifest_key(mut self, key: &str) -> Self {
+        key.clone_into(&mut self.manifest_key);
+        self
     }
 
     pub fn path(&self) -> &Path {
@@ -89,19 +120,26 @@ impl FileSource {
     pub fn read(&mut self) -> Vec<Part> {
         self.stamp = Some(stamp(&self.path));
         if !self.path.is_dir() {
+            let path = self.path.clone();
             return vec![Part {
-                name: self.path.display().to_string(),
-                read: read_file(&self.path),
+                name: path.display().to_string(),
+                read: self.read_file(&path),
             }];
         }
         match fragment_files(&self.path) {
-            Ok(files) => files
-                .into_iter()
-                .map(|file| Part {
-                    name: file.display().to_string(),
-                    read: read_file(&file),
-                })
-                .collect(),
+            Ok(files) => {
+                // What is remembered per file is only for files still there.
+                self.seen.retain(|path, _| files.contains(path));
+                self.settling.retain(|path, _| files.contains(path));
+                self.manifests.retain(|path, _| files.contains(path));
+                files
+                    .into_iter()
+                    .map(|file| Part {
+                        name: file.display().to_string(),
+                        read: self.read_file(&file),
+                    })
+                    .collect()
+            }
             Err(err) => vec![Part {
                 name: self.path.display().to_string(),
                 read: Read::Failed(format!(
@@ -122,6 +160,8 @@ impl FileSource {
             poll
         });
         loop {
+            // A file emptied in place is looked at again once it settled.
+            let settle = self.settling.values().min().copied();
             if self.pending {
                 tokio::time::sleep(COALESCE).await;
                 while self.events.try_recv().is_ok() {}
@@ -130,6 +170,7 @@ impl FileSource {
             }
             tokio::select! {
                 Some(()) = self.events.recv() => self.pending = true,
+                () = sleep_until(settle) => return,
                 _ = poll.tick() => {
                     // Re-watch a directory that appeared or was replaced,
                     // and poll the file itself as the fallback.
@@ -147,11 +188,96 @@ impl FileSource {
     }
 }
 
-fn read_file(path: &Path) -> Read {
-    match config::read(path) {
-        Ok(Some(bytes)) => Read::Ready(Content::Bytes(bytes)),
-        Ok(None) => Read::Ready(Content::Absent),
-        Err(err) => Read::Failed(err.to_string()),
+impl FileSource {
+    /// One file's config: its bytes, or a ConfigMap manifest's data key (said
+    /// once), or `NotYet` while a file emptied in place settles.
+    fn read_file(&mut self, path: &Path) -> Read {
+        let bytes = match config::read(path) {
+            Ok(Some(bytes)) => bytes,
+            Ok(None) => {
+                self.seen.remove(path);
+                self.settling.remove(path);
+                return Read::Ready(Content::Absent);
+            }
+            Err(err) => return Read::Failed(err.to_string()),
+        };
+        if self.unsettled(path, bytes.is_empty()) {
+            return Read::NotYet;
+        }
+        match config::configmap_data(&bytes, &self.manifest_key) {
+            Ok(None) => {
+                self.manifests.remove(path);
+                Read::Ready(Content::Bytes(bytes))
+            }
+            Ok(Some(data)) => {
+                let start = config::manifest_data_line(&bytes, &self.manifest_key, &data);
+                if self.manifests.insert(path.to_owned(), start).is_none() {
+                    info!(
+                        file = %Escaped(&path.display().to_string()),
+                        key = %self.manifest_key,
+                        "config file is a ConfigMap manifest; using its data.{}",
+                        self.manifest_key
+                    );
+                }
+                Read::Ready(Content::Bytes(data))
+            }
+            Err(err) => Read::Failed(format!(
+                "{} is a ConfigMap manifest, but {err}; pass --configmap-key naming the key that holds the config, \
+                 or point --config at the file the ConfigMap is mounted as",
+                path.display()
+            )),
+        }
+    }
+
+    /// Where in the file an error in part `name` is, when that part is a
+    /// ConfigMap manifest: its positions count from the start of the data.
+    pub fn locate(&self, name: &str, error: &config::ConfigError) -> Option<String> {
+        let (path, start) = self
+            .manifests
+            .iter()
+            .find(|(path, _)| path.display().to_string() == name)?;
+        let line = config::file_line((*start)?, error)?;
+        Some(format!(
+            "data.{} line {} is line {line} of {}",
+            self.manifest_key,
+            error.line()?,
+            path.display()
+        ))
+    }
+
+    /// Whether `path`, read now (`empty` or not), was emptied in place and is
+    /// still within [`TRUNCATION_SETTLE`] of that: same inode as a read that
+    /// had content, so a writer truncated it and may be about to write.
+    fn unsettled(&mut self, path: &Path, empty: bool) -> bool {
+        let identity = std::fs::metadata(path)
+            .ok()
+            .map(|meta| (meta.dev(), meta.ino()));
+        let emptied = empty
+            && identity.is_some_and(|(dev, ino)| self.seen.get(path) == Some(&(dev, ino, true)));
+        if emptied {
+            let now = Instant::now();
+            let until = *self
+                .settling
+                .entry(path.to_owned())
+                .or_insert(now + TRUNCATION_SETTLE);
+            if now < until {
+                return true;
+            }
+        }
+        self.settling.remove(path);
+        match identity {
+            Some((dev, ino)) => self.seen.insert(path.to_owned(), (dev, ino, !empty)),
+            None => self.seen.remove(path),
+        };
+        false
+    }
+}
+
+/// Sleep until `deadline`, or forever without one.
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -452,6 +578,86 @@ mod tests {
         while rx.try_recv().is_ok() {}
         std::fs::write(config_dir.join("ip-masq-agent"), "y").unwrap();
         assert!(next(&mut rx).await);
+    }
+
+    fn only(parts: Vec<Part>) -> Read {
+        let [part] = <[Part; 1]>::try_from(parts).unwrap();
+        part.read
+    }
+
+    #[tokio::test]
+    async fn a_file_emptied_in_place_settles_before_it_counts() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config");
+        std::fs::write(&path, "cidrLimit: 5\n").unwrap();
+        let mut source = FileSource::new(path.clone());
+        assert_eq!(
+            only(source.read()),
+            Read::Ready(Content::Bytes(b"cidrLimit: 5\n".to_vec()))
+        );
+        // Truncated in place: not believed yet, and `changed` looks again
+        // once the settle time is over.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
+        assert_eq!(only(source.read()), Read::NotYet);
+        let started = Instant::now();
+        tokio::time::timeout(Duration::from_secs(5), source.changed())
+            .await
+            .unwrap();
+        assert!(started.elapsed() < Duration::from_secs(1));
+        // Still empty after the settle time: the empty file it is.
+        tokio::time::sleep_until(started + TRUNCATION_SETTLE).await;
+        assert_eq!(only(source.read()), Read::Ready(Content::Bytes(Vec::new())));
+        assert_eq!(only(source.read()), Read::Ready(Content::Bytes(Vec::new())));
+        // Written within the settle time: the new content at once.
+        std::fs::write(&path, "cidrLimit: 6\n").unwrap();
+        assert!(matches!(only(source.read()), Read::Ready(Content::Bytes(b)) if !b.is_empty()));
+        std::fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
+        assert_eq!(only(source.read()), Read::NotYet);
+        std::fs::write(&path, "cidrLimit: 7\n").unwrap();
+        assert_eq!(
+            only(source.read()),
+            Read::Ready(Content::Bytes(b"cidrLimit: 7\n".to_vec()))
+        );
+        // An empty file put in place by a rename (a new inode) is not a
+        // truncation: believed at once.
+        let new = dir.path().join("new");
+        std::fs::write(&new, "").unwrap();
+        std::fs::rename(&new, &path).unwrap();
+        assert_eq!(only(source.read()), Read::Ready(Content::Bytes(Vec::new())));
+    }
+
+    #[test]
+    fn a_manifest_is_read_by_its_data_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config");
+        std::fs::write(
+            &path,
+            "kind: ConfigMap\ndata:\n  other: |\n    cidrLimit: 5\n",
+        )
+        .unwrap();
+        let mut source = FileSource::new(path.clone()).manifest_key("other");
+        assert_eq!(
+            only(source.read()),
+            Read::Ready(Content::Bytes(b"cidrLimit: 5\n".to_vec()))
+        );
+        let mut source = FileSource::new(path.clone());
+        let Read::Failed(err) = only(source.read()) else {
+            panic!("a manifest without the key was accepted");
+        };
+        assert!(
+            err.contains(
+                r#"ConfigMap data key "config" is missing (data has: other); pass --configmap-key"#
+            ),
+            "{err}"
+        );
     }
 
     #[test]

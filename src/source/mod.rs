@@ -143,6 +143,15 @@ impl Source {
         }
     }
 
+    /// Where in the file an error in part `name` is, for a ConfigMap
+    /// manifest given as a file (whose positions count from its data).
+    pub fn locate(&self, name: &str, error: &crate::config::ConfigError) -> Option<String> {
+        match self {
+            Source::File(file) => file.locate(name, error),
+            Source::ConfigMap(_) | Source::Selector(_) => None,
+        }
+    }
+
     /// Tell the readers of part `part` that this node rejected `content`.
     pub fn report_invalid(&self, part: &str, content: &Content, error: &str) {
         match self {

@@ -14,7 +14,7 @@ use serde_json::Value;
 use tempfile::TempDir;
 
 use crate::support::env::{is_root, kernel_available};
-use crate::support::process::{describe, run_bounded, texts};
+use crate::support::process::{describe, run_bounded, run_bounded_with_stdin, texts};
 use crate::support::text::contains_block;
 use crate::support::{Netns, agent_bin, assert_text_eq};
 
@@ -33,6 +33,24 @@ fn cli(args: &[&str]) -> Output {
         return run_bounded(&mut cmd, CLI_TIMEOUT);
     }
     run_bounded(Command::new(agent_bin()).args(args), CLI_TIMEOUT)
+}
+
+/// As [`cli`], with `input` as the agent's stdin.
+fn cli_with_stdin(args: &[&str], input: &Path) -> Output {
+    let stdin = || {
+        std::fs::File::open(input)
+            .expect("open the stdin file")
+            .into()
+    };
+    if is_root() && kernel_available().is_ok() {
+        let ns = Netns::new();
+        let bin = agent_bin();
+        let mut cmd = ns.command(bin.to_str().expect("UTF-8 binary path"));
+        return run_bounded_with_stdin(cmd.args(args), CLI_TIMEOUT, stdin());
+    }
+    let mut cmd = Command::new(agent_bin());
+    cmd.args(args).env("PATH", "/nonexistent");
+    run_bounded_with_stdin(&mut cmd, CLI_TIMEOUT, stdin())
 }
 
 /// A config file in a fresh directory (kept alive by the returned guard).
@@ -415,5 +433,255 @@ fn render_without_authoritative_is_unchanged_and_with_it_as_pinned() {
                 assert_text_eq(&all.join(" "), &stdout, &want);
             }
         }
+    }
+}
+
+/// Asked-for usage is output: stdout, exit 0, nothing on stderr. A usage
+/// error stays on stderr with exit 2.
+#[test]
+fn help_goes_to_stdout_when_asked_for() {
+    for args in [&["--help"][..], &["-h"], &["help"], &["check", "--help"]] {
+        let out = cli(args);
+        let (stdout, stderr) = expect_exit(&out, 0, &format!("{args:?}"));
+        assert!(
+            stdout.starts_with("Usage of ip-masq-agent:\n"),
+            "{args:?}: {stdout}"
+        );
+        assert!(
+            stdout.contains("\n  help "),
+            "{args:?}: the help command is listed"
+        );
+        assert_eq!(stderr, "", "{args:?}");
+    }
+    let out = cli(&["--bogus", "render"]);
+    let (stdout, stderr) = expect_exit(&out, 2, "an unknown flag");
+    assert_eq!(stdout, "");
+    assert!(
+        stderr.contains("flag provided but not defined: -bogus"),
+        "{stderr}"
+    );
+}
+
+/// `check -` reads stdin, with the same 1 MiB cap as a file; `check FILE
+/// --flag` takes the flag.
+#[test]
+fn check_reads_stdin_and_takes_flags_after_file() {
+    let (_dir, path) = file(EXAMPLE);
+    let out = cli_with_stdin(&["check", "-"], &path);
+    let (stdout, _) = expect_exit(&out, 0, "check - with a valid config on stdin");
+    assert!(stdout.starts_with("stdin: valid config file\n"), "{stdout}");
+    assert!(contains_block(&stdout, RENDER_EXAMPLE), "{stdout}");
+
+    let (_big_dir, big) = file(&format!("# {}\n", "x".repeat(1 << 20)));
+    let out = cli_with_stdin(&["check", "-"], &big);
+    let (_, stderr) = expect_exit(&out, 1, "check - with 1 MiB and more on stdin");
+    assert!(
+        stderr.contains("config file stdin is larger than 1048576 bytes"),
+        "{stderr}"
+    );
+
+    let (_typo_dir, typo) = file("nonMasqueradeCIDR: [10.40.0.0/14]\n");
+    let out = cli(&["check", s(&typo), "--strict"]);
+    let (_, stderr) = expect_exit(&out, 1, "check FILE --strict of a typo");
+    assert!(
+        stderr.contains("check --strict: 1 warning(s), failing"),
+        "{stderr}"
+    );
+    let (_v6_dir, v6) = file("nonMasqueradeCIDRs: [fd00::/8]\n");
+    let out = cli(&["check", s(&v6), "--enable-ipv6"]);
+    let (stdout, _) = expect_exit(&out, 0, "check FILE --enable-ipv6 of an IPv6 config");
+    assert!(
+        stdout.contains("# ipv6: ip6tables-restore --noflush"),
+        "{stdout}"
+    );
+}
+
+/// The fingerprint `check` prints counts the rule-changing flags, so nodes
+/// writing different rules from one config never share it; with default
+/// flags it stays the config's own (the README's value for vpn.yaml).
+#[test]
+fn fingerprint_counts_the_rule_changing_flags() {
+    let vpn = Path::new(env!("CARGO_MANIFEST_DIR")).join("configmap-examples/vpn.yaml");
+    let fingerprint = |flags: &[&str]| {
+        let mut args = flags.to_vec();
+        args.extend(["check", s(&vpn)]);
+        let out = cli(&args);
+        let (stdout, _) = expect_exit(&out, 0, &format!("check with {flags:?}"));
+        stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("fingerprint: "))
+            .and_then(|l| l.split(' ').next())
+            .unwrap_or_else(|| panic!("no fingerprint line:\n{stdout}"))
+            .to_owned()
+    };
+    let default = fingerprint(&[]);
+    assert_eq!(
+        default, "e9e48b643da131f1",
+        "the fingerprint of default flags changed"
+    );
+    let mut all = vec![default];
+    for flags in [
+        &["--to-ports=1024-29999"][..],
+        &["--masq-chain=IP-MASQ"],
+        &["--random-fully=false"],
+        &["--enable-ipv6"],
+        &["--nomasq-all-reserved-ranges"],
+        &["--backend=nftables"],
+    ] {
+        let got = fingerprint(flags);
+        assert!(
+            !all.contains(&got),
+            "{flags:?} gives a fingerprint already seen: {got}"
+        );
+        all.push(got);
+    }
+    // Flags that change nothing in the rules change nothing here.
+    assert_eq!(fingerprint(&["--v=3", "--log-format=json"]), all[0]);
+}
+
+const MANIFEST_TEN_NINE: &str = "apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: ip-masq-agent
+  namespace: kube-system
+data:
+  config: |
+    nonMasqueradeCIDRs:
+      - 10.9.0.0/16
+";
+
+/// `render` of a ConfigMap manifest given to `--config` (alone or in a
+/// directory) uses its data key, as `check` does, and says so; a missing key
+/// is refused with what to pass; a plain config is read as before.
+#[test]
+fn render_reads_a_configmap_manifest_by_its_data_key() {
+    let (dir, path) = file(MANIFEST_TEN_NINE);
+    let out = cli(&["--config", s(&path), "render"]);
+    let (stdout, stderr) = expect_exit(&out, 0, "render of a manifest");
+    assert!(stdout.contains("-d 10.9.0.0/16 -j RETURN"), "{stdout}");
+    assert!(
+        !stdout.contains("172.16.0.0/12"),
+        "the defaults were rendered:\n{stdout}"
+    );
+    let notice = format!(
+        "config file is a ConfigMap manifest; using its data.config file={}",
+        s(&path)
+    );
+    assert_eq!(stderr.matches(&notice).count(), 1, "{stderr}");
+
+    let out = cli(&["--config", s(dir.path()), "render"]);
+    let (stdout, _) = expect_exit(&out, 0, "render of a directory holding a manifest");
+    assert!(stdout.contains("-d 10.9.0.0/16 -j RETURN"), "{stdout}");
+
+    let out = cli(&[
+        "--config",
+        s(&path),
+        "--configmap-key=ip-masq-agent",
+        "render",
+    ]);
+    let (stdout, stderr) = expect_exit(&out, 1, "render of a manifest without the key");
+    assert_eq!(stdout, "");
+    assert!(
+        stderr.contains(&format!(
+            "{} is a ConfigMap manifest, but ConfigMap data key \"ip-masq-agent\" is missing (data has: config); pass --configmap-key",
+            s(&path)
+        )),
+        "{stderr}"
+    );
+
+    let (_plain_dir, plain) = file(EXAMPLE);
+    let out = cli(&["--config", s(&plain), "render"]);
+    let (stdout, stderr) = expect_exit(&out, 0, "render of a plain config");
+    assert_text_eq("render of a plain config", &stdout, RENDER_EXAMPLE);
+    assert!(!stderr.contains("ConfigMap"), "{stderr}");
+}
+
+/// Error texts: an OS error once, the file named once; CIDR errors keep
+/// upstream's text and add a hint line; a YAML position inside a manifest
+/// is also given as the file's line.
+#[test]
+fn errors_say_it_once_and_hint() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let looped = dir.path().join("loop");
+    std::os::unix::fs::symlink(&looped, &looped).expect("a symlink loop");
+    for args in [
+        &["check", s(&looped)][..],
+        &["--config", s(&looped), "render"],
+    ] {
+        let out = cli(args);
+        let (_, stderr) = expect_exit(&out, 1, &format!("{args:?}"));
+        assert_eq!(
+            stderr,
+            format!(
+                "error: cannot read config file {}: Too many levels of symbolic links (os error 40)\n",
+                s(&looped)
+            ),
+            "{args:?}"
+        );
+    }
+
+    let (_d1, misaligned) = file("nonMasqueradeCIDRs: [10.0.0.1/8]\n");
+    let out = cli(&["check", s(&misaligned)]);
+    let (_, stderr) = expect_exit(&out, 1, "check of a misaligned CIDR");
+    assert_eq!(
+        stderr,
+        format!(
+            "{}: invalid config file: CIDR \"10.0.0.1/8\" is not aligned to a CIDR block, ip: \"10.0.0.1\" network: \"10.0.0.0/8\"\n\
+             hint: did you mean 10.0.0.0/8? (10.0.0.1/8 is not a network address; 10.0.0.1/32 is the one address)\n",
+            s(&misaligned)
+        )
+    );
+    let (_d2, bare) = file("nonMasqueradeCIDRs: [10.1.2.3, fd00::1]\n");
+    let out = cli(&["--config", s(&bare), "render"]);
+    let (_, stderr) = expect_exit(&out, 1, "render of an address without a prefix");
+    assert!(
+        stderr.ends_with(
+            "CIDR \"10.1.2.3\" could not be parsed, invalid CIDR address: 10.1.2.3\nhint: did you mean 10.1.2.3/32? a CIDR needs a prefix length\n"
+        ),
+        "{stderr}"
+    );
+
+    let broken = MANIFEST_TEN_NINE.replace(
+        "      - 10.9.0.0/16\n",
+        "      - [10.9.0.0/16\n    cidrLimit: 3\n",
+    );
+    let (d3, manifest) = file(&broken);
+    let out = cli(&["check", s(&manifest)]);
+    let (_, stderr) = expect_exit(&out, 1, "check of a manifest with broken YAML");
+    assert!(
+        stderr.contains("invalid ConfigMap data.config: invalid YAML:"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("line 3"),
+        "the position inside data.config: {stderr}"
+    );
+    assert!(
+        stderr.trim_end().ends_with(&format!(
+            "(data.config line 3 is line 10 of {})",
+            s(&manifest)
+        )),
+        "{stderr}"
+    );
+    // render, and check of a directory, name the file's line the same way.
+    for (args, what) in [
+        (
+            ["--config", s(&manifest), "render"],
+            "render of a manifest with broken YAML",
+        ),
+        (
+            ["--config", s(d3.path()), "check"],
+            "check of a directory holding it",
+        ),
+    ] {
+        let out = cli(&args);
+        let (_, stderr) = expect_exit(&out, 1, what);
+        assert!(
+            stderr.trim_end().ends_with(&format!(
+                "(data.config line 3 is line 10 of {})",
+                s(&manifest)
+            )),
+            "{what}: {stderr}"
+        );
     }
 }

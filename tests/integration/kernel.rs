@@ -45,6 +45,7 @@ pub(crate) use both_modes;
 mod api_source;
 mod busy_node;
 mod cleanup;
+mod config_file;
 mod conflicts;
 mod daemon;
 mod hostile_files;

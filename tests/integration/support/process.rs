@@ -22,7 +22,20 @@ pub fn run_bounded(cmd: &mut Command, timeout: Duration) -> Output {
 /// Like `run_bounded`, but a command that cannot start or that times out is
 /// an `Err` instead of a panic (for drop guards, which must never panic).
 pub fn try_run_bounded(cmd: &mut Command, timeout: Duration) -> Result<Output, String> {
-    cmd.stdin(Stdio::null())
+    try_run_bounded_with_stdin(cmd, timeout, Stdio::null())
+}
+
+/// Like `run_bounded`, with `stdin` (a file, say) as the command's input.
+pub fn run_bounded_with_stdin(cmd: &mut Command, timeout: Duration, stdin: Stdio) -> Output {
+    try_run_bounded_with_stdin(cmd, timeout, stdin).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn try_run_bounded_with_stdin(
+    cmd: &mut Command,
+    timeout: Duration,
+    stdin: Stdio,
+) -> Result<Output, String> {
+    cmd.stdin(stdin)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let mut child = cmd
