@@ -973,11 +973,13 @@ fn a_refused_configmap_beside_a_working_one_is_named_until_it_lists() {
     let ns = &c.ns;
     let refused = wait_until(
         DEADLINE,
-        "readiness to name the refused ConfigMap",
+        "readiness to name the refused ConfigMap beside the watched one",
         || get(ns, READYZ, &[]),
         |r| {
             r.body
                 .contains("configmap tenants/ip-masq-extra: requests failing")
+                && r.body
+                    .contains("configmap kube-system/ip-masq-agent: watching")
         },
     );
     assert_eq!(refused.status, 503, "{refused}");
