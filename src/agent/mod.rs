@@ -27,7 +27,7 @@ use crate::config::{self, Config, Fragment, LoadOptions, Loaded};
 use crate::logging::Escaped;
 use crate::plan::{Family, Settings};
 use crate::source::{ChangeKind, Content, Part, Read, Sources};
-use crate::telemetry::Telemetry;
+use crate::telemetry::{CidrList, Telemetry};
 
 /// After this many failed syncs in a row, a `SyncFailed` Event is reported
 /// (with the API source): one failure is often a passing lock conflict.
@@ -423,18 +423,17 @@ impl<B: Backend> Agent<B> {
             config = %config.to_json(),
             "using config"
         );
-        let count = |family: Family| {
-            config
-                .non_masquerade_cidrs
-                .iter()
-                .filter(|net| family.contains(net))
-                .count()
+        let count = |list: CidrList, family: Family| {
+            let cidrs = match list {
+                CidrList::NonMasquerade => &config.non_masquerade_cidrs,
+                CidrList::Masquerade => &config.masquerade_cidrs,
+                CidrList::Pod => &config.pod_cidrs,
+            };
+            cidrs.iter().filter(|net| family.contains(net)).count()
         };
-        self.telemetry().metrics.config_enforced(
-            &fingerprint,
-            count(Family::Ipv4),
-            count(Family::Ipv6),
-        );
+        self.telemetry()
+            .metrics
+            .config_enforced(&fingerprint, count);
         self.loaded.config = Some(config);
         true
     }

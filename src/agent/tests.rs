@@ -661,3 +661,110 @@ async fn selector_parts_come_and_go_and_count_once() {
     assert!(!metrics.contains("kube-system/users"), "{metrics}");
     assert!(reports.try_recv().is_err());
 }
+
+/// Two `--configmap` sources: the one that has not listed keeps the agent
+/// unready and is the one named, though the other listed and is
+/// connected; once both listed, the merged config is enforced and its
+/// lists counted by the gauges.
+#[tokio::test]
+async fn every_api_source_must_list_and_the_merged_lists_are_counted() {
+    let (one_tx, one_rx) = watch::channel(None);
+    let (two_tx, two_rx) = watch::channel(None);
+    let telemetry = Telemetry::new(crate::telemetry::Series {
+        families: &[Family::Ipv4],
+        ..Default::default()
+    });
+    let (one, two) = (
+        "configmap kube-system/ip-masq-agent",
+        "configmap tenants/ip-masq-extra",
+    );
+    // What the daemon and the watch tasks tell telemetry.
+    telemetry.api_source(one);
+    telemetry.api_source(two);
+    let sources = Sources::new(vec![
+        Source::ConfigMap(ConfigMapSource::new(
+            "kube-system/ip-masq-agent".parse().unwrap(),
+            "config".parse().unwrap(),
+            one_rx,
+            None,
+        )),
+        Source::ConfigMap(ConfigMapSource::new(
+            "tenants/ip-masq-extra".parse().unwrap(),
+            "config".parse().unwrap(),
+            two_rx,
+            None,
+        )),
+    ]);
+    let mut a = Agent::new(
+        Settings {
+            chain: "IP-MASQ-AGENT".parse().unwrap(),
+            enable_ipv6: false,
+            random_fully: true,
+            authoritative: false,
+            to_ports: Vec::new(),
+        },
+        LoadOptions::default(),
+        sources,
+        Fake::default(),
+        telemetry.clone(),
+    );
+    one_tx.send_replace(object(
+        "nonMasqueradeCIDRs: [10.0.0.0/8]\nmasqueradeCIDRs: [10.9.0.0/16]\npodCIDRs: [10.4.0.0/14]\n",
+        1,
+    ));
+    telemetry.source_event(one);
+    telemetry.source_state(one, &crate::source::api::SourceState::Connected);
+    telemetry.source_state(
+        two,
+        &crate::source::api::SourceState::Failing("403 Forbidden".into()),
+    );
+    assert!(!a.reload(Trigger::Startup));
+    assert_eq!(a.sync(Trigger::Startup).await, SyncResult::NoConfig);
+    assert_eq!(a.reconciler.backend.writes, 0);
+    let (ready, reason) = telemetry.health.readiness();
+    assert!(!ready);
+    assert!(
+        reason.starts_with(
+            "no valid config yet: waiting for the Kubernetes API to list configmap tenants/ip-masq-extra\n"
+        ),
+        "{reason}"
+    );
+    assert!(
+        reason.contains("\nconfigmap kube-system/ip-masq-agent: watching"),
+        "{reason}"
+    );
+    let metrics = telemetry.metrics.encode();
+    assert!(
+        metrics.contains("ip_masq_agent_config_source_connected{source=\"kubernetes\"} 0"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("ip_masq_agent_pod_cidrs{family=\"ipv4\"} 0"),
+        "at 0 before any config: {metrics}"
+    );
+
+    two_tx.send_replace(object(
+        "nonMasqueradeCIDRs: [192.168.0.0/16]\npodCIDRs: [192.168.128.0/17]\n",
+        1,
+    ));
+    telemetry.source_event(two);
+    telemetry.source_state(two, &crate::source::api::SourceState::Connected);
+    assert!(a.reload(Trigger::ApiChange));
+    assert_eq!(a.sync(Trigger::ApiChange).await, SyncResult::Ok);
+    let (ready, reason) = telemetry.health.readiness();
+    assert!(ready, "{reason}");
+    assert!(
+        reason.contains("\nconfigmap tenants/ip-masq-extra: watching"),
+        "{reason}"
+    );
+    let metrics = telemetry.metrics.encode();
+    for line in [
+        "ip_masq_agent_config_source_connected{source=\"kubernetes\"} 1",
+        "ip_masq_agent_non_masquerade_cidrs{family=\"ipv4\"} 2",
+        "ip_masq_agent_masquerade_cidrs{family=\"ipv4\"} 1",
+        "ip_masq_agent_pod_cidrs{family=\"ipv4\"} 2",
+    ] {
+        assert!(metrics.contains(line), "{line} not in\n{metrics}");
+    }
+    assert!(!metrics.contains("ipv6"), "{metrics}");
+}

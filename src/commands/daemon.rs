@@ -13,7 +13,7 @@ use crate::backend::select::{self, AnyBackend};
 use crate::backend::{Backend, ErrorKind};
 use crate::cli::Options;
 use crate::plan;
-use crate::source::api::{ConfigMapSource, SelectorSource};
+use crate::source::api::{self, ConfigMapSource, SelectorSource};
 use crate::source::file::FileSource;
 use crate::source::{Source, Sources};
 use crate::telemetry::{Series, Telemetry, http};
@@ -50,6 +50,7 @@ pub async fn run(options: &Options) -> Result<ExitCode> {
             Source::File(file)
         })
         .collect();
+    api::announce(&telemetry, &options.api_sources, &options.api_selectors);
     for api in &options.api_sources {
         sources.push(Source::ConfigMap(
             ConfigMapSource::connect(api, &options.configmap_key, &telemetry)

@@ -2,9 +2,11 @@
 //! (the rules were written and the last sync succeeded), with a reason an
 //! operator can read in `kubectl describe pod`.
 //!
-//! A config source's state is part of the readiness text but never makes the
-//! agent unready: a node that cannot reach the API keeps enforcing its last
-//! good config, which is the right state to be in.
+//! Each API source's state is a line of the readiness text. One that never
+//! completed its first list keeps the agent unready (nothing is known from
+//! it, so nothing was written); one failing after that does not: a node that
+//! cannot reach the API keeps enforcing its last good config, which is the
+//! right state to be in.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -31,8 +33,9 @@ struct HealthState {
     first_success: bool,
     last_failure: Option<String>,
     waiting_for_config: Option<String>,
-    /// The API source, when configured: what it watches and how it fares.
-    source: Option<SourceHealth>,
+    /// The API sources (`--configmap`, `--configmap-selector`), in the order
+    /// they were announced: what each watches and how it fares.
+    sources: Vec<SourceHealth>,
     /// Foreign nat rules overriding the config, per family (never a
     /// readiness failure: the agent's own rules are right).
     conflicts: BTreeMap<Family, Vec<String>>,
@@ -40,10 +43,36 @@ struct HealthState {
 
 #[derive(Debug)]
 struct SourceHealth {
-    object: String,
+    /// `configmap NS/NAME` or `configmaps NS/SELECTOR`.
+    name: String,
     state: SourceState,
     since: Instant,
+    /// `None` until its first list completed.
     last_event: Option<Instant>,
+}
+
+impl HealthState {
+    fn source(&mut self, name: &str) -> &mut SourceHealth {
+        let at = match self.sources.iter().position(|h| h.name == name) {
+            Some(at) => at,
+            None => {
+                self.sources.push(SourceHealth {
+                    name: name.to_owned(),
+                    state: SourceState::Connecting,
+                    since: Instant::now(),
+                    last_event: None,
+                });
+                self.sources.len() - 1
+            }
+        };
+        &mut self.sources[at]
+    }
+
+    fn all_connected(&self) -> bool {
+        self.sources
+            .iter()
+            .all(|h| h.state == SourceState::Connected)
+    }
 }
 
 /// What the probes answer, shared between the loop and the HTTP server.
@@ -57,7 +86,7 @@ impl Health {
             first_success: false,
             last_failure: None,
             waiting_for_config: None,
-            source: None,
+            sources: Vec::new(),
             conflicts: BTreeMap::new(),
         })))
     }
@@ -101,47 +130,67 @@ impl Health {
         self.with(|s| s.waiting_for_config = Some(reason));
     }
 
-    /// The API source changed state.
-    pub fn source_state(&self, object: &str, state: &SourceState) {
+    /// An API source exists (connecting until it says otherwise). `connected`
+    /// learns whether every API source is connected, under the same lock as
+    /// the change, so two sources reporting at once cannot leave it stale.
+    pub fn source_added(&self, name: &str, connected: impl FnOnce(bool)) {
         self.with(|s| {
-            let last_event = s.source.as_ref().and_then(|h| h.last_event);
-            s.source = Some(SourceHealth {
-                object: object.to_owned(),
-                state: state.clone(),
-                since: Instant::now(),
-                last_event,
-            });
+            s.source(name);
+            connected(s.all_connected());
         });
     }
 
-    /// The API source delivered an object.
-    pub fn source_event(&self) {
+    /// The API source `name` changed state; `connected` as for
+    /// [`Health::source_added`].
+    pub fn source_state(&self, name: &str, state: &SourceState, connected: impl FnOnce(bool)) {
         self.with(|s| {
-            if let Some(source) = &mut s.source {
-                source.last_event = Some(Instant::now());
-            }
+            let source = s.source(name);
+            source.state = state.clone();
+            source.since = Instant::now();
+            connected(s.all_connected());
         });
+    }
+
+    /// The API source `name` delivered its objects (a list or an event).
+    pub fn source_event(&self, name: &str) {
+        self.with(|s| s.source(name).last_event = Some(Instant::now()));
     }
 }
 
-/// The API source's part of the readiness text (empty without one).
+/// The API sources' lines of the readiness text (none without one).
 fn source_text(s: &HealthState) -> String {
-    let Some(h) = &s.source else {
-        return String::new();
-    };
-    let last = match h.last_event {
-        Some(at) => format!("last object {} s ago", at.elapsed().as_secs()),
-        None => "no object yet".to_owned(),
-    };
-    match &h.state {
-        SourceState::Connecting => format!("; configmap {}: connecting, {last}", h.object),
-        SourceState::Connected => format!("; configmap {}: watching, {last}", h.object),
-        SourceState::Failing(err) => format!(
-            "; configmap {}: API unreachable for {} s ({err}), enforcing the last good config, {last}",
-            h.object,
-            h.since.elapsed().as_secs()
-        ),
+    let mut text = String::new();
+    for h in &s.sources {
+        let last = match h.last_event {
+            Some(at) => format!("last object {} s ago", at.elapsed().as_secs()),
+            None => "not listed yet".to_owned(),
+        };
+        let state = match &h.state {
+            SourceState::Connecting => format!("connecting, {last}"),
+            SourceState::Connected => format!("watching, {last}"),
+            SourceState::Failing(err) if h.last_event.is_some() => format!(
+                "requests failing for {} s ({err}), enforcing the last good config, {last}",
+                h.since.elapsed().as_secs()
+            ),
+            SourceState::Failing(err) => format!(
+                "requests failing for {} s ({err}), {last}",
+                h.since.elapsed().as_secs()
+            ),
+        };
+        text.push_str(&format!("\n{}: {state}", h.name));
     }
+    text
+}
+
+/// The API sources whose first list has not completed, named.
+fn unlisted(s: &HealthState) -> Option<String> {
+    let names: Vec<&str> = s
+        .sources
+        .iter()
+        .filter(|h| h.last_event.is_none())
+        .map(|h| h.name.as_str())
+        .collect();
+    (!names.is_empty()).then(|| names.join(", "))
 }
 
 impl Health {
@@ -162,7 +211,8 @@ impl Health {
 
     /// (ready, reason)
     ///
-    /// An unreachable API server does not make the agent unready: the node
+    /// An API source that never completed a list makes the agent unready, as
+    /// no config is known from it; one failing after that does not: the node
     /// keeps enforcing its last good config, which is the right state; the
     /// text says so, and the source metrics alert on it.
     pub fn readiness(&self) -> (bool, String) {
@@ -175,6 +225,11 @@ impl Health {
             }
             if let Some(reason) = &s.last_failure {
                 (false, format!("last sync failed: {reason}{source}"))
+            } else if let Some(names) = unlisted(s) {
+                (
+                    false,
+                    format!("no valid config yet: waiting for the Kubernetes API to list {names}{source}"),
+                )
             } else if let Some(reason) = &s.waiting_for_config {
                 (false, format!("no valid config yet: {reason}{source}"))
             } else if !s.first_success {
@@ -224,25 +279,109 @@ mod tests {
         assert_eq!(h.readiness(), (true, "ok: rules in sync".to_owned()));
     }
 
+    /// Records what `connected` was told.
+    fn connected_into(cell: &std::cell::Cell<Option<bool>>) -> impl FnOnce(bool) + '_ {
+        |all| cell.set(Some(all))
+    }
+
     #[test]
     fn readiness_tells_the_api_source_state_without_failing_on_it() {
         let h = Health::new();
+        let all = std::cell::Cell::new(None);
         h.sync_succeeded();
         assert_eq!(h.readiness(), (true, "ok: rules in sync".to_owned()));
-        h.source_state("kube-system/ip-masq-agent", &SourceState::Connected);
-        h.source_event();
-        let (ready, text) = h.readiness();
-        assert!(ready);
-        assert!(
-            text.starts_with("ok: rules in sync; configmap kube-system/ip-masq-agent: watching, last object 0 s ago"),
-            "{text}"
+        let name = "configmap kube-system/ip-masq-agent";
+        h.source_state(name, &SourceState::Connected, connected_into(&all));
+        assert_eq!(all.get(), Some(true));
+        h.source_event(name);
+        assert_eq!(
+            h.readiness(),
+            (
+                true,
+                "ok: rules in sync\nconfigmap kube-system/ip-masq-agent: watching, last object 0 s ago".to_owned()
+            )
         );
         h.source_state(
-            "kube-system/ip-masq-agent",
+            name,
             &SourceState::Failing("connection refused".into()),
+            connected_into(&all),
         );
+        assert_eq!(all.get(), Some(false));
         let (ready, text) = h.readiness();
         assert!(ready, "the last good config is still enforced");
-        assert!(text.contains("API unreachable for 0 s (connection refused), enforcing the last good config, last object 0 s ago"), "{text}");
+        assert_eq!(
+            text,
+            "ok: rules in sync\nconfigmap kube-system/ip-masq-agent: requests failing for 0 s (connection refused), \
+             enforcing the last good config, last object 0 s ago"
+        );
+    }
+
+    /// Each API source has its own line and state; one that never listed
+    /// keeps the agent unready and is named, whatever the others do, and
+    /// "connected" needs every one.
+    #[test]
+    fn each_api_source_has_its_own_state() {
+        let h = Health::new();
+        let all = std::cell::Cell::new(None);
+        let (one, two, selector) = (
+            "configmap kube-system/ip-masq-agent",
+            "configmap tenants/ip-masq-extra",
+            "configmaps kube-system/example.com/masq-part",
+        );
+        for name in [one, two, selector] {
+            h.source_added(name, connected_into(&all));
+            assert_eq!(all.get(), Some(false));
+        }
+        h.source_state(one, &SourceState::Connected, connected_into(&all));
+        h.source_event(one);
+        h.source_state(
+            two,
+            &SourceState::Failing("403 Forbidden".into()),
+            connected_into(&all),
+        );
+        assert_eq!(all.get(), Some(false), "one source failing");
+        // The agent succeeding with what it has does not hide the others.
+        h.sync_succeeded();
+        assert_eq!(
+            h.readiness(),
+            (
+                false,
+                "no valid config yet: waiting for the Kubernetes API to list configmap tenants/ip-masq-extra, \
+                 configmaps kube-system/example.com/masq-part\n\
+                 configmap kube-system/ip-masq-agent: watching, last object 0 s ago\n\
+                 configmap tenants/ip-masq-extra: requests failing for 0 s (403 Forbidden), not listed yet\n\
+                 configmaps kube-system/example.com/masq-part: connecting, not listed yet"
+                    .to_owned()
+            )
+        );
+        // The one that connected reporting again does not win over the rest.
+        h.source_state(one, &SourceState::Connected, connected_into(&all));
+        assert_eq!(all.get(), Some(false));
+        h.source_event(selector);
+        h.source_state(selector, &SourceState::Connected, connected_into(&all));
+        let (ready, text) = h.readiness();
+        assert!(!ready);
+        assert!(
+            text.starts_with("no valid config yet: waiting for the Kubernetes API to list configmap tenants/ip-masq-extra\n"),
+            "{text}"
+        );
+        // A source listed but not yet recovered: ready, not connected.
+        h.source_event(two);
+        let (ready, text) = h.readiness();
+        assert!(ready, "{text}");
+        assert!(text.contains("\nconfigmap tenants/ip-masq-extra: requests failing for 0 s (403 Forbidden), enforcing the last good config"), "{text}");
+        assert_eq!(all.get(), Some(false));
+        h.source_state(two, &SourceState::Connected, connected_into(&all));
+        assert_eq!(all.get(), Some(true));
+        // Announced again (the same flag twice): still one line.
+        h.source_added(one, connected_into(&all));
+        assert_eq!(all.get(), Some(true));
+        assert_eq!(
+            h.readiness()
+                .1
+                .matches("configmap kube-system/ip-masq-agent:")
+                .count(),
+            1
+        );
     }
 }

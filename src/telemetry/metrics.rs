@@ -193,12 +193,29 @@ impl SyncMetrics {
     }
 }
 
+/// The CIDR lists of a config, each counted by a gauge per family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CidrList {
+    /// `nonMasqueradeCIDRs`.
+    NonMasquerade,
+    /// `masqueradeCIDRs`.
+    Masquerade,
+    /// `podCIDRs`.
+    Pod,
+}
+
+impl CidrList {
+    pub const ALL: [CidrList; 3] = [CidrList::NonMasquerade, CidrList::Masquerade, CidrList::Pod];
+}
+
 /// The config: reads, validity, what is enforced.
 struct ConfigMetrics {
     loads: MetricFamily<LoadLabels, Counter>,
     valid: Gauge,
     info: MetricFamily<ConfigLabels, Gauge>,
     cidrs: MetricFamily<FamilyLabels, Gauge>,
+    masquerade_cidrs: MetricFamily<FamilyLabels, Gauge>,
+    pod_cidrs: MetricFamily<FamilyLabels, Gauge>,
     fragments: MetricFamily<FragmentLabels, Gauge>,
     warnings: Counter,
 }
@@ -210,6 +227,8 @@ impl ConfigMetrics {
             valid: Gauge::default(),
             info: MetricFamily::default(),
             cidrs: MetricFamily::default(),
+            masquerade_cidrs: MetricFamily::default(),
+            pod_cidrs: MetricFamily::default(),
             fragments: MetricFamily::default(),
             warnings: Counter::default(),
         };
@@ -217,6 +236,16 @@ impl ConfigMetrics {
             "ip_masq_agent_non_masquerade_cidrs",
             "Non-masquerade CIDRs of the enforced config (link-local excluded), by address family",
             this.cidrs.clone(),
+        );
+        registry.register(
+            "ip_masq_agent_masquerade_cidrs",
+            "masqueradeCIDRs of the enforced config, by address family",
+            this.masquerade_cidrs.clone(),
+        );
+        registry.register(
+            "ip_masq_agent_pod_cidrs",
+            "podCIDRs of the enforced config, by address family",
+            this.pod_cidrs.clone(),
         );
         registry.register(
             "ip_masq_agent_config_loads",
@@ -245,6 +274,14 @@ impl ConfigMetrics {
         );
         this
     }
+
+    fn list(&self, list: CidrList) -> &MetricFamily<FamilyLabels, Gauge> {
+        match list {
+            CidrList::NonMasquerade => &self.cidrs,
+            CidrList::Masquerade => &self.masquerade_cidrs,
+            CidrList::Pod => &self.pod_cidrs,
+        }
+    }
 }
 
 /// A watching config source (the Kubernetes API).
@@ -265,7 +302,8 @@ impl SourceMetrics {
         };
         registry.register(
             "ip_masq_agent_config_source_connected",
-            "Whether the config source's watch is healthy (1) or failing and retrying (0); only with --configmap",
+            "Whether every API source's watch is healthy (1) or one is failing and retrying, or has not listed yet (0); \
+             only with --configmap or --configmap-selector",
             this.connected.clone(),
         );
         registry.register_with_unit(
@@ -396,6 +434,12 @@ impl Metrics {
                 .sync
                 .conflicts
                 .get_or_create(&FamilyLabels { family });
+            for list in CidrList::ALL {
+                let _ = metrics
+                    .config
+                    .list(list)
+                    .get_or_create(&FamilyLabels { family });
+            }
         }
         for result in ["valid", "invalid"] {
             for &trigger in series.triggers {
@@ -423,7 +467,8 @@ impl Metrics {
         }
     }
 
-    /// The API source's watch is (not) healthy.
+    /// Every API source's watch is healthy, or not (see
+    /// [`super::Telemetry::source_state`]).
     pub fn source_connected(&self, connected: bool) {
         self.source
             .connected
@@ -529,8 +574,9 @@ impl Metrics {
         });
     }
 
-    /// Record the config now enforced.
-    pub fn config_enforced(&self, fingerprint: &str, cidrs_v4: usize, cidrs_v6: usize) {
+    /// Record the config now enforced; `count` says how many CIDRs a list
+    /// holds in a family.
+    pub fn config_enforced(&self, fingerprint: &str, count: impl Fn(CidrList, Family) -> usize) {
         self.config.info.clear();
         self.config
             .info
@@ -538,16 +584,18 @@ impl Metrics {
                 fingerprint: fingerprint.to_owned(),
             })
             .set(1);
-        for (family, n) in [(Family::Ipv4, cidrs_v4), (Family::Ipv6, cidrs_v6)] {
+        for family in [Family::Ipv4, Family::Ipv6] {
             if !self.families.contains(&family) {
                 continue;
             }
-            self.config
-                .cidrs
-                .get_or_create(&FamilyLabels {
-                    family: family.as_str(),
-                })
-                .set(i64::try_from(n).unwrap_or(i64::MAX));
+            for list in CidrList::ALL {
+                self.config
+                    .list(list)
+                    .get_or_create(&FamilyLabels {
+                        family: family.as_str(),
+                    })
+                    .set(i64::try_from(count(list, family)).unwrap_or(i64::MAX));
+            }
         }
     }
 
@@ -586,7 +634,11 @@ mod tests {
             Some("lock_held"),
         );
         m.config_load(false, "file_event");
-        m.config_enforced("abc123", 3, 0);
+        m.config_enforced("abc123", |list, family| match (list, family) {
+            (CidrList::NonMasquerade, Family::Ipv4) => 3,
+            (CidrList::Pod, Family::Ipv6) => 1,
+            _ => 0,
+        });
         m.drift_repaired(Family::Ipv6);
         let text = m.encode();
         for needle in [
@@ -599,6 +651,10 @@ mod tests {
             "ip_masq_agent_config_valid 0",
             "ip_masq_agent_config{fingerprint=\"abc123\"} 1",
             "ip_masq_agent_non_masquerade_cidrs{family=\"ipv4\"} 3",
+            "ip_masq_agent_masquerade_cidrs{family=\"ipv4\"} 0",
+            "ip_masq_agent_pod_cidrs{family=\"ipv6\"} 1",
+            "# TYPE ip_masq_agent_masquerade_cidrs gauge",
+            "# TYPE ip_masq_agent_pod_cidrs gauge",
             "ip_masq_agent_drift_repairs_total{family=\"ipv6\"} 1",
             "ip_masq_agent_build_info{version=\"",
             "# EOF",
@@ -610,8 +666,8 @@ mod tests {
     #[test]
     fn config_info_keeps_only_the_current_fingerprint() {
         let m = Metrics::new();
-        m.config_enforced("old", 1, 0);
-        m.config_enforced("new", 1, 0);
+        m.config_enforced("old", |_, _| 1);
+        m.config_enforced("new", |_, _| 1);
         let text = m.encode();
         assert!(!text.contains("fingerprint=\"old\""));
         assert!(text.contains("fingerprint=\"new\""));
@@ -624,7 +680,18 @@ mod tests {
             error_kinds: &["lock_held", "rejected"],
             triggers: &["startup", "file_event"],
         });
-        m.config_enforced("abc", 2, 0);
+        let text = m.encode();
+        for list in ["non_masquerade", "masquerade", "pod"] {
+            let line = format!("ip_masq_agent_{list}_cidrs{{family=\"ipv4\"}} 0");
+            assert!(text.contains(&line), "{line} not in\n{text}");
+        }
+        m.config_enforced("abc", |list, family| match (list, family) {
+            (CidrList::NonMasquerade, Family::Ipv4) => 2,
+            (CidrList::Masquerade, Family::Ipv4) => 1,
+            (CidrList::Pod, Family::Ipv4) => 4,
+            // Not exported: IPv6 is off.
+            (_, Family::Ipv6) => 9,
+        });
         let text = m.encode();
         for line in [
             "ip_masq_agent_syncs_total{family=\"ipv4\",result=\"failed\"} 0",
@@ -634,6 +701,8 @@ mod tests {
             "ip_masq_agent_conflicting_rules{family=\"ipv4\"} 0",
             "ip_masq_agent_config_loads_total{result=\"invalid\",trigger=\"file_event\"} 0",
             "ip_masq_agent_non_masquerade_cidrs{family=\"ipv4\"} 2",
+            "ip_masq_agent_masquerade_cidrs{family=\"ipv4\"} 1",
+            "ip_masq_agent_pod_cidrs{family=\"ipv4\"} 4",
         ] {
             assert!(text.contains(line), "{line} not in\n{text}");
         }

@@ -184,6 +184,9 @@ both_modes! {
         assert_sample(m, "ip_masq_agent_syncs_total", &[("family", "ipv4"), ("result", "applied")], 1.0);
         assert_sample(m, "ip_masq_agent_sync_duration_seconds_count", &[("family", "ipv4")], 1.0);
         assert_sample(m, "ip_masq_agent_non_masquerade_cidrs", &[("family", "ipv4")], 2.0);
+        // Upstream's config has neither of our lists: counted, at 0.
+        assert_sample(m, "ip_masq_agent_masquerade_cidrs", &[("family", "ipv4")], 0.0);
+        assert_sample(m, "ip_masq_agent_pod_cidrs", &[("family", "ipv4")], 0.0);
         assert_sample(m, "ip_masq_agent_config_loads_total", &[("result", "valid"), ("trigger", "startup")], 1.0);
         assert_sample(m, "ip_masq_agent_config_valid", &[], 1.0);
         assert_sample(m, "ip_masq_agent_config", &[("fingerprint", &fingerprint)], 1.0);

@@ -85,6 +85,19 @@ impl ApiSelector {
     }
 }
 
+/// Tell telemetry every API source before any watch starts, so that
+/// readiness and `config_source_connected` wait for all of them, not only
+/// those connected so far.
+pub fn announce(telemetry: &Telemetry, sources: &[ApiSource], selectors: &[ApiSelector]) {
+    let objects = sources.iter().map(|s| Query::Object(s.configmap.clone()));
+    let selections = selectors
+        .iter()
+        .map(|s| Query::Selector(s.selector.clone()));
+    for query in objects.chain(selections) {
+        telemetry.api_source(&query.source_name());
+    }
+}
+
 /// Where a source's credentials come from (`--kubeconfig`, else in-cluster).
 pub trait Credentials {
     fn kubeconfig(&self) -> Option<&std::path::Path>;
@@ -148,6 +161,7 @@ impl ConfigMapSource {
         );
         let (node, pod) = identity();
         info!(configmap = %source.configmap, key = %key, node = %node, "reading the config through the Kubernetes API; --config is not used");
+        telemetry.api_source(&Query::Object(source.configmap.clone()).source_name());
         let events = EventSink::spawn(endpoint.clone(), node, pod, telemetry.metrics.clone());
         let snapshots = spawn_watch(endpoint, source, key, telemetry.clone());
         Ok(Self::new(
@@ -448,6 +462,7 @@ impl SelectorSource {
         );
         let (node, pod) = identity();
         info!(selector = %source.selector, key = %key, node = %node, "reading the config of every selected ConfigMap through the Kubernetes API; --config is not used");
+        telemetry.api_source(&Query::Selector(source.selector.clone()).source_name());
         let events = EventSink::spawn(endpoint.clone(), node, pod, telemetry.metrics.clone());
         let (tx, rx) = tokio::sync::watch::channel(None);
         let watcher = watch::Watcher::<Selection>::new(

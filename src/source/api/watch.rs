@@ -44,7 +44,7 @@ use super::client::{self, BODY_LIMIT, Doing, Endpoint, Failure, escape, excerpt}
 use super::names::{ConfigMapKey, ObjectName};
 use super::selector::ConfigMapSelector;
 use super::{Snapshot, snapshot_of};
-use crate::telemetry::{SourceState, Telemetry, unix_now};
+use crate::telemetry::{SourceState, Telemetry};
 
 /// A list of one object: its whole answer is due within this.
 pub const LIST_TIMEOUT: Duration = Duration::from_secs(20);
@@ -131,6 +131,16 @@ impl Query {
                     Standing::Unselected
                 }
             }
+        }
+    }
+
+    /// How readiness names this source: "configmap NS/NAME",
+    /// "configmaps NS/SELECTOR" (the log lines' `configmap` field, with what
+    /// it is).
+    pub fn source_name(&self) -> String {
+        match self {
+            Query::Object(_) => format!("configmap {self}"),
+            Query::Selector(_) => format!("configmaps {self}"),
         }
     }
 
@@ -295,6 +305,8 @@ pub struct Watcher<P: Publish> {
     pub key: ConfigMapKey,
     pub telemetry: Telemetry,
     pub tx: watch::Sender<Option<P>>,
+    /// The source's name in readiness ([`Query::source_name`]).
+    name: String,
     /// What is selected now, by object name (for `--configmap`, at most the
     /// one object).
     selected: BTreeMap<String, Snapshot>,
@@ -316,6 +328,7 @@ impl<P: Publish> Watcher<P> {
     ) -> Self {
         Watcher {
             endpoint,
+            name: query.source_name(),
             query,
             key,
             telemetry,
@@ -330,9 +343,7 @@ impl<P: Publish> Watcher<P> {
 
     /// Runs until the receiver is gone.
     pub async fn run(mut self) {
-        let object = self.query.to_string();
-        self.telemetry.health.source_state(&object, &self.state);
-        self.telemetry.metrics.source_connected(false);
+        self.telemetry.source_state(&self.name, &self.state);
         while !self.tx.is_closed() {
             let listing = match list(&self.endpoint, &self.query, true, LIST_TIMEOUT).await {
                 Ok(listing) => listing,
@@ -542,8 +553,7 @@ impl<P: Publish> Watcher<P> {
 
     fn publish(&mut self) {
         let snapshot = P::from_selected(&self.selected);
-        self.telemetry.metrics.source_event(unix_now());
-        self.telemetry.health.source_event();
+        self.telemetry.source_event(&self.name);
         // A relist that changes nothing must not wake the loop.
         self.tx.send_if_modified(|current| {
             if current.as_ref() == Some(&snapshot) {
@@ -564,10 +574,7 @@ impl<P: Publish> Watcher<P> {
         }
         self.state = SourceState::Connected;
         self.failing = None;
-        self.telemetry.metrics.source_connected(true);
-        self.telemetry
-            .health
-            .source_state(&self.query.to_string(), &self.state);
+        self.telemetry.source_state(&self.name, &self.state);
     }
 
     fn failed(&mut self, failure: &Failure, step: Step) {
@@ -584,10 +591,7 @@ impl<P: Publish> Watcher<P> {
         warn!(configmap = %self.query, kind, "Kubernetes API watch failed: {text}; keeping the last good config and retrying with backoff");
         self.failing = Some(kind);
         self.state = SourceState::Failing(text);
-        self.telemetry.metrics.source_connected(false);
-        self.telemetry
-            .health
-            .source_state(&self.query.to_string(), &self.state);
+        self.telemetry.source_state(&self.name, &self.state);
     }
 }
 

@@ -92,6 +92,16 @@ impl Cluster {
         env: &[(&str, &str)],
         prepare: impl FnOnce(&FakeApiServer),
     ) -> Cluster {
+        Self::start_with_args(initial, env, &[], prepare)
+    }
+
+    /// As `start_prepared`, with `args` after `--configmap=NS/NAME`.
+    fn start_with_args(
+        initial: Option<&str>,
+        env: &[(&str, &str)],
+        args: &[&str],
+        prepare: impl FnOnce(&FakeApiServer),
+    ) -> Cluster {
         let ns = Netns::new();
         let server =
             FakeApiServer::start(listen_in_netns(ns.name()).expect("listen in the namespace"));
@@ -112,16 +122,11 @@ impl Cluster {
             ("POD_UID", "0f0e0d0c-0000-4000-8000-000000000001"),
         ];
         all_env.extend_from_slice(env);
-        let agent = Agent::start_with_env(
-            &ns,
-            Mode::Nft,
-            &volume,
-            &[
-                &format!("--configmap={NS}/{NAME}"),
-                &format!("--kubeconfig={}", kubeconfig.display()),
-            ],
-            &all_env,
-        );
+        let configmap = format!("--configmap={NS}/{NAME}");
+        let kubeconfig = format!("--kubeconfig={}", kubeconfig.display());
+        let mut all_args = vec![configmap.as_str(), kubeconfig.as_str()];
+        all_args.extend_from_slice(args);
+        let agent = Agent::start_with_env(&ns, Mode::Nft, &volume, &all_args, &all_env);
         Cluster {
             server,
             agent,
@@ -402,11 +407,16 @@ fn server_restart_and_410_relist_keep_following_the_configmap() {
         Duration::from_secs(30),
         "readiness to report the unreachable API",
         || get(ns, "http://127.0.0.1:9557/readyz", &[]).body,
-        |body| body.contains("API unreachable"),
+        |body| body.contains("requests failing"),
     );
     assert!(
-        readyz
-            .starts_with("ok: rules in sync; configmap kube-system/ip-masq-agent: API unreachable"),
+        readyz.starts_with(
+            "ok: rules in sync\nconfigmap kube-system/ip-masq-agent: requests failing for "
+        ),
+        "{readyz}"
+    );
+    assert!(
+        readyz.contains("enforcing the last good config"),
         "{readyz}"
     );
     let metrics = get(ns, "http://127.0.0.1:9557/metrics", &[]).body;
@@ -935,4 +945,100 @@ fn one_shot_errors_name_the_server_and_the_cause() {
         "{stderr}"
     );
     assert!(!stderr.contains("failed with error"), "{stderr}");
+}
+
+/// Two `--configmap`: one in a namespace RBAC refuses (403), beside one
+/// that works. The working one's state does not hide the refused one's:
+/// `/readyz` stays 503 naming it, on a line of its own, and
+/// `config_source_connected` stays 0, with nothing written. Once RBAC
+/// allows it, both are merged and enforced, ready, and connected is 1.
+#[test]
+fn a_refused_configmap_beside_a_working_one_is_named_until_it_lists() {
+    if !require_root_and_tools() {
+        return;
+    }
+    const TENANTS: &str = "tenants";
+    const EXTRA: &str = "ip-masq-extra";
+    const READYZ: &str = "http://127.0.0.1:9557/readyz";
+    let extra = format!("--configmap={TENANTS}/{EXTRA}");
+    let mut c = Cluster::start_with_args(Some(TEN_ONLY), &[], &[&extra], |server| {
+        server.create_namespace(TENANTS);
+        server.put_configmap(
+            TENANTS,
+            EXTRA,
+            data("nonMasqueradeCIDRs: [192.168.0.0/16]\n"),
+        );
+        server.deny_in("list", "configmaps", TENANTS);
+    });
+    let ns = &c.ns;
+    let refused = wait_until(
+        DEADLINE,
+        "readiness to name the refused ConfigMap beside the watched one",
+        || get(ns, READYZ, &[]),
+        |r| {
+            r.body
+                .contains("configmap tenants/ip-masq-extra: requests failing")
+                && r.body
+                    .contains("configmap kube-system/ip-masq-agent: watching")
+        },
+    );
+    assert_eq!(refused.status, 503, "{refused}");
+    let lines: Vec<&str> = refused.body.lines().collect();
+    assert_eq!(
+        lines[0],
+        "no valid config yet: waiting for the Kubernetes API to list configmap tenants/ip-masq-extra",
+        "{refused}"
+    );
+    assert!(
+        lines[1].starts_with("configmap kube-system/ip-masq-agent: watching, last object "),
+        "{refused}"
+    );
+    assert!(
+        lines[2].starts_with("configmap tenants/ip-masq-extra: requests failing for ")
+            && lines[2].contains("403")
+            && lines[2].ends_with("not listed yet"),
+        "{refused}"
+    );
+    assert_eq!(
+        c.metric("ip_masq_agent_config_source_connected", &[]),
+        Some(0.0),
+        "one source refused"
+    );
+    assert!(
+        c.metric(
+            "ip_masq_agent_config_source_failures_total",
+            &[("kind", "forbidden")]
+        )
+        .unwrap_or(0.0)
+            >= 1.0
+    );
+    assert!(
+        returns(&c.ns).is_empty(),
+        "nothing written before every source listed"
+    );
+
+    c.server.allow_all();
+    c.wait_returns(&["10.0.0.0/8", "192.168.0.0/16"], "both ConfigMaps merged");
+    c.wait_connected(true);
+    let ns = &c.ns;
+    let ready = wait_until(
+        DEADLINE,
+        "readiness with both sources watching",
+        || get(ns, READYZ, &[]),
+        |r| r.status == 200 && !r.body.contains("failing"),
+    );
+    assert_eq!(
+        ready
+            .body
+            .lines()
+            .map(|l| l.split(", last").next().unwrap_or(l))
+            .collect::<Vec<_>>(),
+        [
+            "ok: rules in sync",
+            "configmap kube-system/ip-masq-agent: watching",
+            "configmap tenants/ip-masq-extra: watching",
+        ],
+        "{ready}"
+    );
+    c.agent.assert_running();
 }

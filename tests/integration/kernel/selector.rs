@@ -467,7 +467,9 @@ fn the_selection_is_connected_after_its_first_list() {
     assert_eq!(connected, 1.0);
     let ready = get(&ns, "http://127.0.0.1:9557/readyz", &[]);
     assert!(
-        ready.body.contains("kube-system/example.com/masq-part"),
+        ready
+            .body
+            .contains("\nconfigmaps kube-system/example.com/masq-part: watching, last object "),
         "{}",
         ready.body
     );

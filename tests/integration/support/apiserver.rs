@@ -145,6 +145,7 @@ impl FakeApiServer {
             requests: Vec::new(),
             unavailable: false,
             denied: BTreeSet::new(),
+            denied_in: BTreeSet::new(),
             list_fault: None,
             watch_fault: None,
             ignore_name_selector: false,
@@ -393,9 +394,20 @@ preferences: {{}}
         self.shared.lock().send_every_configmap = every;
     }
 
-    /// Lifts every `deny`.
+    /// Makes RBAC deny `verb` on `resource` in `namespace` only with `403`,
+    /// as a cluster whose Role grants it in the other namespaces.
+    pub fn deny_in(&self, verb: &str, resource: &str, namespace: &str) {
+        let mut store = self.shared.lock();
+        store
+            .denied_in
+            .insert((verb.to_owned(), resource.to_owned(), namespace.to_owned()));
+    }
+
+    /// Lifts every `deny` and `deny_in`.
     pub fn allow_all(&self) {
-        self.shared.lock().denied.clear();
+        let mut store = self.shared.lock();
+        store.denied.clear();
+        store.denied_in.clear();
     }
 
     /// Every request served so far, oldest first.
@@ -875,6 +887,8 @@ struct Store {
     requests: Vec<LoggedRequest>,
     unavailable: bool,
     denied: BTreeSet<(String, String)>,
+    /// Denied in one namespace: verb, resource, namespace.
+    denied_in: BTreeSet<(String, String, String)>,
     list_fault: Option<ListFault>,
     watch_fault: Option<WatchFault>,
     /// Lists and watches of ConfigMaps ignore `metadata.name` selectors.
@@ -1292,9 +1306,13 @@ async fn dispatch(
         }
         _ => {}
     }
-    let (unavailable, denied) = {
+    let (unavailable, denied, denied_in) = {
         let store = shared.lock();
-        (store.unavailable, store.denied.clone())
+        (
+            store.unavailable,
+            store.denied.clone(),
+            store.denied_in.clone(),
+        )
     };
     if unavailable {
         return status_response(
@@ -1339,6 +1357,15 @@ async fn dispatch(
         return method_not_allowed();
     }
     if denied.contains(&(verb.to_owned(), target.resource.plural().to_owned())) {
+        return forbidden(&target, verb);
+    }
+    if let Some(namespace) = &target.namespace
+        && denied_in.contains(&(
+            verb.to_owned(),
+            target.resource.plural().to_owned(),
+            namespace.clone(),
+        ))
+    {
         return forbidden(&target, verb);
     }
     if target.resource == Resource::ConfigMaps {
