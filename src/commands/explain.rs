@@ -1,9 +1,9 @@
 //! `explain`: the masquerade decision for destinations, asked of the config
-//! a node would enforce. It reads the configured source as the one-shot
-//! commands do (one `--config` file, which may be a ConfigMap manifest as
-//! `check` takes it; or every `--config` and `--configmap` source, merged as
-//! the agent merges them), validates it with the agent's own load options, and prints [`policy::decide`]'s
-//! answer per address. No root and no kernel: it never touches rules.
+//! a node would enforce. It reads the configured sources as `sync` does
+//! (files, directories and ConfigMap manifests by their data key, ConfigMaps
+//! through the API, merged as the agent merges them), validates them with
+//! the agent's own load options, and prints [`policy::decide`]'s answer per
+//! address. No root and no kernel: it never touches rules.
 //!
 //! What must stay true: each answer's first two fields are the address and
 //! `masquerade` / `no-masquerade`; an IPv6 address without `--enable-ipv6`
@@ -13,15 +13,12 @@
 use std::net::IpAddr;
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use serde_json::json;
-use tracing::{info, warn};
 
-use super::load_options;
-use super::oneshot::{load_source, print, single_source};
+use super::oneshot::{load_source, print};
 use crate::cli::{Options, OutputFormat};
-use crate::config::{self, Config, Loaded};
-use crate::logging::Escaped;
+use crate::config::Config;
 use crate::policy::{self, Verdict};
 
 /// The reason given for IPv6 destinations when the agent leaves IPv6 alone.
@@ -39,35 +36,10 @@ pub async fn explain(
     Ok(ExitCode::SUCCESS)
 }
 
-/// The config the agent would enforce from the configured sources. One
-/// `--config` file alone is read as `check` reads it (a ConfigMap manifest
-/// by its data key); anything else is loaded and merged as `sync` loads it.
+/// The config the agent would enforce from the configured sources, read
+/// and merged as `sync` reads them (a ConfigMap manifest by its data key).
 pub(super) async fn load(options: &Options) -> Result<Config> {
-    let opts = load_options(options);
-    let file = match options.config.as_slice() {
-        [path] if single_source(options) => Some(path),
-        _ => None,
-    };
-    let Some(path) = file else {
-        return Ok(load_source(options).await?.config);
-    };
-    let origin = path.display().to_string();
-    let Some(bytes) = config::read(path).with_context(|| format!("reading {origin}"))? else {
-        info!(source = %origin, "no config; explaining the defaults");
-        return Ok(Loaded::absent(&opts).config);
-    };
-    let key = options.configmap_key.as_str();
-    let (bytes, origin) = match config::configmap_data(&bytes, key)
-        .with_context(|| format!("reading ConfigMap {origin}"))?
-    {
-        Some(data) => (data, format!("{origin} (ConfigMap data.{key})")),
-        None => (bytes, origin),
-    };
-    let loaded = config::parse(&bytes, &opts).with_context(|| format!("loading {origin}"))?;
-    for warning in &loaded.warnings {
-        warn!("{}", Escaped(warning));
-    }
-    Ok(loaded.config)
+    Ok(load_source(options).await?.config)
 }
 
 /// Every answer, one line each. Pure.
@@ -114,6 +86,7 @@ fn answers(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config;
 
     fn config(text: &str, enable_ipv6: bool) -> Config {
         let opts = config::LoadOptions {
