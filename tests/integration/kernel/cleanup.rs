@@ -28,7 +28,10 @@ const OTHERS_ONLY: &str = r#"*nat
 COMMIT
 "#;
 
-const OUR_JUMP: &str = r#"-A POSTROUTING -m comment --comment "ip-masq-agent: ensure nat POSTROUTING directs all non-LOCAL destination traffic to our custom IP-MASQ-AGENT chain" -m addrtype ! --dst-type LOCAL -j IP-MASQ-AGENT"#;
+const OUR_JUMP: &str = concat!(
+    r#"-A POSTROUTING -m comment --comment "ip-masq-agent: ensure nat POSTROUTING directs all non-LOCAL "#,
+    r#"destination traffic to our custom IP-MASQ-AGENT chain" -m addrtype ! --dst-type LOCAL -j IP-MASQ-AGENT"#,
+);
 
 both_modes! {
     /// Both backends populated for both families, then `cleanup` (with this

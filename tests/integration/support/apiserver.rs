@@ -1898,7 +1898,9 @@ fn patch(shared: &Shared, target: &Target, headers: &HeaderMap, body: &[u8]) -> 
             415,
             "UnsupportedMediaType",
             &format!(
-                "the body of the request was in an unknown format - accepted media types include: application/merge-patch+json, application/strategic-merge-patch+json (the fake apiserver does not model {media:?})"
+                "the body of the request was in an unknown format - accepted media types include: \
+                 application/merge-patch+json, application/strategic-merge-patch+json \
+                 (the fake apiserver does not model {media:?})"
             ),
             None,
         );
@@ -2144,7 +2146,11 @@ fn join_errors(errs: &[FieldError]) -> String {
     }
 }
 
-const DNS1123_SUBDOMAIN: &str = "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')";
+const DNS1123_SUBDOMAIN: &str = concat!(
+    "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', ",
+    "and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is ",
+    "'[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')"
+);
 
 fn is_dns1123_subdomain(s: &str) -> bool {
     s.len() <= 253
