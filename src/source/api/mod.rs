@@ -154,15 +154,9 @@ impl ConfigMapSource {
         key: &ConfigMapKey,
         telemetry: &Telemetry,
     ) -> Result<Self, String> {
-        let endpoint = client(source).await?;
-        telemetry.metrics.api_source_started(
-            &[events::INVALID_CONFIG, events::SYNC_FAILED],
-            &events::RESULTS,
-        );
-        let (node, pod) = identity();
+        let (endpoint, events, node) =
+            open(source, &Query::Object(source.configmap.clone()), telemetry).await?;
         info!(configmap = %source.configmap, key = %key, node = %node, "reading the config through the Kubernetes API; --config is not used");
-        telemetry.api_source(&Query::Object(source.configmap.clone()).source_name());
-        let events = EventSink::spawn(endpoint.clone(), node, pod, telemetry.metrics.clone());
         let snapshots = spawn_watch(endpoint, source, key, telemetry.clone());
         Ok(Self::new(
             source.configmap.clone(),
@@ -228,6 +222,29 @@ impl ConfigMapSource {
             sink.report(Report::SyncFailed { error });
         }
     }
+}
+
+/// What every API source starts with: credentials, its metric series and
+/// readiness line, and the Event sink; the node's name for its log line.
+async fn open(
+    source: &impl Credentials,
+    query: &Query,
+    telemetry: &Telemetry,
+) -> Result<(Endpoint, EventSink, String), String> {
+    let endpoint = client(source).await?;
+    telemetry.metrics.api_source_started(
+        &[events::INVALID_CONFIG, events::SYNC_FAILED],
+        &events::RESULTS,
+    );
+    let (node, pod) = identity();
+    telemetry.api_source(&query.source_name());
+    let events = EventSink::spawn(
+        endpoint.clone(),
+        node.clone(),
+        pod,
+        telemetry.metrics.clone(),
+    );
+    Ok((endpoint, events, node))
 }
 
 /// This node's name, and the agent's Pod for `SyncFailed` Events, from the
@@ -455,15 +472,9 @@ impl SelectorSource {
         key: &ConfigMapKey,
         telemetry: &Telemetry,
     ) -> Result<Self, String> {
-        let endpoint = client(source).await?;
-        telemetry.metrics.api_source_started(
-            &[events::INVALID_CONFIG, events::SYNC_FAILED],
-            &events::RESULTS,
-        );
-        let (node, pod) = identity();
+        let (endpoint, events, node) =
+            open(source, &Query::Selector(source.selector.clone()), telemetry).await?;
         info!(selector = %source.selector, key = %key, node = %node, "reading the config of every selected ConfigMap through the Kubernetes API; --config is not used");
-        telemetry.api_source(&Query::Selector(source.selector.clone()).source_name());
-        let events = EventSink::spawn(endpoint.clone(), node, pod, telemetry.metrics.clone());
         let (tx, rx) = tokio::sync::watch::channel(None);
         let watcher = watch::Watcher::<Selection>::new(
             endpoint,

@@ -98,18 +98,24 @@ fn invalid_config_on(server: &FakeApiServer, name: &str) -> usize {
         .count()
 }
 
-#[test]
-fn a_selection_follows_configmaps_as_they_come_and_go() {
-    if !require_root_and_tools() {
-        return;
-    }
-    let ns = Netns::new();
+/// An API server in `ns` holding the platform's selected ConfigMap.
+fn server_with_platform(ns: &Netns) -> FakeApiServer {
     let server = FakeApiServer::start(listen_in_netns(ns.name()).expect("listen in the namespace"));
     server.put_configmap_object(
         NS,
         "ip-masq-platform",
         object(json!({PART: "platform"}), PLATFORM),
     );
+    server
+}
+
+#[test]
+fn a_selection_follows_configmaps_as_they_come_and_go() {
+    if !require_root_and_tools() {
+        return;
+    }
+    let ns = Netns::new();
+    let server = server_with_platform(&ns);
     server.put_configmap_object(NS, "ip-masq-users", object(json!({PART: "users"}), USERS));
     // Not picked: no label, or another namespace.
     server.put_configmap_object(NS, "coredns-extra", object(json!({"app": "dns"}), STRAY));
@@ -329,12 +335,7 @@ fn a_server_that_sends_everything_adds_no_part() {
         return;
     }
     let ns = Netns::new();
-    let server = FakeApiServer::start(listen_in_netns(ns.name()).expect("listen in the namespace"));
-    server.put_configmap_object(
-        NS,
-        "ip-masq-platform",
-        object(json!({PART: "platform"}), PLATFORM),
-    );
+    let server = server_with_platform(&ns);
     server.put_configmap_object(NS, "coredns-extra", object(json!({"app": "dns"}), STRAY));
     server.create_namespace("tenants");
     server.put_configmap_object(
@@ -431,12 +432,7 @@ fn the_selection_is_connected_after_its_first_list() {
         return;
     }
     let ns = Netns::new();
-    let server = FakeApiServer::start(listen_in_netns(ns.name()).expect("listen in the namespace"));
-    server.put_configmap_object(
-        NS,
-        "ip-masq-platform",
-        object(json!({PART: "platform"}), PLATFORM),
-    );
+    let server = server_with_platform(&ns);
     let dir = tempfile::tempdir().expect("temp dir");
     let (mut agent, _volume) = start_agent(
         &ns,
@@ -483,12 +479,7 @@ fn one_shot_commands_read_the_selection_once() {
         return;
     }
     let ns = Netns::new();
-    let server = FakeApiServer::start(listen_in_netns(ns.name()).expect("listen in the namespace"));
-    server.put_configmap_object(
-        NS,
-        "ip-masq-platform",
-        object(json!({PART: "platform"}), PLATFORM),
-    );
+    let server = server_with_platform(&ns);
     server.put_configmap_object(NS, "ip-masq-vpn", object(json!({PART: "vpn"}), VPN));
     server.put_configmap_object(NS, "coredns-extra", object(json!({"app": "dns"}), STRAY));
     let dir = tempfile::tempdir().expect("temp dir");
@@ -623,12 +614,7 @@ fn a_relist_replaces_the_selection() {
         return;
     }
     let ns = Netns::new();
-    let server = FakeApiServer::start(listen_in_netns(ns.name()).expect("listen in the namespace"));
-    server.put_configmap_object(
-        NS,
-        "ip-masq-platform",
-        object(json!({PART: "platform"}), PLATFORM),
-    );
+    let server = server_with_platform(&ns);
     server.put_configmap_object(NS, "ip-masq-users", object(json!({PART: "users"}), USERS));
     let dir = tempfile::tempdir().expect("temp dir");
     let (mut agent, _volume) = start_agent(
