@@ -123,7 +123,10 @@ fd00:8::1 no-masquerade nonMasqueradeCIDRs fd00::/8
     let out = explain(&["--config", bare, "explain", "10.0.0.1"]);
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains(&format!("{bare}: invalid config: ")), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{bare}: invalid config: ")),
+        "{stderr}"
+    );
     assert!(
         stderr.contains("ipv6 is not enabled, but ipv6 cidr fd00::/8 provided"),
         "{stderr}"

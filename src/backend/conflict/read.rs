@@ -169,7 +169,8 @@ async fn read_nftables(
 ) -> Result<Vec<Hooked>, BackendError> {
     let hooks = netlink::blocking(move || netlink::nat_postrouting_chains(family))
         .await
-        .map_err(netlink::NlError::into_backend)?;
+        .map_err(netlink::NlError::into_backend)?
+        .hooks;
     let own_family = match family {
         Family::Ipv4 => "ip",
         Family::Ipv6 => "ip6",

@@ -28,7 +28,7 @@ use rustix::net::{RecvFlags, SendFlags};
 use super::bytecode::{self, SetInfo};
 use super::elements;
 use super::observe::{Hook, Observed, ObservedSet};
-use super::table::{POD_SET, SET, TABLE};
+use super::table::{BASE_CHAIN, POD_SET, SET, TABLE};
 use super::wire::{
     self, Ack, Attrs, Batch, Builder, KindName, Message, NLM_F_CREATE, NLM_F_DUMP, NLM_F_DUMP_INTR,
     NLMSG_DONE, NLMSG_ERROR, NLMSG_NOOP, Proto, attr, msg,
@@ -726,44 +726,97 @@ pub struct NatHook {
 /// `NFPROTO_INET`: tables whose chains see both families.
 const NFPROTO_INET: u8 = 1;
 
+/// The tables iptables-nft creates, named after the xtables tables; their
+/// chains are read through iptables, and on a busy node `nat` holds
+/// kube-proxy's 15 000 chains, which a chain dump would hand over whole.
+const XTABLES: [&str; 5] = ["nat", "filter", "mangle", "raw", "security"];
+
 /// Every base chain of type nat at the postrouting hook that packets of
-/// `family` cross: the family's own tables' and inet tables'. The chain
-/// dump carries names and hooks only, never rules, so conflict detection
-/// learns which tables to read without loading anyone's rules.
-pub fn nat_postrouting_chains(family: Family) -> Result<Vec<NatHook>, NlError> {
+/// `family` cross: the family's own tables' and inet tables'. The tables
+/// are listed first: when they are only iptables-nft's and ours, the chains
+/// that can be nat postrouting chains are asked for by name (the kernel
+/// does not filter a chain dump by table); any other table means a chain
+/// dump, names and hooks only, never rules.
+pub fn nat_postrouting_chains(family: Family) -> Result<NatHooks, NlError> {
     let proto = Proto::of(family);
     let mut conn = Conn::open()?;
     let mut found = Vec::new();
     for (nfproto, name) in [(proto.nfproto(), proto.name()), (NFPROTO_INET, "inet")] {
-        let op = format!("list chains {name}");
+        let mut tables = Vec::new();
         conn.dump(
-            &op,
-            msg::GETCHAIN,
+            &format!("list tables {name}"),
+            msg::GETTABLE,
             nfproto,
             |_| {},
             |m| {
-                let a = m.attrs();
-                let hook = chain_hook(&a);
-                if hook.kind == Some("nat")
-                    && hook.hook == Some("postrouting")
-                    && let (Some(table), Some(chain), Some(priority)) = (
-                        a.get_str(attr::CHAIN_TABLE),
-                        a.get_str(attr::CHAIN_NAME),
-                        hook.priority,
-                    )
-                {
-                    found.push(NatHook {
-                        family: name,
-                        table: table.to_owned(),
-                        chain: chain.to_owned(),
-                        priority: i32::try_from(priority).unwrap_or(i32::MAX),
-                    });
+                if let Some(table) = m.attrs().get_str(attr::TABLE_NAME) {
+                    tables.push(table.to_owned());
                 }
                 Ok(())
             },
         )?;
+        let known =
+            |t: &String| nfproto != NFPROTO_INET && (t == TABLE || XTABLES.contains(&t.as_str()));
+        let push = |a: &Attrs<'_>, found: &mut Vec<NatHook>| {
+            let hook = chain_hook(a);
+            if hook.kind == Some("nat")
+                && hook.hook == Some("postrouting")
+                && let (Some(table), Some(chain), Some(priority)) = (
+                    a.get_str(attr::CHAIN_TABLE),
+                    a.get_str(attr::CHAIN_NAME),
+                    hook.priority,
+                )
+            {
+                found.push(NatHook {
+                    family: name,
+                    table: table.to_owned(),
+                    chain: chain.to_owned(),
+                    priority: i32::try_from(priority).unwrap_or(i32::MAX),
+                });
+            }
+        };
+        if tables.iter().all(known) {
+            for table in &tables {
+                let chain = match table.as_str() {
+                    TABLE => BASE_CHAIN,
+                    "nat" => "POSTROUTING",
+                    _ => continue,
+                };
+                let op = format!("get chain {name} {table} {chain}");
+                match conn.get(&op, msg::GETCHAIN, nfproto, |b| {
+                    b.string(attr::CHAIN_TABLE, table);
+                    b.string(attr::CHAIN_NAME, chain);
+                }) {
+                    Ok(attrs) => push(&Attrs::new(&attrs), &mut found),
+                    Err(e) if e.errno == Some(ENOENT) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            continue;
+        }
+        conn.dump(
+            &format!("list chains {name}"),
+            msg::GETCHAIN,
+            nfproto,
+            |_| {},
+            |m| {
+                push(&m.attrs(), &mut found);
+                Ok(())
+            },
+        )?;
     }
-    Ok(found)
+    Ok(NatHooks {
+        hooks: found,
+        received: conn.received,
+    })
+}
+
+/// The nat postrouting base chains found, and what finding them cost.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NatHooks {
+    pub hooks: Vec<NatHook>,
+    /// Netlink object messages the lookup received.
+    pub received: usize,
 }
 
 /// The ruleset generation now.

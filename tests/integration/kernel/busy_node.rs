@@ -296,6 +296,70 @@ fn nftables_snapshot_stays_small_on_a_busy_node() {
     );
 }
 
+/// Conflict detection's look for nftables nat chains at postrouting on a
+/// busy iptables-nft node: the tables are only iptables-nft's and ours, so
+/// their postrouting chains are asked for by name, not dumped with the
+/// family's 14 000 chains. Another table (kube-proxy's in nftables mode, a
+/// CNI's) means the chain dump, and its chain is found.
+#[test]
+fn nat_hook_lookup_stays_small_on_a_busy_node() {
+    if !require_root_and_tools() {
+        return;
+    }
+    let ns = Netns::new();
+    load_busy_node(&ns, Mode::Nft);
+    sync_ok(
+        &ns,
+        Mode::Nft,
+        &ConfigVolume::empty(),
+        &["--backend=nftables"],
+    );
+    let read = |ns: &Netns| {
+        in_ns(ns, || {
+            ip_masq_agent::backend::nftables::netlink::nat_postrouting_chains(
+                ip_masq_agent::plan::Family::Ipv4,
+            )
+        })
+        .expect("nat hook lookup")
+    };
+    let names = |found: &ip_masq_agent::backend::nftables::netlink::NatHooks| {
+        let mut names: Vec<String> = found
+            .hooks
+            .iter()
+            .map(|h| format!("{} {} {} {}", h.family, h.table, h.chain, h.priority))
+            .collect();
+        names.sort();
+        names
+    };
+    let found = read(&ns);
+    assert_eq!(
+        names(&found),
+        ["ip ip-masq-agent postrouting 110", "ip nat POSTROUTING 100"]
+    );
+    assert!(
+        found.received < 20,
+        "the lookup received {} messages",
+        found.received
+    );
+
+    ns.run(&["nft", "add table ip cni"]);
+    ns.run(&[
+        "nft",
+        "add chain ip cni post { type nat hook postrouting priority 50; }",
+    ]);
+    let found = read(&ns);
+    assert!(
+        names(&found).contains(&"ip cni post 50".to_owned()),
+        "{:?}",
+        names(&found)
+    );
+    assert!(
+        found.received > SIZE_CHAINS,
+        "the chain dump received only {} messages",
+        found.received
+    );
+}
+
 /// The generator itself (no root): kube-proxy's shape at issue #12's scale,
 /// no chain name used twice.
 #[test]
