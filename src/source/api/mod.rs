@@ -207,20 +207,12 @@ impl ConfigMapSource {
     /// This node rejected the ConfigMap (once per distinct content and
     /// error; the sink counts repeats as a series).
     pub fn report_invalid(&self, content: String, error: &str) {
-        if let (Some(sink), Some(configmap)) = (&self.events, &self.object) {
-            sink.report(Report::InvalidConfig {
-                configmap: configmap.clone(),
-                content,
-                error: error.to_owned(),
-            });
-        }
+        report_invalid(self.events.as_ref(), self.object.as_ref(), content, error);
     }
 
     /// Rule syncs keep failing on this node.
     pub fn report_sync_failure(&self, error: String) {
-        if let Some(sink) = &self.events {
-            sink.report(Report::SyncFailed { error });
-        }
+        report_sync_failure(self.events.as_ref(), error);
     }
 }
 
@@ -532,20 +524,37 @@ impl SelectorSource {
 
     /// This node rejected the part `part` (an Event on that ConfigMap).
     pub fn report_invalid(&self, part: &str, content: String, error: &str) {
-        if let (Some(sink), Some(configmap)) = (&self.events, self.objects.get(part)) {
-            sink.report(Report::InvalidConfig {
-                configmap: configmap.clone(),
-                content,
-                error: error.to_owned(),
-            });
-        }
+        report_invalid(self.events.as_ref(), self.objects.get(part), content, error);
     }
 
     /// Rule syncs keep failing on this node.
     pub fn report_sync_failure(&self, error: String) {
-        if let Some(sink) = &self.events {
-            sink.report(Report::SyncFailed { error });
-        }
+        report_sync_failure(self.events.as_ref(), error);
+    }
+}
+
+/// An `InvalidConfig` Event on `configmap`, when there is a sink and the
+/// object is known (once per distinct content and error; the sink counts
+/// repeats as a series).
+fn report_invalid(
+    sink: Option<&EventSink>,
+    configmap: Option<&ObjectInfo>,
+    content: String,
+    error: &str,
+) {
+    if let (Some(sink), Some(configmap)) = (sink, configmap) {
+        sink.report(Report::InvalidConfig {
+            configmap: configmap.clone(),
+            content,
+            error: error.to_owned(),
+        });
+    }
+}
+
+/// A `SyncFailed` Event on the agent's Pod, when there is a sink.
+fn report_sync_failure(sink: Option<&EventSink>, error: String) {
+    if let Some(sink) = sink {
+        sink.report(Report::SyncFailed { error });
     }
 }
 
